@@ -1,0 +1,217 @@
+"""Settings: one switch (``LAKEHOUSE_ENV``) selects ``env.yaml`` / ``env.<name>.yaml``.
+
+The same file feeds Ploomber's placeholders in ``pipeline.yaml`` and every lakehouse setting, so the DAG,
+the notebooks, the CLI and the tests agree on where the lake is and which services to reach.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lakehouse.errors import ConfigError
+
+ENV_VARIABLE = "LAKEHOUSE_ENV"
+ROOT_VARIABLE = "LAKEHOUSE_ROOT"
+DEFAULT_ENV = "local"
+_MARKER = "pipeline.yaml"
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopicSettings(_Section):
+    partitions: int = Field(3, ge=1)
+    retention_ms: int = Field(604_800_000, ge=60_000)
+
+
+class KafkaSettings(_Section):
+    managed: bool = True
+    bootstrap_servers: str = "127.0.0.1:9092"
+    port: int = Field(9092, ge=1, le=65535)
+    controller_port: int = Field(9093, ge=1, le=65535)
+    heap: str = "512m"
+    topics: dict[str, TopicSettings] = Field(default_factory=lambda: {"clickstream": TopicSettings()})
+
+
+class SparkSettings(_Section):
+    managed: bool = True
+    connect_url: str | None = "sc://127.0.0.1:15002"
+    connect_port: int = Field(15002, ge=1, le=65535)
+    master: str = "local[*]"
+    driver_memory: str = "2g"
+    shuffle_partitions: int = Field(4, ge=1)
+
+    @field_validator("connect_url")
+    @classmethod
+    def _connect_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith("sc://"):
+            raise ValueError(f"a Spark Connect URL starts with sc:// (got {value!r})")
+        return value or None
+
+
+class MlflowSettings(_Section):
+    port: int = Field(5000, ge=1, le=65535)
+    experiment: str = "conversion-propensity"
+    tracking_uri: str | None = None
+
+
+class DashboardSettings(_Section):
+    port: int = Field(5006, ge=1, le=65535)
+
+
+class SimulatorSettings(_Section):
+    events: int = Field(20_000, ge=0)
+    seed: int = 7
+    days: int = Field(14, ge=1)
+    rate: float = Field(0, ge=0)
+
+
+class StreamingSettings(_Section):
+    trigger_interval: str = "10 seconds"
+    max_offsets_per_trigger: int = Field(200_000, ge=1)
+    watermark: str = "1 hour"
+
+
+class Settings(_Section):
+    """Everything a run needs to know, read from one environment file.
+
+    Example:
+        >>> settings = load_settings("test")          # doctest: +SKIP
+        >>> settings.table_path("silver", "events")   # doctest: +SKIP
+    """
+
+    env_name: str
+    root: Path
+    workspace: Path
+    kafka: KafkaSettings = KafkaSettings()
+    spark: SparkSettings = SparkSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    dashboard: DashboardSettings = DashboardSettings()
+    simulator: SimulatorSettings = SimulatorSettings()
+    streaming: StreamingSettings = StreamingSettings()
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @property
+    def lake(self) -> Path:
+        return self.workspace / "lake"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.workspace / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.workspace / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workspace / "run"
+
+    @property
+    def jars_dir(self) -> Path:
+        """Where `make jars` copies the Maven artifacts (shared by every environment)."""
+        return self.root / "jvm" / "target"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{self.workspace / 'mlflow' / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.workspace / "mlflow" / "artifacts"
+
+    def table_path(self, layer: str, name: str) -> str:
+        """The storage path of a lake table, e.g. ``table_path("bronze", "events")``."""
+        if layer not in {"bronze", "silver", "gold"}:
+            raise ConfigError(f"unknown lake layer {layer!r}: use bronze, silver or gold")
+        return str(self.lake / layer / name)
+
+    def checkpoint_path(self, query: str) -> str:
+        """The checkpoint folder of a streaming query (its exactly-once state)."""
+        return str(self.checkpoints / query)
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The project root: ``$LAKEHOUSE_ROOT`` or the nearest folder upwards that holds pipeline.yaml."""
+    if os.environ.get(ROOT_VARIABLE):
+        return Path(os.environ[ROOT_VARIABLE]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / _MARKER).is_file():
+            return folder
+    raise ConfigError(
+        f"no {_MARKER} found in {here} or above: run from inside the project or set {ROOT_VARIABLE}"
+    )
+
+
+def env_file(name: str, root: Path) -> Path:
+    """The environment file for ``name``: env.yaml for local, env.<name>.yaml otherwise."""
+    return root / ("env.yaml" if name == DEFAULT_ENV else f"env.{name}.yaml")
+
+
+def _expand(value: Any, source: Path) -> Any:
+    if isinstance(value, dict):
+        return {key: _expand(item, source) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(item, source) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{source.name} needs the environment variable {name}: export it and run again")
+
+    return _VARIABLE.sub(substitute, value)
+
+
+def load_settings(name: str | None = None, root: Path | None = None) -> Settings:
+    """Read the settings of environment ``name`` (default: ``$LAKEHOUSE_ENV`` or ``local``).
+
+    Args:
+        name: ``local``, ``test``, ``cluster`` or any ``env.<name>.yaml`` in the project root.
+        root: the project root; found from the working directory when omitted.
+
+    Returns:
+        Validated, frozen settings with absolute paths.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, has unknown keys or ill-typed values.
+    """
+    name = name or os.environ.get(ENV_VARIABLE) or DEFAULT_ENV
+    root = (root or find_root()).resolve()
+    path = env_file(name, root)
+    if not path.is_file():
+        known = sorted(p.name for p in root.glob("env*.yaml"))
+        raise ConfigError(f"environment {name!r} has no file {path.name} in {root} (found: {known})")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name} must be a mapping of settings, not {type(raw).__name__}")
+    raw = _expand(raw, path)
+    if "workspace" not in raw:
+        raise ConfigError(f"{path.name} must set 'workspace' (the folder where the run writes)")
+    workspace = Path(raw["workspace"])
+    raw["workspace"] = (workspace if workspace.is_absolute() else root / workspace).resolve()
+    raw.setdefault("env_name", name)
+    try:
+        return Settings(root=root, **raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
+        )
+        raise ConfigError(f"{path.name} is invalid: {problems}") from exc

@@ -1,0 +1,120 @@
+"""The one place that builds a Spark session.
+
+Notebooks, dashboards, the CLI and tests all call :func:`get_spark`. It attaches to the Spark Connect server
+when one answers at the configured URL (the local one ``lakehouse up`` starts, or a cluster's), and otherwise
+starts a classic local session with the same configuration. Pointing at a cluster is a settings change only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pyspark.sql import SparkSession
+
+from lakehouse.config import Settings, load_settings
+from lakehouse.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["auto", "connect", "classic"]
+MODE_VARIABLE = "LAKEHOUSE_SPARK_MODE"
+
+# Artifacts the pyspark wheel already carries win over the copies Maven brings transitively.
+SPARK_JARS_SUBDIR = "spark-jars"
+
+
+def spark_jars(settings: Settings) -> list[Path]:
+    """The jars handed to Spark with ``spark.jars`` (Delta, Kafka source, JDBC driver).
+
+    Raises:
+        ServiceError: the jars have not been fetched yet.
+    """
+    folder = settings.jars_dir / SPARK_JARS_SUBDIR
+    jars = sorted(folder.glob("*.jar"))
+    if not jars or not any(jar.name.startswith("delta-spark") for jar in jars):
+        raise ServiceError(f"Spark's jars are missing in {folder}: run `make jars` (Maven fetches them)")
+    return jars
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """The configuration every session gets, local or server: Delta, UTC, the jars, loopback only."""
+    warehouse = settings.workspace / "warehouse"
+    return {
+        "spark.jars": ",".join(str(jar) for jar in spark_jars(settings)),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.spark.shuffle_partitions),
+        "spark.sql.warehouse.dir": str(warehouse),
+        "spark.sql.catalogImplementation": "in-memory",
+        "spark.sql.streaming.stopActiveRunOnRestart": "true",
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.workspace / 'metastore'}",
+    }
+
+
+def connect_endpoint(url: str) -> tuple[str, int]:
+    """Host and port of an ``sc://host:port`` URL."""
+    parsed = urlparse(url.replace("sc://", "http://", 1))
+    return parsed.hostname or "127.0.0.1", parsed.port or 15002
+
+
+def connect_reachable(url: str, timeout: float = 1.0) -> bool:
+    """True when something accepts TCP connections at the Connect URL."""
+    host, port = connect_endpoint(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def get_spark(
+    settings: Settings | None = None, *, mode: Mode | None = None, app_name: str = "lakehouse"
+) -> SparkSession:
+    """A Spark session for ``settings`` (default: the active environment).
+
+    Args:
+        settings: which environment; ``load_settings()`` when omitted.
+        mode: ``connect`` (must attach), ``classic`` (always a local JVM) or ``auto`` (attach when the
+            server answers, else start locally). ``$LAKEHOUSE_SPARK_MODE`` sets the default.
+        app_name: shown in the Spark UI of a classic session.
+
+    Returns:
+        A Spark Connect client session or a classic session, both with Delta configured.
+
+    Raises:
+        ServiceError: ``connect`` was asked for (or the environment manages no local Spark) and the
+            server does not answer.
+    """
+    settings = settings or load_settings()
+    mode = mode or os.environ.get(MODE_VARIABLE, "auto")  # type: ignore[assignment]
+    if mode not in ("auto", "connect", "classic"):
+        raise ServiceError(f"{MODE_VARIABLE} must be auto, connect or classic (got {mode!r})")
+    url = settings.spark.connect_url
+    if mode != "classic" and url:
+        if connect_reachable(url):
+            log.info("attaching to Spark Connect at %s", url)
+            builder = SparkSession.builder.remote(url)
+            return builder.config("spark.sql.session.timeZone", "UTC").getOrCreate()
+        if mode == "connect" or not settings.spark.managed:
+            raise ServiceError(
+                f"Spark Connect does not answer at {url}: start it with `lakehouse up` "
+                "(or check the URL in the environment file)"
+            )
+    log.info("starting a classic local Spark session (%s)", settings.spark.master)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.master(settings.spark.master).appName(app_name)
+    builder = builder.config("spark.driver.memory", settings.spark.driver_memory)
+    for key, value in spark_conf(settings).items():
+        builder = builder.config(key, value)
+    return builder.getOrCreate()
