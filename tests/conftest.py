@@ -1,9 +1,18 @@
-"""Shared fixtures. Every Spark test uses the one session factory, against the test environment."""
+"""Shared fixtures and the test run's own service stack.
+
+The run uses the ``test`` environment (env.test.yaml: its own workspace and ports). The first test that needs
+Kafka or Spark starts a fresh stack — the test workspace is wiped first, so every run starts from the same
+empty lake and topic — and the session stops it at the end. Notebook tests (nbval) run last, in layer order,
+against the lake the DAG test built.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,15 +20,98 @@ from lakehouse.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Kernels that nbval and Ploomber start inherit these: notebooks run against the test environment.
+os.environ["LAKEHOUSE_ENV"] = "test"
+os.environ["LAKEHOUSE_ROOT"] = str(ROOT)
+os.environ["PLOOMBER_ENV_FILENAME"] = "env.test.yaml"
+os.environ["PLOOMBER_STATS_ENABLED"] = "false"
+os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "true"
+
+_LAYER_ORDER = ("bronze", "silver", "gold/build_sessions", "gold/build_daily_kpis", "ml")
+_TIER_ORDER = ("unit", "integration", "dag", "browser")
+
+
+class _Stack:
+    """Kafka + Spark Connect for the test environment, started at most once per session."""
+
+    def __init__(self) -> None:
+        self.started = False
+
+    def start(self) -> Settings:
+        settings = load_settings("test", root=ROOT)
+        if self.started:
+            return settings
+        from lakehouse.jvm import fetch_jars
+        from lakehouse.services import ServiceManager, ensure_topics
+
+        fetch_jars(ROOT)
+        manager = ServiceManager(settings)
+        manager.stop()
+        if settings.workspace.exists():
+            shutil.rmtree(settings.workspace)
+        manager.start(["kafka", "spark"])
+        ensure_topics(settings)
+        self.started = True
+        return settings
+
+    def stop(self) -> None:
+        if self.started:
+            from lakehouse.services import ServiceManager
+
+            ServiceManager(load_settings("test", root=ROOT)).stop()
+            self.started = False
+
+
+_STACK = _Stack()
+
+
+def _tier(item: pytest.Item) -> int:
+    if item.nodeid.endswith(".ipynb") or ".ipynb::" in item.nodeid:
+        return len(_TIER_ORDER)
+    for index, marker in enumerate(_TIER_ORDER):
+        if item.get_closest_marker(marker):
+            return index
+    return 0
+
+
+def _layer(item: pytest.Item) -> int:
+    path = item.nodeid.replace("\\", "/")
+    for index, layer in enumerate(_LAYER_ORDER):
+        if f"notebooks/{layer}" in path:
+            return index
+    return len(_LAYER_ORDER)
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+    # Stable sort: tiers in order, notebooks last and bronze → silver → gold → ml.
+    items.sort(key=lambda item: (_tier(item), _layer(item)))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _tier(item) == len(_TIER_ORDER):
+        _STACK.start()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _STACK.stop()
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
+    """The test environment's settings (no services needed)."""
     return load_settings("test", root=ROOT)
 
 
 @pytest.fixture(scope="session")
-def spark(settings: Settings) -> Iterator[object]:
+def stack() -> Settings:
+    """The running test stack (Kafka with its topics, Spark Connect); its settings."""
+    return _STACK.start()
+
+
+@pytest.fixture(scope="session")
+def spark(stack: Settings) -> Iterator[Any]:
+    """A Spark Connect session on the test stack (the same factory the notebooks use)."""
     from lakehouse.spark import get_spark
 
-    session = get_spark(settings)
+    session = get_spark(stack, mode="connect")
     yield session

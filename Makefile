@@ -1,0 +1,87 @@
+# Lakehouse Workbench — `make help` lists the targets.
+# The two commands a fresh machine needs: `make demo` (the main job) and `make test` (every test).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+LAKEHOUSE := $(BIN)/lakehouse
+STAMP := $(VENV)/.installed
+# Debian packages: Java and Maven for Spark/Kafka, Chromium for the dashboard browser test.
+APT_PACKAGES := openjdk-17-jdk-headless maven chromium
+export PLOOMBER_STATS_ENABLED := false
+export PLOOMBER_VERSION_CHECK_DISABLED := true
+
+.PHONY: help
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: system
+system: ## Install the Debian packages (when root and missing)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "missing Debian packages (install them as root): $$missing"; fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel
+	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	@touch $@
+
+.PHONY: venv
+venv: $(STAMP) ## Create the virtual environment and install the project
+
+.PHONY: jars
+jars: $(STAMP) ## Fetch the JVM artifacts (Delta, Kafka) with Maven into jvm/target
+	$(LAKEHOUSE) jars
+
+.PHONY: setup
+setup: system venv jars ## Everything a fresh machine needs (safe to run twice)
+
+.PHONY: demo
+demo: setup ## The main job: start services, produce events, build the DAG, serve the dashboard
+	$(LAKEHOUSE) demo
+
+.PHONY: up
+up: setup ## Start the local services (Kafka, Spark Connect, MLflow, dashboard)
+	$(LAKEHOUSE) up
+
+.PHONY: down
+down: ## Stop the local services
+	@test -x $(LAKEHOUSE) && $(LAKEHOUSE) down || true
+
+.PHONY: status
+status: ## Show the local services
+	$(LAKEHOUSE) status
+
+.PHONY: build
+build: ## Build the DAG (only what is outdated)
+	$(LAKEHOUSE) build
+
+.PHONY: lab
+lab: setup ## Open JupyterLab on the notebooks (attach to the running services)
+	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser notebooks
+
+.PHONY: lint
+lint: $(STAMP) ## ruff + mypy on lib
+	$(BIN)/ruff check lib tests dashboards benchmarks
+	$(BIN)/ruff format --check lib tests dashboards benchmarks
+	$(BIN)/mypy
+
+.PHONY: test
+test: setup ## Every test: unit, integration (real Kafka + Spark Connect), DAG, nbval, browser
+	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+.PHONY: bench
+bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/dag.py
+
+.PHONY: clean
+clean: down ## Remove the workspace (lake, checkpoints, logs); keeps the venv and jars
+	rm -rf .workspace

@@ -1,0 +1,228 @@
+"""The ``lakehouse`` command: services, the simulator, ingestion and the DAG, for one environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from lakehouse.config import ENV_VARIABLE, Settings, load_settings
+from lakehouse.errors import LakehouseError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly(func: F) -> F:
+    """Turn the package's own errors into a one-line message and exit code 1 (no traceback)."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except LakehouseError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings = ctx.obj.get("settings")
+    if settings is None:
+        try:
+            settings = load_settings(ctx.obj.get("env"))
+        except LakehouseError as exc:
+            raise click.ClickException(str(exc)) from exc
+        ctx.obj["settings"] = settings
+    return settings
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--env", "env", default=None, help=f"Environment: local, test, cluster… (default ${ENV_VARIABLE} or local).")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress.")
+@click.pass_context
+def main(ctx: click.Context, env: str | None, verbose: bool) -> None:
+    """Lakehouse Workbench: Kafka → bronze/silver/gold Delta → dashboards and models, on one laptop."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+    for noisy in ("kafka", "py4j", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if env:
+        os.environ[ENV_VARIABLE] = env
+    ctx.obj = {"env": env}
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Fetch again even if the poms did not change.")
+@click.pass_context
+@_friendly
+def jars(ctx: click.Context, force: bool) -> None:
+    """Fetch the JVM artifacts (Delta, Kafka source, Kafka broker, JDBC) with Maven into jvm/target."""
+    from lakehouse.jvm import fetch_jars
+
+    counts = fetch_jars(_settings(ctx).root, force=force)
+    for folder, count in counts.items():
+        click.echo(f"{folder}: {count} jars")
+
+
+def _print_status(settings: Settings, names: list[str] | None = None) -> None:
+    from lakehouse.services import ServiceManager
+
+    rows = ServiceManager(settings).status(names)
+    click.echo(f"environment {settings.env_name} (workspace {settings.workspace})")
+    click.echo(f"{'service':<10} {'state':<10} {'pid':>7} {'port':>6} {'memory':>9}  url")
+    for row in rows:
+        memory = f"{row.rss_bytes / 2**20:.0f} MiB" if row.rss_bytes else "-"
+        click.echo(
+            f"{row.name:<10} {row.state:<10} {row.pid or '-':>7} {row.port:>6} {memory:>9}  {row.url}"
+            + (f"  ({row.detail})" if row.detail else "")
+        )
+
+
+@main.command()
+@click.option("--only", default=None, help="Comma-separated services: kafka,spark,mlflow,dashboard.")
+@click.pass_context
+@_friendly
+def up(ctx: click.Context, only: str | None) -> None:
+    """Start the local services (safe to run twice) and create the Kafka topics."""
+    from lakehouse.jvm import fetch_jars
+    from lakehouse.services import ServiceManager, ensure_topics
+
+    settings = _settings(ctx)
+    fetch_jars(settings.root)
+    names = [n.strip() for n in only.split(",")] if only else None
+    ServiceManager(settings).start(names)
+    if settings.kafka.managed and (names is None or "kafka" in names):
+        created = ensure_topics(settings)
+        if created:
+            click.echo(f"created topics: {', '.join(created)}")
+    _print_status(settings, names)
+
+
+@main.command()
+@click.option("--only", default=None, help="Comma-separated services to stop.")
+@click.pass_context
+@_friendly
+def down(ctx: click.Context, only: str | None) -> None:
+    """Stop the local services cleanly."""
+    from lakehouse.services import ServiceManager
+
+    names = [n.strip() for n in only.split(",")] if only else None
+    stopped = ServiceManager(_settings(ctx)).stop(names)
+    click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+@main.command()
+@click.pass_context
+@_friendly
+def status(ctx: click.Context) -> None:
+    """Show each service, its port, health and memory."""
+    _print_status(_settings(ctx))
+
+
+@main.command()
+@click.option("--events", "count", type=click.IntRange(min=0), default=None, help="How many events.")
+@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Events per second (0 = unthrottled).")
+@click.option("--seed", type=int, default=None, help="Random seed (same seed, same events).")
+@click.option("--run", "run", type=int, default=0, help="A new run number gives new events for the same seed.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_context
+@_friendly
+def simulate(
+    ctx: click.Context, count: int | None, rate: float | None, seed: int | None, run: int, quiet: bool
+) -> None:
+    """Produce simulated web and mobile clickstream events (with real-world flaws) to Kafka."""
+    from lakehouse.simulate import simulate_to_kafka
+
+    report = simulate_to_kafka(
+        _settings(ctx), count=count, rate=rate, seed=seed, run=run, progress=not quiet and sys.stderr.isatty()
+    )
+    kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
+    click.echo(f"sent {report.sent} events in {report.seconds:.1f}s ({report.events_per_second:,.0f}/s): {kinds}")
+
+
+@main.command()
+@click.option("--topic", default="clickstream", show_default=True)
+@click.option("--continuous", is_flag=True, help="Keep running with a processing-time trigger (Ctrl-C stops).")
+@click.option("--trigger", "trigger_interval", default=None, help="Trigger interval, e.g. '5 seconds'.")
+@click.pass_context
+@_friendly
+def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: str | None) -> None:
+    """Kafka → bronze: drain what is there (default) or keep streaming (--continuous)."""
+    from lakehouse.spark import get_spark
+    from lakehouse.streaming.ingest import ingest_available, start_ingest
+
+    settings = _settings(ctx)
+    spark = get_spark(settings)
+    if not continuous:
+        report = ingest_available(spark, settings, topic)
+        click.echo(f"bronze {report.table}: +{report.rows} rows (Delta version {report.table_version})")
+        return
+    query = start_ingest(spark, settings, topic, continuous=True, trigger_interval=trigger_interval)
+    click.echo(f"streaming {topic} → bronze every {trigger_interval or settings.streaming.trigger_interval}; Ctrl-C stops")
+    try:
+        while query.isActive:
+            progress = query.lastProgress
+            if progress is not None:
+                click.echo(f"batch {progress.batchId}: {progress.numInputRows} rows")
+            time.sleep(5)
+    except KeyboardInterrupt:
+        click.echo("stopping (the checkpoint keeps the position)…")
+    finally:
+        query.stop()
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Re-run every task.")
+@click.pass_context
+@_friendly
+def build(ctx: click.Context, force: bool) -> None:
+    """Build the DAG (pipeline.yaml); bronze re-runs only when Kafka has new records."""
+    from lakehouse.dag import build as build_dag
+
+    forced = build_dag(_settings(ctx), force=force)
+    if forced:
+        click.echo(f"new data in Kafka: re-ran {', '.join(forced)} and what depends on it")
+
+
+@main.command()
+@click.option("--events", "count", type=click.IntRange(min=0), default=None, help="Events to simulate first.")
+@click.pass_context
+@_friendly
+def demo(ctx: click.Context, count: int | None) -> None:
+    """The main job: services up, events produced (first run only), DAG built, where to look printed."""
+    from lakehouse.dag import build as build_dag
+    from lakehouse.jvm import fetch_jars
+    from lakehouse.services import ServiceManager, ensure_topics
+    from lakehouse.simulate import simulate_to_kafka
+
+    settings = _settings(ctx)
+    fetch_jars(settings.root)
+    manager = ServiceManager(settings)
+    manager.start(["kafka", "spark", "mlflow"])
+    ensure_topics(settings)
+    marker = settings.workspace / "run" / "demo-simulated"
+    if not marker.exists():
+        report = simulate_to_kafka(settings, count=count, progress=sys.stderr.isatty())
+        marker.write_text(str(report.sent))
+        click.echo(f"produced {report.sent} simulated events ({report.events_per_second:,.0f}/s)")
+    build_dag(settings)
+    manager.start(["dashboard"])
+    _print_status(settings)
+    services = {s.name: s for s in manager.services().values()}
+    click.echo("")
+    click.echo(f"Dashboard:           {services['dashboard'].url}")
+    click.echo(f"MLflow UI:           {services['mlflow'].url}")
+    click.echo(f"Executed notebooks:  {settings.workspace / 'notebooks'}")
+    click.echo(f"Lake (Delta tables): {settings.lake}")
+    click.echo("Stop everything with: make down")
+
+
+if __name__ == "__main__":
+    main()

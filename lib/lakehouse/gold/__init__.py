@@ -1,0 +1,75 @@
+"""Gold: curated marts (sessions, daily KPIs, funnel) recomputed from silver, written as Delta tables."""
+
+from __future__ import annotations
+
+import logging
+
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame
+from pyspark.sql.types import StructType
+
+from lakehouse.errors import DataError
+from lakehouse.gold.kpis import GOLD_DAILY_KPIS, GOLD_FUNNEL, daily_kpis, funnel
+from lakehouse.gold.sessions import GOLD_SESSIONS, sessionize
+
+__all__ = [
+    "GOLD_DAILY_KPIS",
+    "GOLD_FUNNEL",
+    "GOLD_SESSIONS",
+    "daily_kpis",
+    "funnel",
+    "sessionize",
+    "write_gold",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _shape(schema: StructType) -> list[tuple[str, str]]:
+    # Nullability is not compared: Spark derives it per plan, and Delta enforces NOT NULL on its own.
+    return [(field.name, field.dataType.simpleString()) for field in schema.fields]
+
+
+def _existing_schema(df: DataFrame, path: str) -> StructType | None:
+    try:
+        return df.sparkSession.read.format("delta").load(path).schema
+    except AnalysisException as exc:
+        # No table there yet (or not a Delta table: the write below then says so).
+        log.debug("no readable Delta table at %s: %s", path, exc)
+        return None
+
+
+def write_gold(df: DataFrame, path: str) -> int:
+    """Overwrite the Delta table at ``path`` with ``df``; the table's schema may not change.
+
+    Gold is recomputed from silver on each run, so the whole table is replaced. A frame whose columns or
+    types differ from the existing table's is refused (Delta's ``overwriteSchema`` stays false), so a schema
+    change is a deliberate act: drop the table, or migrate it, then rerun.
+
+    Args:
+        df: the mart to write.
+        path: the Delta table's location (local path or object-store URI).
+
+    Returns:
+        The number of rows in the table after the write.
+
+    Raises:
+        DataError: ``df``'s schema differs from the existing table's.
+
+    Example:
+        >>> write_gold(sessionize(silver_events), f"{lake}/gold/sessions")
+    """
+    existing = _existing_schema(df, path)
+    if existing is not None and _shape(existing) != _shape(df.schema):
+        raise DataError(
+            f"the gold table at {path} has schema {_shape(existing)} but the new data has "
+            f"{_shape(df.schema)}: gold schemas do not drift silently — drop or migrate the table "
+            "to change it"
+        )
+    try:
+        df.write.format("delta").mode("overwrite").option("overwriteSchema", "false").save(path)
+    except AnalysisException as exc:
+        raise DataError(f"writing the gold table at {path} failed: {exc}") from exc
+    rows = df.sparkSession.read.format("delta").load(path).count()
+    log.info("wrote %d rows to gold table %s", rows, path)
+    return rows

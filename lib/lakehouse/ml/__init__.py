@@ -1,0 +1,1 @@
+"""Machine learning on gold: features, training with MLflow tracking and registry, scoring."""

@@ -1,0 +1,1 @@
+"""Silver: validated, typed, deduplicated tables, with quarantine for what fails."""

@@ -1,0 +1,1 @@
+"""Structured Streaming jobs: sources, sinks and the transforms between them."""

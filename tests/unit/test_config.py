@@ -1,0 +1,104 @@
+"""Settings: the one environment switch, variable expansion and clear errors for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lakehouse.config import find_root, load_settings
+from lakehouse.errors import ConfigError
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _project(tmp_path: Path, body: str, name: str = "env.yaml") -> Path:
+    (tmp_path / "pipeline.yaml").write_text("tasks: []\n")
+    (tmp_path / name).write_text(body)
+    return tmp_path
+
+
+def test_each_committed_environment_loads() -> None:
+    local = load_settings("local", root=ROOT)
+    test = load_settings("test", root=ROOT)
+    assert local.env_name == "local" and test.env_name == "test"
+    assert local.workspace != test.workspace
+    # The test stack must never collide with a running demo.
+    assert {local.kafka.port, local.spark.connect_port, local.mlflow.port, local.dashboard.port}.isdisjoint(
+        {test.kafka.port, test.spark.connect_port, test.mlflow.port, test.dashboard.port}
+    )
+
+
+def test_env_variable_selects_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEHOUSE_ENV", "test")
+    assert load_settings(root=ROOT).env_name == "test"
+
+
+def test_paths_are_absolute_and_inside_the_workspace(tmp_path: Path) -> None:
+    root = _project(tmp_path, "workspace: ws\n")
+    settings = load_settings("local", root=root)
+    assert settings.workspace == (tmp_path / "ws").resolve()
+    assert settings.table_path("silver", "events") == str(tmp_path / "ws" / "lake" / "silver" / "events")
+    with pytest.raises(ConfigError, match="unknown lake layer"):
+        settings.table_path("platinum", "events")
+
+
+def test_variables_expand_with_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _project(tmp_path, "workspace: ws\nkafka:\n  bootstrap_servers: ${BROKERS:-127.0.0.1:1234}\n")
+    monkeypatch.delenv("BROKERS", raising=False)
+    assert load_settings("local", root=root).kafka.bootstrap_servers == "127.0.0.1:1234"
+    monkeypatch.setenv("BROKERS", "kafka-1:9092,kafka-2:9092")
+    assert load_settings("local", root=root).kafka.bootstrap_servers == "kafka-1:9092,kafka-2:9092"
+
+
+def test_missing_variable_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SPARK_REMOTE_X", raising=False)
+    root = _project(tmp_path, "workspace: ws\nspark:\n  connect_url: ${SPARK_REMOTE_X}\n")
+    with pytest.raises(ConfigError, match="SPARK_REMOTE_X"):
+        load_settings("local", root=root)
+
+
+def test_cluster_environment_needs_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LAKEHOUSE_WORKSPACE", "LAKEHOUSE_KAFKA_BOOTSTRAP", "SPARK_REMOTE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="LAKEHOUSE_WORKSPACE"):
+        load_settings("cluster", root=ROOT)
+    monkeypatch.setenv("LAKEHOUSE_WORKSPACE", "/data/lakehouse")
+    monkeypatch.setenv("LAKEHOUSE_KAFKA_BOOTSTRAP", "broker:9092")
+    monkeypatch.setenv("SPARK_REMOTE", "sc://spark-connect:15002")
+    cluster = load_settings("cluster", root=ROOT)
+    assert not cluster.spark.managed and cluster.spark.connect_url == "sc://spark-connect:15002"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("workspace: ws\nkafka:\n  port: not-a-port\n", "kafka.port"),
+        ("workspace: ws\nkafka:\n  brokers: 3\n", "kafka.brokers"),
+        ("workspace: ws\nspark:\n  connect_url: http://x:1\n", "sc://"),
+        ("kafka: {}\n", "workspace"),
+        ("workspace: [unclosed\n", "not valid YAML"),
+        ("- a list\n", "mapping"),
+    ],
+)
+def test_bad_files_give_clear_errors(tmp_path: Path, body: str, message: str) -> None:
+    root = _project(tmp_path, body)
+    with pytest.raises(ConfigError, match=message):
+        load_settings("local", root=root)
+
+
+def test_unknown_environment_lists_the_known_ones(tmp_path: Path) -> None:
+    root = _project(tmp_path, "workspace: ws\n")
+    with pytest.raises(ConfigError, match=r"env\.staging\.yaml.*env\.yaml"):
+        load_settings("staging", root=root)
+
+
+def test_root_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _project(tmp_path, "workspace: ws\n")
+    (root / "notebooks" / "silver").mkdir(parents=True)
+    monkeypatch.delenv("LAKEHOUSE_ROOT", raising=False)
+    assert find_root(root / "notebooks" / "silver") == root.resolve()
+    with pytest.raises(ConfigError, match="pipeline.yaml"):
+        find_root(Path("/"))
