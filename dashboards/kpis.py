@@ -30,7 +30,7 @@ ACCENT = "#0f6e8c"
 SNAPSHOT_TTL_SECONDS = 60
 read_snapshot = pn.cache(gold.load_snapshot, ttl=SNAPSHOT_TTL_SECONDS)
 
-DAY_TICKS = DatetimeTickFormatter(days="%d %b", months="%b %Y")
+DAY_TICKS = DatetimeTickFormatter(days="%d %b", months="%b %Y", context="")
 CARD_STYLE = {
     "border": "1px solid #d8dee4",
     "border-radius": "8px",

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CLASSPATHS = {"spark-jars": "spark", "kafka-jars": "kafka"}
 # Same classes under another name in the wheel (jcl-over-slf4j replaces commons-logging).
 _ALSO_PROVIDED = {"commons-logging"}
-_VERSIONED = re.compile(r"^(?P<artifact>.+?)-\d[\w.\-]*\.jar$")
+_VERSIONED = re.compile(r"^(?P<artifact>.+)-\d+(?:\.\d+)+[\w.\-]*\.jar$")
 
 
 def artifact_name(jar: str) -> str:

@@ -334,10 +334,11 @@ class ServiceManager:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         for name in wanted:
-            self._start_one(available[name])
+            self.start_service(available[name])
         return self.status(wanted)
 
-    def _start_one(self, service: Service) -> None:
+    def start_service(self, service: Service) -> None:
+        """Start one service and wait until it is healthy (see :meth:`start`)."""
         if self.pid(service.name) is not None:
             try:
                 service.health()

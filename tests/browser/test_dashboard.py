@@ -52,6 +52,8 @@ def screenshot(page: Page, path: Path) -> Path:
     page.set_viewport_size({"width": 1400, "height": 1700})
     # charts re-render after the KPI cards; the template's busy spinner stops when the server is done
     expect(page.locator(".loader.spin")).to_have_count(0)
+    page.wait_for_function("() => window.Bokeh && Bokeh.documents.every((doc) => doc.is_idle)")
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000, "the screenshot is suspiciously small"
     return path
@@ -95,6 +97,23 @@ def test_filters_change_the_kpis(page: Page, dashboard: Dashboard, tmp_path: Pat
     expect(kpi_value(page, "sessions")).to_have_text(f"{len(on_ios):,}")
     assert_no_traceback(page, dashboard)
     screenshot(page, tmp_path / "kpis-filtered.png")
+
+
+def test_date_slider_narrows_the_period(page: Page, dashboard: Dashboard) -> None:
+    sessions = dashboard.project.sessions
+    days = sorted(sessions["session_date"].unique())
+    later = sessions[sessions["session_date"] >= days[2]]
+
+    page.goto(dashboard.url)
+    expect(kpi_value(page, "sessions")).to_have_text(f"{len(sessions):,}")
+    # a person can move a slider handle with the keyboard: each arrow press is one day
+    page.locator(".filter-period .noUi-handle-lower").focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    expect(page.locator(".filter-period .bk-slider-title")).to_contain_text(f"{days[2]:%d %b %Y} ..")
+    expect(kpi_value(page, "sessions")).to_have_text(f"{len(later):,}")
+    expect(kpi_value(page, "active-users")).to_have_text(f"{later['user_id'].nunique():,}")
+    assert_no_traceback(page, dashboard)
 
 
 def test_missing_gold_shows_what_to_do(page: Page, empty_dashboard: Dashboard, tmp_path: Path) -> None:

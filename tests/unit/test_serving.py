@@ -196,14 +196,21 @@ def test_period_is_the_filter_or_the_data(sessions: pd.DataFrame) -> None:
     assert gold.period(sessions.iloc[0:0], Filters()) is None
 
 
-def test_funnel_is_ordered_monotonic_and_correct(sessions: pd.DataFrame) -> None:
+def test_funnel_counts_sessions_with_an_event_of_each_step(sessions: pd.DataFrame) -> None:
     steps = gold.funnel(sessions, Filters())
     assert steps["step"].tolist() == list(FUNNEL)
-    # s09 has no page_view and s08 no checkout event, yet both reached those steps by going further
-    assert steps["sessions"].tolist() == [10, 7, 5, 4, 4]
-    assert steps["rate_from_start"].tolist() == pytest.approx([1.0, 0.7, 0.5, 0.4, 0.4])
-    assert steps["sessions"].is_monotonic_decreasing
+    # s09 has no page_view and s08 no checkout event: like gold's funnel, they do not count for those steps
+    assert steps["sessions"].tolist() == [9, 7, 5, 3, 4]
+    assert steps["rate_from_start"].tolist() == pytest.approx([1.0, 7 / 9, 5 / 9, 3 / 9, 4 / 9])
     assert steps["sessions"].iloc[-1] == gold.kpi_summary(sessions, Filters()).converted_sessions
+
+
+def test_funnel_of_complete_sessions_is_monotonic(sessions: pd.DataFrame) -> None:
+    # DE, US and JP sessions have every event up to where they stopped
+    steps = gold.funnel(sessions, Filters(countries=("DE", "US", "JP")))
+    assert steps["sessions"].tolist() == [6, 4, 3, 3, 3]
+    assert steps["rate_from_start"].tolist() == pytest.approx([1.0, 4 / 6, 0.5, 0.5, 0.5])
+    assert steps["sessions"].is_monotonic_decreasing
 
 
 def test_funnel_of_nothing_is_zero_not_nan(sessions: pd.DataFrame) -> None:

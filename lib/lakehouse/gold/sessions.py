@@ -85,7 +85,11 @@ def conform(df: DataFrame, schema: StructType) -> DataFrame:
     missing = [field.name for field in schema.fields if field.name not in df.columns]
     if missing:
         raise DataError(f"cannot conform to the schema: columns {missing} are missing (have {df.columns})")
-    return df.select(*(F.col(field.name).cast(field.dataType).alias(field.name) for field in schema.fields))
+    # Cast by DDL name: over Spark Connect, cast(StringType()) records "string collate UTF8_BINARY" in the
+    # Delta log, which delta-rs (the dashboards' and notebooks' reader) cannot parse.
+    return df.select(
+        *(F.col(field.name).cast(field.dataType.simpleString()).alias(field.name) for field in schema.fields)
+    )
 
 
 def require_columns(df: DataFrame, columns: tuple[str, ...] | list[str], what: str) -> None:

@@ -302,18 +302,16 @@ def daily_trend(sessions: pd.DataFrame, filters: Filters) -> pd.DataFrame:
 def funnel(sessions: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """Sessions reaching each step of :data:`lakehouse.clickstream.FUNNEL`, in order.
 
-    A session reaches a step when it has an event of that step *or of any later step*: a purchase implies
-    the checkout happened even when its event was lost upstream. So the funnel never widens, and its last
-    step (purchase) counts the sessions with ``purchases > 0``.
+    A session reaches a step when it has at least one event of that type (``page_views > 0`` for
+    ``page_view``…), the definition gold's own funnel and ``daily_kpis`` use, so the numbers reconcile. On
+    complete sessions the funnel narrows step by step; a step wider than the one before it means events went
+    missing upstream (a purchase whose checkout event was lost counts for ``purchase``, not ``checkout``).
 
     Returns:
         Columns ``step``, ``sessions`` and ``rate_from_start`` (sessions / sessions at the first step).
     """
-    reached = []
-    for index, step in enumerate(FUNNEL):
-        later = " OR ".join(f"{STEP_COLUMNS[name]} > 0" for name in FUNNEL[index:])
-        reached.append(f"COUNT(*) FILTER (WHERE {later}) AS {step}")
-    counts = _query(sessions, f"SELECT {', '.join(reached)} FROM {_VIEW}", filters).iloc[0]
+    reached = ", ".join(f"COUNT(*) FILTER (WHERE {STEP_COLUMNS[step]} > 0) AS {step}" for step in FUNNEL)
+    counts = _query(sessions, f"SELECT {reached} FROM {_VIEW}", filters).iloc[0]
     steps = [int(counts[step]) for step in FUNNEL]
     start = steps[0]
     return pd.DataFrame(

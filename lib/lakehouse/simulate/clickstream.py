@@ -123,7 +123,7 @@ _DIURNAL: Final = (
 _DIURNAL_CUM: Final = tuple(accumulate(_DIURNAL))
 
 _BOUNCE: Final = 0.30
-_CART: Final = 0.30
+_CART: Final = 0.24
 _CHECKOUT: Final = 0.62
 _PURCHASE: Final = 0.72
 
@@ -739,22 +739,26 @@ def _stream(
     # Extra records slotted in after a sequence position: duplicates and malformed payloads.
     extras: dict[int, list[tuple[str, int]]] = {}
     originals = [index for index in range(len(events)) if kinds[index] in ("valid", "late")]
+    picks: list[int] = []
     if duplicates and originals:
         picks = rng.sample(originals, min(duplicates, len(originals)))
         picks += rng.choices(originals, k=duplicates - len(picks))
-        for index in picks:
-            slot = position[index]
-            if rng.random() >= 0.4:  # otherwise re-sent right after the original
-                last = bisect_right(newest, events[index].ts + _DUPLICATE_MAX_BEHIND) - 1
-                slot = slot + int((last - slot) * math.sqrt(rng.random()))
-            extras.setdefault(slot, []).append(("duplicate", index))
+    elif duplicates:
+        log.warning("no valid event to duplicate in so short a stream: %d duplicates left out", duplicates)
+    for index in picks:
+        slot = position[index]
+        if rng.random() >= 0.4:  # otherwise re-sent right after the original
+            last = bisect_right(newest, events[index].ts + _DUPLICATE_MAX_BEHIND) - 1
+            slot = slot + int((last - slot) * math.sqrt(rng.random()))
+        extras.setdefault(slot, []).append(("duplicate", index))
     cases = [MALFORMED_CASES[i % len(MALFORMED_CASES)] for i in range(malformed)]
     rng.shuffle(cases)
     for number in range(len(cases)):
         extras.setdefault(rng.randrange(len(sequence)), []).append(("malformed", number))
 
     switch = math.ceil(flaws.schema_v2_from * count)
-    sent: dict[int, bytes] = {}
+    resent = set(picks)
+    sent: dict[int, bytes] = {}  # the bytes of originals that are re-sent later, and only those
     emitted = 0
 
     def version() -> int:
@@ -763,7 +767,8 @@ def _stream(
     for slot, index in enumerate(sequence):
         event = events[index]
         value = _dumps(_payload(event, version()))
-        sent[index] = value
+        if index in resent:
+            sent[index] = value
         yield SimulatedEvent(event.user.user_id.encode("utf-8"), value, kinds[index], event.event_id)
         emitted += 1
         for what, ref in extras.get(slot, ()):
@@ -913,6 +918,14 @@ def _unreachable(bootstrap_servers: str, why: object) -> ServiceError:
     )
 
 
+def _send_failed(bootstrap_servers: str, topic: str, why: object) -> ServiceError:
+    return ServiceError(
+        f"sending to topic {topic!r} at {bootstrap_servers} failed ({why}): check that the broker is still "
+        "up and the topic exists (`lakehouse up` starts the broker and creates the topics), then send again; "
+        "records already sent are deduplicated downstream by event_id"
+    )
+
+
 def _connect(bootstrap_servers: str) -> Any:
     require_broker(bootstrap_servers)
     try:
@@ -980,18 +993,18 @@ def produce(
                 try:
                     future = producer.send(topic, key=event.key, value=event.value)
                 except KafkaError as exc:
-                    raise _unreachable(bootstrap_servers, exc) from exc
+                    raise _send_failed(bootstrap_servers, topic, exc) from exc
                 future.add_errback(failures.append)
                 if failures:
-                    raise _unreachable(bootstrap_servers, failures[0]) from failures[0]
+                    raise _send_failed(bootstrap_servers, topic, failures[0]) from failures[0]
                 by_kind[event.kind] += 1
                 bar.update(1)
             try:
                 producer.flush(timeout=_FLUSH_TIMEOUT_S)
             except KafkaError as exc:
-                raise _unreachable(bootstrap_servers, exc) from exc
+                raise _send_failed(bootstrap_servers, topic, exc) from exc
             if failures:
-                raise _unreachable(bootstrap_servers, failures[0]) from failures[0]
+                raise _send_failed(bootstrap_servers, topic, failures[0]) from failures[0]
     finally:
         producer.close(timeout=5)
     seconds = time.monotonic() - began

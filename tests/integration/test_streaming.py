@@ -1,0 +1,141 @@
+"""Kafka → bronze → silver on the real broker and the real Spark Connect server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kafka import KafkaAdminClient
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+
+from lakehouse.config import Settings, TopicSettings
+from lakehouse.errors import ServiceError
+from lakehouse.silver.events import CleanTables, clean_events
+from lakehouse.simulate import Flaws, generate_events, produce
+from lakehouse.streaming.ingest import ingest_available, start_ingest
+
+pytestmark = pytest.mark.integration
+
+
+def _new_topic(settings: Settings, partitions: int = 2) -> str:
+    name = f"it-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(name=name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+    return name
+
+
+def _tables(tmp_path: Path) -> CleanTables:
+    return CleanTables(
+        bronze=str(tmp_path / "bronze"), silver=str(tmp_path / "silver"),
+        quarantine=str(tmp_path / "quarantine"), reconciliation=str(tmp_path / "reconciliation"),
+        checkpoint=str(tmp_path / "checkpoints" / "silver"),
+    )  # fmt: skip
+
+
+def test_topics_have_the_configured_partitions_and_retention(stack: Settings) -> None:
+    expected: TopicSettings = stack.kafka.topics["clickstream"]
+    admin = KafkaAdminClient(bootstrap_servers=stack.kafka.bootstrap_servers)
+    try:
+        (described,) = admin.describe_topics(["clickstream"])
+        assert len(described["partitions"]) == expected.partitions
+        configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "clickstream")])
+        entries = {c[0]: c[1] for c in configs[0].resources[0][4]}
+        assert entries["retention.ms"] == str(expected.retention_ms)
+    finally:
+        admin.close()
+
+
+def test_produce_bronze_silver_reconciles_with_the_simulator(stack: Settings, spark: Any, tmp_path: Path) -> None:
+    topic = _new_topic(stack)
+    events = list(generate_events(1500, seed=3, days=2, flaws=Flaws()))
+    report = produce(events, bootstrap_servers=stack.kafka.bootstrap_servers, topic=topic)
+    tables = _tables(tmp_path)
+    ingested = ingest_available(
+        spark, stack, topic, table=tables.bronze, checkpoint=str(tmp_path / "checkpoints" / "bronze")
+    )
+    assert ingested.rows == report.sent == len(events)
+
+    cleaned = clean_events(spark, stack, tables=tables)
+    kinds = report.by_kind
+    assert cleaned.bronze_rows == len(events)
+    assert cleaned.inserted == kinds.get("valid", 0) + kinds.get("late", 0)
+    assert cleaned.quarantined == kinds.get("malformed", 0) + kinds.get("very_late", 0)
+    assert cleaned.duplicates == kinds.get("duplicate", 0)
+    assert cleaned.late == kinds.get("very_late", 0)
+    assert cleaned.totals.check().balanced
+    reasons = {r["reason"] for r in spark.read.format("delta").load(tables.quarantine).collect()}
+    assert {"malformed_json", "late_beyond_watermark"} <= reasons
+
+    # A second run finds nothing new and changes nothing.
+    again = clean_events(spark, stack, tables=tables)
+    assert again.bronze_rows == 0 and again.totals == cleaned.totals
+
+
+def _bronze_offsets(spark: Any, table: str) -> list[tuple[int, int]]:
+    return [(r["partition"], r["offset"]) for r in spark.read.format("delta").load(table).collect()]
+
+
+def _wait_for_rows(spark: Any, table: str, at_least: int, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    rows = 0
+    while time.monotonic() < deadline:
+        try:
+            rows = spark.read.format("delta").load(table).count()
+        except Exception:  # noqa: BLE001 - the table may not exist yet
+            rows = 0
+        if rows >= at_least:
+            return rows
+        time.sleep(1)
+    return rows
+
+
+def test_ingest_stopped_and_restarted_mid_stream_loses_and_duplicates_nothing(
+    stack: Settings, spark: Any, tmp_path: Path
+) -> None:
+    topic = _new_topic(stack, partitions=2)
+    small_batches = stack.model_copy(
+        update={"streaming": stack.streaming.model_copy(update={"max_offsets_per_trigger": 300})}
+    )
+    table, checkpoint = str(tmp_path / "bronze"), str(tmp_path / "checkpoint")
+    first = list(generate_events(3000, seed=5, days=1, flaws=Flaws.none()))
+    produce(first, bootstrap_servers=stack.kafka.bootstrap_servers, topic=topic)
+
+    query = start_ingest(
+        spark, small_batches, topic, table=table, checkpoint=checkpoint, continuous=True, trigger_interval="1 second"
+    )
+    try:
+        seen = _wait_for_rows(spark, table, at_least=300)
+        assert 0 < seen < 3000, "the query should be stopped mid-stream"
+    finally:
+        query.stop()
+    stopped_at = spark.read.format("delta").load(table).count()
+
+    second = list(generate_events(700, seed=6, days=1, flaws=Flaws.none()))
+    produce(second, bootstrap_servers=stack.kafka.bootstrap_servers, topic=topic)
+    query = start_ingest(
+        spark, small_batches, topic, table=table, checkpoint=checkpoint, continuous=True, trigger_interval="1 second"
+    )
+    try:
+        total = _wait_for_rows(spark, table, at_least=3700)
+    finally:
+        query.stop()
+
+    offsets = _bronze_offsets(spark, table)
+    assert stopped_at < 3700
+    assert total == 3700 == len(offsets)
+    assert len(set(offsets)) == len(offsets), "a Kafka record landed twice"
+    for partition in {p for p, _ in offsets}:
+        got = sorted(o for p, o in offsets if p == partition)
+        assert got == list(range(len(got))), f"partition {partition} has gaps"
+
+
+def test_ingest_says_what_to_do_when_the_broker_is_down(stack: Settings, spark: Any, tmp_path: Path) -> None:
+    down = stack.model_copy(update={"kafka": stack.kafka.model_copy(update={"bootstrap_servers": "127.0.0.1:1"})})
+    with pytest.raises(ServiceError, match="lakehouse up"):
+        ingest_available(spark, down, "clickstream", table=str(tmp_path / "t"), checkpoint=str(tmp_path / "c"))
