@@ -45,8 +45,11 @@ class MemorySampler(threading.Thread):
 
     def run(self) -> None:
         while self.running:
-            total = sum(tree_rss(pid) for name in ("kafka", "spark", "mlflow", "dashboard")
-                        if (pid := self.manager.pid(name)))  # fmt: skip
+            total = sum(
+                tree_rss(pid)
+                for name in ("kafka", "spark", "mlflow", "dashboard")
+                if (pid := self.manager.pid(name))
+            )
             for proc in psutil.process_iter(["cmdline", "memory_info"]):
                 cmdline = " ".join(proc.info["cmdline"] or [])
                 if "ipykernel_launcher" in cmdline and proc.info["memory_info"]:
@@ -56,7 +59,9 @@ class MemorySampler(threading.Thread):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--env", default="local")
     args = parser.parse_args()
     settings = load_settings(args.env)
@@ -78,7 +83,9 @@ def main() -> None:
     print(f"DAG, classic Spark per notebook: {classic:6.1f} s")
     print(f"ratio connect / classic = {connect / classic:.2f}  (target <= 0.5)")
     print(f"rebuild with nothing new: {rebuild:.1f} s  (target <= 5 s)")
-    print(f"peak resident memory of the local stack during the DAG: {sampler.peak / 2**30:.2f} GiB  (target <= 6 GiB)")
+    print(
+        f"peak RSS of the local stack during the DAG: {sampler.peak / 2**30:.2f} GiB  (target <= 6 GiB)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,32 @@ from lakehouse.streaming.ingest import ingest_available
 def consumer_perf(settings, topic: str, messages: int) -> float:
     """Messages/s that Kafka's own ConsumerPerformance tool reads from the topic (from its summary line)."""
     classpath = f"{settings.jars_dir / 'kafka-jars'}/*"
-    output = subprocess.run(
-        [
-            java_executable(), "-Xmx512m", "-cp", classpath, "org.apache.kafka.tools.ConsumerPerformance",
-            "--bootstrap-server", settings.kafka.bootstrap_servers, "--topic", topic,
-            "--messages", str(messages), "--group", f"perf-{uuid.uuid4().hex[:6]}", "--timeout", "60000",
-        ],  # fmt: skip
-        capture_output=True, text=True, check=True,
-    ).stdout.strip().splitlines()  # fmt: skip
+    output = (
+        subprocess.run(
+            [
+                java_executable(),
+                "-Xmx512m",
+                "-cp",
+                classpath,
+                "org.apache.kafka.tools.ConsumerPerformance",
+                "--bootstrap-server",
+                settings.kafka.bootstrap_servers,
+                "--topic",
+                topic,
+                "--messages",
+                str(messages),
+                "--group",
+                f"perf-{uuid.uuid4().hex[:6]}",
+                "--timeout",
+                "60000",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     header = next(i for i, line in enumerate(output) if "nMsg.sec" in line)
     columns = [c.strip() for c in output[header].split(",")]
     values = [v.strip() for v in output[header + 1].split(",")]
@@ -44,7 +62,9 @@ def consumer_perf(settings, topic: str, messages: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--env", default="local")
     args = parser.parse_args()
@@ -57,8 +77,9 @@ def main() -> None:
     admin.close()
     report = produce(
         generate_events(args.events, seed=1, flaws=Flaws.none()),
-        bootstrap_servers=settings.kafka.bootstrap_servers, topic=topic,
-    )  # fmt: skip
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        topic=topic,
+    )
     print(f"produced {report.sent} events to {topic} at {report.events_per_second:,.0f}/s")
 
     baseline = consumer_perf(settings, topic, report.sent)
@@ -72,7 +93,9 @@ def main() -> None:
         seconds = time.perf_counter() - started
     ours = ingested.rows / seconds
     print(f"Kafka ConsumerPerformance: {baseline:>12,.0f} msg/s")
-    print(f"Kafka → bronze (Delta):    {ours:>12,.0f} events/s  ({ingested.rows} rows in {seconds:.1f}s, incl. query start)")
+    print(
+        f"Kafka → bronze (Delta):    {ours:>12,.0f} events/s  ({ingested.rows} rows in {seconds:.1f}s)"
+    )
     print(f"ratio bronze / consumer-perf = {ours / baseline:.2f}  (target >= 0.3)")
 
 

@@ -56,8 +56,14 @@ class _Stack:
 
     def stop(self) -> None:
         if self.started:
+            from pyspark.sql import SparkSession
+
             from lakehouse.services import ServiceManager
 
+            # Close client sessions first: a Connect client whose server is gone retries for minutes at exit.
+            active = SparkSession.getActiveSession()
+            if active is not None:
+                active.stop()
             ServiceManager(load_settings("test", root=ROOT)).stop()
             self.started = False
 
@@ -115,3 +121,4 @@ def spark(stack: Settings) -> Iterator[Any]:
 
     session = get_spark(stack, mode="connect")
     yield session
+    session.stop()

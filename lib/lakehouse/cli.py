@@ -32,7 +32,7 @@ def _friendly(func: F) -> F:
 
 
 def _settings(ctx: click.Context) -> Settings:
-    settings = ctx.obj.get("settings")
+    settings: Settings | None = ctx.obj.get("settings")
     if settings is None:
         try:
             settings = load_settings(ctx.obj.get("env"))
@@ -43,7 +43,12 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--env", "env", default=None, help=f"Environment: local, test, cluster… (default ${ENV_VARIABLE} or local).")
+@click.option(
+    "--env",
+    "env",
+    default=None,
+    help=f"Environment: local, test, cluster… (default ${ENV_VARIABLE} or local).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress.")
 @click.pass_context
 def main(ctx: click.Context, env: str | None, verbose: bool) -> None:
@@ -128,9 +133,13 @@ def status(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--events", "count", type=click.IntRange(min=0), default=None, help="How many events.")
-@click.option("--rate", type=click.FloatRange(min=0), default=None, help="Events per second (0 = unthrottled).")
+@click.option(
+    "--rate", type=click.FloatRange(min=0), default=None, help="Events per second (0 = unthrottled)."
+)
 @click.option("--seed", type=int, default=None, help="Random seed (same seed, same events).")
-@click.option("--run", "run", type=int, default=0, help="A new run number gives new events for the same seed.")
+@click.option(
+    "--run", "run", type=int, default=0, help="A new run number gives new events for the same seed."
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 @_friendly
@@ -144,12 +153,16 @@ def simulate(
         _settings(ctx), count=count, rate=rate, seed=seed, run=run, progress=not quiet and sys.stderr.isatty()
     )
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
-    click.echo(f"sent {report.sent} events in {report.seconds:.1f}s ({report.events_per_second:,.0f}/s): {kinds}")
+    click.echo(
+        f"sent {report.sent} events in {report.seconds:.1f}s ({report.events_per_second:,.0f}/s): {kinds}"
+    )
 
 
 @main.command()
 @click.option("--topic", default="clickstream", show_default=True)
-@click.option("--continuous", is_flag=True, help="Keep running with a processing-time trigger (Ctrl-C stops).")
+@click.option(
+    "--continuous", is_flag=True, help="Keep running with a processing-time trigger (Ctrl-C stops)."
+)
 @click.option("--trigger", "trigger_interval", default=None, help="Trigger interval, e.g. '5 seconds'.")
 @click.pass_context
 @_friendly
@@ -164,8 +177,11 @@ def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: s
         report = ingest_available(spark, settings, topic)
         click.echo(f"bronze {report.table}: +{report.rows} rows (Delta version {report.table_version})")
         return
-    query = start_ingest(spark, settings, topic, continuous=True, trigger_interval=trigger_interval)
-    click.echo(f"streaming {topic} → bronze every {trigger_interval or settings.streaming.trigger_interval}; Ctrl-C stops")
+    query_interval = trigger_interval or settings.streaming.trigger_interval
+    query = start_ingest(spark, settings, topic, continuous=True, trigger_interval=query_interval)
+    click.echo(
+        f"streaming {topic} → bronze every {query_interval}; Ctrl-C stops"
+    )
     try:
         while query.isActive:
             progress = query.lastProgress

@@ -87,7 +87,9 @@ RAW_EVENT: Final = StructType(
         StructField("price", DoubleType()),
         StructField("revenue", DoubleType()),
         StructField("currency", StringType()),
-        StructField("amount", StructType([StructField("value", DoubleType()), StructField("currency", StringType())])),
+        StructField(
+            "amount", StructType([StructField("value", DoubleType()), StructField("currency", StringType())])
+        ),
         StructField("order_id", StringType()),
         StructField("consent", StructType([StructField("analytics", BooleanType())])),
     ]

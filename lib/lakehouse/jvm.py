@@ -79,9 +79,15 @@ def fetch_jars(root: Path, force: bool = False) -> dict[str, int]:
             shutil.rmtree(target)
         target.mkdir(parents=True)
         command = [
-            mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-            "-DincludeScope=runtime", f"-DoutputDirectory={target}",
-        ]  # fmt: skip
+            mvn,
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={target}",
+        ]
         log.info("fetching %s with Maven", folder_name)
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:

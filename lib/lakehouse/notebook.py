@@ -70,15 +70,13 @@ def bind_parameters(namespace: Mapping[str, Any]) -> Parameters:
         )
     unknown = sorted(n for n, v in namespace.items() if _is_candidate(n, v) and n not in declared)
     if unknown:
-        raise ParameterError(
-            f"unknown parameter(s) {unknown}: this notebook takes {sorted(declared)}"
-        )
+        raise ParameterError(f"unknown parameter(s) {unknown}: this notebook takes {sorted(declared)}")
     values = {}
     for name, annotation in declared.items():
         if name not in namespace:
             raise ParameterError(f"parameter {name!r} is declared without a default value")
         if isinstance(annotation, str):  # `from __future__ import annotations` in a notebook
-            annotation = eval(annotation, {"__builtins__": __builtins__}, {})  # noqa: S307 - own cell
+            annotation = eval(annotation, {"__builtins__": __builtins__}, {})
         values[name] = _check(name, annotation, namespace[name])
     return Parameters(**values)
 

@@ -1,4 +1,4 @@
-"""Local services started by the project: a KRaft Kafka broker, a Spark Connect server, MLflow and the dashboard.
+"""Local services the project starts: a KRaft Kafka broker, a Spark Connect server, MLflow, the dashboard.
 
 Each service is a detached process with a pid file and a log under the workspace, so ``lakehouse up`` is safe
 to run twice, ``status`` works from any shell and ``down`` stops exactly what ``up`` started. Everything
@@ -90,7 +90,9 @@ def java_executable() -> str:
     home = os.environ.get("JAVA_HOME")
     java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not java or not Path(java).exists():
-        raise ServiceError("Java is not installed: Kafka and Spark need Java 17 (`apt-get install openjdk-17-jdk`)")
+        raise ServiceError(
+            "Java is not installed: Kafka and Spark need Java 17 (`apt-get install openjdk-17-jdk`)"
+        )
     return java
 
 
@@ -115,7 +117,7 @@ def port_owner(port: int) -> str:
 
 
 def _http_ok(url: str, timeout: float = 3.0) -> None:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         if response.status >= 400:
             raise ServiceError(f"{url} answered HTTP {response.status}")
 
@@ -141,10 +143,19 @@ class ServiceManager:
             port=s.mlflow.port,
             url=f"http://127.0.0.1:{s.mlflow.port}",
             command=[
-                _bin("mlflow"), "server", "--host", "127.0.0.1", "--port", str(s.mlflow.port),
-                "--workers", "1", "--backend-store-uri", s.mlflow_tracking_uri,
-                "--default-artifact-root", str(s.mlflow_artifacts),
-            ],  # fmt: skip
+                _bin("mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(s.mlflow.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                s.mlflow_tracking_uri,
+                "--default-artifact-root",
+                str(s.mlflow_artifacts),
+            ],
             health=lambda: _http_ok(f"http://127.0.0.1:{s.mlflow.port}/health"),
             prepare=lambda: s.mlflow_artifacts.mkdir(parents=True, exist_ok=True),
             startup_timeout=60,
@@ -155,10 +166,20 @@ class ServiceManager:
             port=port,
             url=f"http://127.0.0.1:{port}/kpis",
             command=[
-                _bin("panel"), "serve", str(s.root / "dashboards" / "kpis.py"), "--address", "127.0.0.1",
-                "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}",
-                "--allow-websocket-origin", f"localhost:{port}", "--num-procs", "1",
-            ],  # fmt: skip
+                _bin("panel"),
+                "serve",
+                str(s.root / "dashboards" / "kpis.py"),
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--allow-websocket-origin",
+                f"127.0.0.1:{port}",
+                "--allow-websocket-origin",
+                f"localhost:{port}",
+                "--num-procs",
+                "1",
+            ],
             health=lambda: _http_ok(f"http://127.0.0.1:{port}/kpis"),
             env={"LAKEHOUSE_ENV": s.env_name, "LAKEHOUSE_ROOT": str(s.root)},
             startup_timeout=60,
@@ -207,13 +228,22 @@ class ServiceManager:
                 cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
                 result = subprocess.run(
                     [
-                        java_executable(), "-cp", classpath,
+                        java_executable(),
+                        "-cp",
+                        classpath,
                         f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-                        "kafka.tools.StorageTool", "format", "--standalone", "-t", cluster_id,
-                        "-c", str(properties),
-                    ],  # fmt: skip
-                    capture_output=True, text=True, check=False,
-                )  # fmt: skip
+                        "kafka.tools.StorageTool",
+                        "format",
+                        "--standalone",
+                        "-t",
+                        cluster_id,
+                        "-c",
+                        str(properties),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
                 if result.returncode != 0:
                     raise ServiceError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
 
@@ -222,10 +252,17 @@ class ServiceManager:
             port=k.port,
             url=k.bootstrap_servers,
             command=[
-                java_executable(), f"-Xms{k.heap}", f"-Xmx{k.heap}", "-XX:+UseG1GC",
-                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
-                "-cp", classpath, "kafka.Kafka", str(properties),
-            ],  # fmt: skip
+                java_executable(),
+                f"-Xms{k.heap}",
+                f"-Xmx{k.heap}",
+                "-XX:+UseG1GC",
+                "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={home / 'log4j2.properties'}",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(properties),
+            ],
             health=self._kafka_health,
             prepare=prepare,
             startup_timeout=90,
@@ -236,9 +273,10 @@ class ServiceManager:
 
         require_broker(self.settings.kafka.bootstrap_servers)
         admin = KafkaAdminClient(
-            bootstrap_servers=self.settings.kafka.bootstrap_servers, request_timeout_ms=5000,
+            bootstrap_servers=self.settings.kafka.bootstrap_servers,
+            request_timeout_ms=5000,
             client_id="lakehouse-health",
-        )  # fmt: skip
+        )
         try:
             admin.list_topics()
         finally:
@@ -256,10 +294,16 @@ class ServiceManager:
             }
         )
         command = [
-            _bin("spark-submit"), "--class", "org.apache.spark.sql.connect.service.SparkConnectServer",
-            "--name", f"lakehouse-connect-{s.env_name}", "--master", s.spark.master,
-            "--driver-memory", s.spark.driver_memory,
-        ]  # fmt: skip
+            _bin("spark-submit"),
+            "--class",
+            "org.apache.spark.sql.connect.service.SparkConnectServer",
+            "--name",
+            f"lakehouse-connect-{s.env_name}",
+            "--master",
+            s.spark.master,
+            "--driver-memory",
+            s.spark.driver_memory,
+        ]
         for key, value in conf.items():
             command += ["--conf", f"{key}={value}"]
         command.append("spark-internal")
@@ -330,7 +374,9 @@ class ServiceManager:
         wanted = [n for n in SERVICE_ORDER if n in available and (names is None or n in set(names))]
         unknown = set(names or ()) - set(available)
         if unknown:
-            raise ServiceError(f"unknown or unmanaged service(s) {sorted(unknown)}: choose from {sorted(available)}")
+            raise ServiceError(
+                f"unknown or unmanaged service(s) {sorted(unknown)}: choose from {sorted(available)}"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.logs.mkdir(parents=True, exist_ok=True)
         for name in wanted:
@@ -344,7 +390,7 @@ class ServiceManager:
                 service.health()
                 log.info("%s already running", service.name)
                 return
-            except Exception:  # noqa: BLE001 - any failure means restart it
+            except Exception:
                 log.warning("%s is running but unhealthy: restarting it", service.name)
                 self._stop_one(service.name)
         if port_open(service.port):
@@ -357,10 +403,15 @@ class ServiceManager:
         with self.log_file(service.name).open("ab") as out:
             out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {service.name}\n".encode())
             out.flush()
-            proc = subprocess.Popen(  # noqa: S603 - fixed argument lists
-                service.command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=service.cwd, start_new_session=True,
-            )  # fmt: skip
+            proc = subprocess.Popen(
+                service.command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=service.cwd,
+                start_new_session=True,
+            )
         self._pid_file(service.name).write_text(str(proc.pid))
         deadline = time.monotonic() + service.startup_timeout
         last_error = "did not open its port"
@@ -376,7 +427,7 @@ class ServiceManager:
                     service.health()
                     log.info("%s is up at %s", service.name, service.url)
                     return
-                except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
+                except Exception as exc:
                     last_error = str(exc)
             time.sleep(1.0)
         self._stop_one(service.name)
@@ -428,7 +479,7 @@ class ServiceManager:
             try:
                 service.health()
                 state, detail = "running", ""
-            except Exception as exc:  # noqa: BLE001 - report, do not raise
+            except Exception as exc:
                 state, detail = "unhealthy", str(exc)[:200]
             rows.append(ServiceStatus(name, state, pid, service.port, service.url, tree_rss(pid), detail))
         return rows
@@ -462,16 +513,19 @@ def ensure_topics(settings: Settings) -> list[str]:
 
     require_broker(settings.kafka.bootstrap_servers)
     admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers, client_id="lakehouse-admin",
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        client_id="lakehouse-admin",
         request_timeout_ms=10000,
-    )  # fmt: skip
+    )
     try:
         existing = set(admin.list_topics())
         missing = [
             NewTopic(
-                name=name, num_partitions=topic.partitions, replication_factor=1,
+                name=name,
+                num_partitions=topic.partitions,
+                replication_factor=1,
                 topic_configs={"retention.ms": str(topic.retention_ms)},
-            )  # fmt: skip
+            )
             for name, topic in settings.kafka.topics.items()
             if name not in existing
         ]

@@ -9,14 +9,15 @@ from pyspark.sql import SparkSession
 from pyspark.sql.types import StructType
 
 
-def _ref(path: str) -> str:
+def delta_ref(path: str) -> str:
+    """The SQL name of a path-based Delta table: delta.`/path`."""
     return "delta.`" + path.replace("`", "``") + "`"
 
 
 def is_delta_table(spark: SparkSession, path: str) -> bool:
     """True when ``path`` holds a Delta table."""
     try:
-        spark.sql(f"DESCRIBE DETAIL {_ref(path)}").collect()
+        spark.sql(f"DESCRIBE DETAIL {delta_ref(path)}").collect()
     except AnalysisException:
         return False
     return True
@@ -25,7 +26,7 @@ def is_delta_table(spark: SparkSession, path: str) -> bool:
 def ensure_table(
     spark: SparkSession, path: str, schema: StructType, partition_by: Sequence[str] = ()
 ) -> bool:
-    """Create an empty Delta table with ``schema`` at ``path`` unless one is there. Returns True if created."""
+    """Create an empty Delta table at ``path`` unless one is there. Returns True if it created one."""
     if is_delta_table(spark, path):
         return False
     writer = spark.createDataFrame([], schema).write.format("delta").mode("append")
@@ -38,7 +39,7 @@ def ensure_table(
 def table_version(spark: SparkSession, path: str) -> int:
     """The latest version of a Delta table (-1 when there is no table)."""
     try:
-        row = spark.sql(f"DESCRIBE HISTORY {_ref(path)} LIMIT 1").first()
+        row = spark.sql(f"DESCRIBE HISTORY {delta_ref(path)} LIMIT 1").first()
     except AnalysisException:
         return -1
     return int(row["version"]) if row else -1

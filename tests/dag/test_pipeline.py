@@ -40,7 +40,12 @@ def built(stack: Settings, spark: Any) -> dict[str, Any]:
 def test_the_dag_builds_every_product(stack: Settings, built: dict[str, Any]) -> None:
     for nb in NOTEBOOKS:
         assert (stack.workspace / "notebooks" / f"{nb}.ipynb").is_file(), nb
-    for layer, table in [("bronze", "clickstream"), ("silver", "events"), ("gold", "sessions"), ("gold", "daily_kpis")]:
+    for layer, table in [
+        ("bronze", "clickstream"),
+        ("silver", "events"),
+        ("gold", "sessions"),
+        ("gold", "daily_kpis"),
+    ]:
         assert (Path(stack.table_path(layer, table)) / "_delta_log").is_dir(), table
     metrics = json.loads((stack.workspace / "ml" / "conversion_metrics.json").read_text())
     assert 0.5 < metrics["roc_auc"] <= 1.0
@@ -76,9 +81,14 @@ def test_new_events_rerun_bronze_and_everything_downstream(
 
 def _papermill(stack: Settings, tmp_path: Path, *params: str) -> subprocess.CompletedProcess[str]:
     command = [
-        str(Path(sys.executable).parent / "papermill"), "notebooks/gold/build_sessions.ipynb",
-        str(tmp_path / "out.ipynb"), "-p", "lakehouse_env", "test", *params,
-    ]  # fmt: skip
+        str(Path(sys.executable).parent / "papermill"),
+        "notebooks/gold/build_sessions.ipynb",
+        str(tmp_path / "out.ipynb"),
+        "-p",
+        "lakehouse_env",
+        "test",
+        *params,
+    ]
     return subprocess.run(command, cwd=stack.root, env=ploomber_env(stack), capture_output=True, text=True)
 
 

@@ -49,9 +49,13 @@ def test_a_service_that_dies_at_start_shows_its_log(stack: Settings, tmp_path: P
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     broken = Service(
-        name="broken", port=port, url="-", health=lambda: None, startup_timeout=20,
+        name="broken",
+        port=port,
+        url="-",
+        health=lambda: None,
+        startup_timeout=20,
         command=[sys.executable, "-c", "import sys; print('bad config: no such table'); sys.exit(3)"],
-    )  # fmt: skip
+    )
     manager = ServiceManager(stack.model_copy(update={"workspace": tmp_path}))
     manager.run_dir.mkdir(parents=True)
     manager.logs.mkdir(parents=True)
@@ -66,6 +70,8 @@ def test_java_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path
 
 
 def test_connect_mode_fails_fast_when_the_server_is_down(stack: Settings) -> None:
-    dead = stack.model_copy(update={"spark": stack.spark.model_copy(update={"connect_url": "sc://127.0.0.1:1"})})
+    dead = stack.model_copy(
+        update={"spark": stack.spark.model_copy(update={"connect_url": "sc://127.0.0.1:1"})}
+    )
     with pytest.raises(ServiceError, match="lakehouse up"):
         get_spark(dead, mode="connect")

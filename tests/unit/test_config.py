@@ -100,5 +100,5 @@ def test_root_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest.Monk
     (root / "notebooks" / "silver").mkdir(parents=True)
     monkeypatch.delenv("LAKEHOUSE_ROOT", raising=False)
     assert find_root(root / "notebooks" / "silver") == root.resolve()
-    with pytest.raises(ConfigError, match="pipeline.yaml"):
+    with pytest.raises(ConfigError, match=r"pipeline\.yaml"):
         find_root(Path("/"))

@@ -49,7 +49,8 @@ def test_unknown_parameter_is_named() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value"), [("gap_minutes", "abc"), ("gap_minutes", 4.5), ("gap_minutes", True), ("lakehouse_env", 3)]
+    ("name", "value"),
+    [("gap_minutes", "abc"), ("gap_minutes", 4.5), ("gap_minutes", True), ("lakehouse_env", 3)],
 )
 def test_ill_typed_parameter_is_named(name: str, value: Any) -> None:
     with pytest.raises(ParameterError, match=f"parameter '{name}' must be"):

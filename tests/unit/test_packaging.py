@@ -57,7 +57,9 @@ def test_constraints_pin_every_direct_dependency_to_the_same_version() -> None:
             name, pinned = line.split("==")
             constraints[name.lower().replace("_", "-")] = pinned.strip()
     for name, pinned in _pins().items():
-        assert constraints.get(name) == pinned, f"{name}: pyproject {pinned}, constraints {constraints.get(name)}"
+        assert constraints.get(name) == pinned, (
+            f"{name}: pyproject {pinned}, constraints {constraints.get(name)}"
+        )
 
 
 def test_installed_versions_are_the_pinned_ones() -> None:

@@ -20,11 +20,19 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _v1(event_id: str, offset_s: int = 0, **overrides: Any) -> str:
     event = {
-        "schema_version": 1, "event_id": event_id, "event_type": "page_view", "ts": BASE_MS + offset_s * 1000,
-        "user_id": "u-1", "session_id": "s-1", "platform": "ios",
-        "device": {"type": "mobile", "os": "iOS", "app_version": "5.2.1"}, "country": "de",
-        "channel": "email", "page": "/", "currency": "EUR",
-    }  # fmt: skip
+        "schema_version": 1,
+        "event_id": event_id,
+        "event_type": "page_view",
+        "ts": BASE_MS + offset_s * 1000,
+        "user_id": "u-1",
+        "session_id": "s-1",
+        "platform": "ios",
+        "device": {"type": "mobile", "os": "iOS", "app_version": "5.2.1"},
+        "country": "de",
+        "channel": "email",
+        "page": "/",
+        "currency": "EUR",
+    }
     event.update(overrides)
     return json.dumps(event)
 
@@ -45,10 +53,16 @@ def _reasons(spark: Any, values: list[str]) -> list[str | None]:
 def test_valid_v1_and_v2_normalise_to_the_same_columns(spark: Any) -> None:
     v2 = json.dumps(
         {
-            "schema_version": 2, "event_id": "b", "event_type": "purchase", "event_time": "2024-11-01T00:00:30.500Z",
-            "user_id": "u-1", "country": "DE", "amount": {"value": 59.9, "currency": "eur"}, "order_id": "o-1",
+            "schema_version": 2,
+            "event_id": "b",
+            "event_type": "purchase",
+            "event_time": "2024-11-01T00:00:30.500Z",
+            "user_id": "u-1",
+            "country": "DE",
+            "amount": {"value": 59.9, "currency": "eur"},
+            "order_id": "o-1",
             "consent": {"analytics": True},
-        }  # fmt: skip
+        }
     )
     rows = classify(_bronze(spark, [_v1("a", 10), v2])).orderBy("source_offset").collect()
     assert [r["reason"] for r in rows] == [None, None]
@@ -107,10 +121,14 @@ def test_duplicates_and_late_events(spark: Any) -> None:
 def test_watermark_carries_over_from_silver(spark: Any) -> None:
     newest_in_silver = datetime(2024, 11, 1, 5, 0, 0)
     marked = mark_duplicates_and_late(
-        classify(_bronze(spark, [_v1("e", 3 * 3600)])), spark.createDataFrame([], "event_id string"),
-        newest_in_silver, "1 hour",
-    )  # fmt: skip
-    assert [(r["outcome"], r["reason"]) for r in marked.collect()] == [("quarantine", "late_beyond_watermark")]
+        classify(_bronze(spark, [_v1("e", 3 * 3600)])),
+        spark.createDataFrame([], "event_id string"),
+        newest_in_silver,
+        "1 hour",
+    )
+    assert [(r["outcome"], r["reason"]) for r in marked.collect()] == [
+        ("quarantine", "late_beyond_watermark")
+    ]
 
 
 def test_classify_needs_bronze_columns(spark: Any) -> None:

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.clickstream import (
     EVENT_TYPES,
@@ -34,8 +35,7 @@ from lakehouse.clickstream import (
 )
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
-from lakehouse.tables import count_rows, ensure_table
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from lakehouse.tables import delta_ref, ensure_table
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +100,27 @@ class Reconciliation:
         return self
 
 
+def _first(frame: DataFrame) -> Row:
+    row = frame.first()
+    if row is None:  # an aggregate without grouping always has one row
+        raise DataError("an aggregate returned no row")
+    return row
+
+
 def _reason(parsed: Column, value: Column, event_time: Column, revenue: Column, currency: Column) -> Column:
     """The first rule a payload breaks (null when it breaks none)."""
     version = parsed["schema_version"]
     return (
         F.when(F.json_object_keys(value).isNull(), F.lit("malformed_json"))
-        .when(version.isNull() | ~version.isin(*SUPPORTED_SCHEMA_VERSIONS), F.lit("unsupported_schema_version"))
+        .when(
+            version.isNull() | ~version.isin(*SUPPORTED_SCHEMA_VERSIONS), F.lit("unsupported_schema_version")
+        )
         .when(F.coalesce(F.trim(parsed["event_id"]), F.lit("")) == "", F.lit("missing_event_id"))
         .when(F.coalesce(F.trim(parsed["user_id"]), F.lit("")) == "", F.lit("missing_user_id"))
-        .when(parsed["event_type"].isNull() | ~parsed["event_type"].isin(*EVENT_TYPES), F.lit("invalid_event_type"))
+        .when(
+            parsed["event_type"].isNull() | ~parsed["event_type"].isin(*EVENT_TYPES),
+            F.lit("invalid_event_type"),
+        )
         .when(event_time.isNull(), F.lit("invalid_timestamp"))
         .when(revenue < 0, F.lit("negative_revenue"))
         .when((parsed["event_type"] == "purchase") & revenue.isNull(), F.lit("missing_revenue"))
@@ -227,31 +239,44 @@ def process_batch(
     """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay)."""
     spark = batch.sparkSession
     silver = spark.read.format("delta").load(tables.silver)
-    carried_max = silver.agg(F.max("event_time")).first()[0]
+    carried_max = _first(silver.agg(F.max("event_time")))[0]
     marked = mark_duplicates_and_late(classify(batch), silver.select("event_id"), carried_max, delay)
     # Materialise once: the writes below change silver, which the duplicate check reads lazily.
     marked = marked.localCheckpoint(eager=True)
     txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
-    stats = marked.agg(
-        F.count(F.lit(1)).alias("bronze_rows"),
-        F.count(F.when(F.col("outcome") == "insert", 1)).alias("inserted"),
-        F.count(F.when(F.col("outcome") == "quarantine", 1)).alias("quarantined"),
-        F.count(F.when(F.col("outcome") == "duplicate", 1)).alias("duplicates"),
-        F.count(F.when(F.col("reason") == "late_beyond_watermark", 1)).alias("late"),
-    ).first()
+    stats = _first(
+        marked.agg(
+            F.count(F.lit(1)).alias("bronze_rows"),
+            F.count(F.when(F.col("outcome") == "insert", 1)).alias("inserted"),
+            F.count(F.when(F.col("outcome") == "quarantine", 1)).alias("quarantined"),
+            F.count(F.when(F.col("outcome") == "duplicate", 1)).alias("duplicates"),
+            F.count(F.when(F.col("reason") == "late_beyond_watermark", 1)).alias("late"),
+        )
+    )
     columns = [field.name for field in SILVER_EVENTS.fields]
     inserts = marked.where(F.col("outcome") == "insert").select(*columns)
     inserts.write.format("delta").mode("append").options(**txn).save(tables.silver)
     quarantined = marked.where(F.col("outcome") == "quarantine").select(
-        "value", "reason", "event_id", "source_partition", "source_offset",
-        F.lit(batch_id).cast("long").alias("batch_id"), F.current_timestamp().alias("quarantined_at"),
-    )  # fmt: skip
+        "value",
+        "reason",
+        "event_id",
+        "source_partition",
+        "source_offset",
+        F.lit(batch_id).cast("long").alias("batch_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
     quarantined.write.format("delta").mode("append").options(**txn).save(tables.quarantine)
     audit = spark.createDataFrame(
-        [(run_id, batch_id, *(int(stats[k]) for k in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")),
-          datetime.now(UTC))],
+        [
+            (
+                run_id,
+                batch_id,
+                *(int(stats[k]) for k in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")),
+                datetime.now(UTC),
+            )
+        ],
         RECONCILIATION,
-    )  # fmt: skip
+    )
     audit.write.format("delta").mode("append").options(**txn).save(tables.reconciliation)
     log.info("silver batch %d: %s", batch_id, stats.asDict())
 
@@ -271,22 +296,31 @@ class CleanReport:
 
 
 def reconcile(spark: SparkSession, tables: CleanTables) -> Reconciliation:
-    """Bronze, silver, quarantine and duplicate totals from the tables themselves."""
-    duplicates = 0
-    if count_rows(spark, tables.reconciliation):
-        duplicates = int(
-            spark.read.format("delta").load(tables.reconciliation).agg(F.sum("duplicates")).first()[0] or 0
+    """Bronze, silver, quarantine and duplicate totals from the tables themselves (one Spark query)."""
+    row = _first(
+        spark.sql(
+            f"""
+            SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
+                   (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
+                   (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
+                   (SELECT coalesce(sum(duplicates), 0) FROM {delta_ref(tables.reconciliation)}) AS duplicates
+            """
         )
+    )
     return Reconciliation(
-        bronze_rows=count_rows(spark, tables.bronze),
-        silver_rows=count_rows(spark, tables.silver),
-        quarantined=count_rows(spark, tables.quarantine),
-        duplicates=duplicates,
+        bronze_rows=int(row["bronze_rows"]),
+        silver_rows=int(row["silver_rows"]),
+        quarantined=int(row["quarantined"]),
+        duplicates=int(row["duplicates"]),
     )
 
 
 def clean_events(
-    spark: SparkSession, settings: Settings, *, tables: CleanTables | None = None, watermark: str | None = None
+    spark: SparkSession,
+    settings: Settings,
+    *,
+    tables: CleanTables | None = None,
+    watermark: str | None = None,
 ) -> CleanReport:
     """Bring silver up to date with bronze (``availableNow``) and return what happened.
 
@@ -323,11 +357,15 @@ def clean_events(
     if query.exception() is not None:
         raise DataError(f"silver clean_events failed: {query.exception()}")
     audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run_id)
-    row = audit.agg(
-        F.count(F.lit(1)).alias("batches"),
-        *[F.coalesce(F.sum(name), F.lit(0)).alias(name) for name in
-          ("bronze_rows", "inserted", "quarantined", "duplicates", "late")],
-    ).first()  # fmt: skip
+    row = _first(
+        audit.agg(
+            F.count(F.lit(1)).alias("batches"),
+            *[
+                F.coalesce(F.sum(name), F.lit(0)).alias(name)
+                for name in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")
+            ],
+        )
+    )
     return CleanReport(
         run_id=run_id,
         batches=int(row["batches"]),

@@ -1,6 +1,6 @@
 """Kafka → bronze Delta with Structured Streaming.
 
-One query definition serves both modes: the DAG runs it with ``availableNow`` (take what is in Kafka, then stop)
+One query definition serves both modes: the DAG runs it with ``availableNow`` (take what is in Kafka, stop)
 and continuous mode runs the very same query with a processing-time trigger. The checkpoint plus Delta's
 transactional sink make it exactly-once: stop it anywhere, start it again, nothing is lost or written twice.
 Bronze keeps the payload exactly as it arrived — malformed ones included — with where and when it came from.
@@ -15,7 +15,7 @@ from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.streaming import StreamingQuery
+from pyspark.sql.streaming.query import StreamingQuery
 
 from lakehouse.broker import require_broker
 from lakehouse.clickstream import BRONZE_EVENTS
