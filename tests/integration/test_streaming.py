@@ -47,8 +47,7 @@ def test_topics_have_the_configured_partitions_and_retention(stack: Settings) ->
         (described,) = admin.describe_topics(["clickstream"])
         assert len(described["partitions"]) == expected.partitions
         configs = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, "clickstream")])
-        entries = {c[0]: c[1] for c in configs[0].resources[0][4]}
-        assert entries["retention.ms"] == str(expected.retention_ms)
+        assert configs["topic"]["clickstream"]["retention.ms"]["value"] == str(expected.retention_ms)
     finally:
         admin.close()
 
