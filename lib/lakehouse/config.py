@@ -67,6 +67,49 @@ class DashboardSettings(_Section):
     port: int = Field(5006, ge=1, le=65535)
 
 
+class PostgresSettings(_Section):
+    """The operational database (a local PostgreSQL 15 with logical decoding, or an existing server)."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(15432, ge=1, le=65535)
+    database: str = "retail"
+    user: str = "lakehouse"
+    password: str = "lakehouse"
+
+    @property
+    def jdbc_url(self) -> str:
+        return f"jdbc:postgresql://{self.host}:{self.port}/{self.database}"
+
+    def connect_kwargs(self, database: str | None = None) -> dict[str, str | int]:
+        """Keyword arguments for ``psycopg.connect``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "dbname": database or self.database,
+            "user": self.user,
+            "password": self.password,
+        }
+
+
+class MqttSettings(_Section):
+    """The MQTT broker IoT devices publish to (a local Mosquitto, or an existing broker)."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(11883, ge=1, le=65535)
+
+
+class InfluxSettings(_Section):
+    """InfluxDB 1.x, the time-series sink of the real-time rollups."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(18086, ge=1, le=65535)
+    rpc_port: int = Field(18088, ge=1, le=65535)
+    database: str = "lakehouse"
+
+
 class SimulatorSettings(_Section):
     events: int = Field(20_000, ge=0)
     seed: int = 7
@@ -95,6 +138,9 @@ class Settings(_Section):
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    mqtt: MqttSettings = MqttSettings()
+    influxdb: InfluxSettings = InfluxSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     streaming: StreamingSettings = StreamingSettings()
 
@@ -158,11 +204,12 @@ def env_file(name: str, root: Path) -> Path:
     return root / ("env.yaml" if name == DEFAULT_ENV else f"env.{name}.yaml")
 
 
-def _expand(value: Any, source: Path) -> Any:
+def expand_variables(value: Any, source: Path) -> Any:
+    """Replace ${NAME} and ${NAME:-default} in every string of a parsed YAML document."""
     if isinstance(value, dict):
-        return {key: _expand(item, source) for key, item in value.items()}
+        return {key: expand_variables(item, source) for key, item in value.items()}
     if isinstance(value, list):
-        return [_expand(item, source) for item in value]
+        return [expand_variables(item, source) for item in value]
     if not isinstance(value, str):
         return value
 
@@ -202,7 +249,7 @@ def load_settings(name: str | None = None, root: Path | None = None) -> Settings
         raise ConfigError(f"{path.name} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name} must be a mapping of settings, not {type(raw).__name__}")
-    raw = _expand(raw, path)
+    raw = expand_variables(raw, path)
     if "workspace" not in raw:
         raise ConfigError(f"{path.name} must set 'workspace' (the folder where the run writes)")
     workspace = Path(raw["workspace"])

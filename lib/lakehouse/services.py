@@ -8,6 +8,7 @@ listens on loopback only.
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterable
@@ -25,13 +27,14 @@ from pathlib import Path
 import psutil
 
 from lakehouse.broker import require_broker
-from lakehouse.config import Settings
+from lakehouse.config import Settings, TopicSettings
 from lakehouse.errors import ServiceError
 from lakehouse.spark import connect_endpoint, spark_conf
 
 log = logging.getLogger(__name__)
 
-SERVICE_ORDER = ("kafka", "spark", "mlflow", "dashboard")
+SERVICE_ORDER = ("kafka", "spark", "postgres", "mqtt", "influxdb", "mlflow", "dashboard")
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 _LOG4J2 = """\
 rootLogger.level = INFO
 rootLogger.appenderRef.stdout.ref = STDOUT
@@ -54,6 +57,7 @@ class Service:
     url: str
     health: Callable[[], None]
     prepare: Callable[[], None] = field(default=lambda: None)
+    after_start: Callable[[], None] = field(default=lambda: None)
     env: dict[str, str] = field(default_factory=dict)
     startup_timeout: float = 90.0
     cwd: Path | None = None
@@ -138,6 +142,12 @@ class ServiceManager:
             found["kafka"] = self._kafka()
         if s.spark.managed:
             found["spark"] = self._spark()
+        if s.postgres.managed:
+            found["postgres"] = self._postgres()
+        if s.mqtt.managed:
+            found["mqtt"] = self._mosquitto()
+        if s.influxdb.managed:
+            found["influxdb"] = self._influxdb()
         found["mlflow"] = Service(
             name="mlflow",
             port=s.mlflow.port,
@@ -266,6 +276,212 @@ class ServiceManager:
             health=self._kafka_health,
             prepare=prepare,
             startup_timeout=90,
+        )
+
+    def external_dirs(self) -> list[Path]:
+        """Service data kept outside the workspace (PostgreSQL's, when running as root)."""
+        return [self._pg_home()] if os.geteuid() == 0 else []
+
+    def _pg_home(self) -> Path:
+        # PostgreSQL refuses to run as root: as root its files go where the postgres user can reach them
+        # (a clone may sit under a folder only root can enter), keyed by the workspace they belong to.
+        if os.geteuid() != 0:
+            return self.settings.workspace / "postgres"
+        digest = hashlib.sha1(str(self.settings.workspace).encode()).hexdigest()[:12]
+        return Path("/var/lib/lakehouse") / digest / "postgres"
+
+    def _postgres(self) -> Service:
+        pg = self.settings.postgres
+        home = self._pg_home()
+        data, sockets = home / "data", home / "run"
+        as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+        prefix = as_postgres if os.geteuid() == 0 else []
+
+        def prepare() -> None:
+            if not (PG_BIN / "postgres").exists():
+                raise ServiceError(
+                    "PostgreSQL 15 is not installed: run `make setup` (apt-get install postgresql-15)"
+                )
+            sockets.mkdir(parents=True, exist_ok=True)
+            if os.geteuid() == 0:
+                shutil.chown(home.parent, "postgres", "postgres")
+                for folder in (home, sockets):
+                    shutil.chown(folder, "postgres", "postgres")
+            if (data / "PG_VERSION").exists():
+                return
+            password_file = home / "initdb.pw"
+            password_file.write_text(pg.password)
+            if os.geteuid() == 0:
+                shutil.chown(password_file, "postgres", "postgres")
+            result = subprocess.run(
+                [
+                    *prefix,
+                    str(PG_BIN / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    pg.user,
+                    "--pwfile",
+                    str(password_file),
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C.UTF-8",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            password_file.unlink(missing_ok=True)
+            if result.returncode != 0:
+                raise ServiceError(f"initdb failed:\n{result.stdout}{result.stderr}")
+
+        def health() -> None:
+            import psycopg
+
+            with psycopg.connect(
+                host=pg.host,
+                port=pg.port,
+                dbname="postgres",
+                user=pg.user,
+                password=pg.password,
+                connect_timeout=3,
+            ) as conn:
+                conn.execute("SELECT 1")
+
+        def after_start() -> None:
+            import psycopg
+
+            with psycopg.connect(
+                host=pg.host,
+                port=pg.port,
+                dbname="postgres",
+                user=pg.user,
+                password=pg.password,
+                autocommit=True,
+            ) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (pg.database,)
+                ).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{pg.database}"')
+
+        return Service(
+            name="postgres",
+            port=pg.port,
+            url=f"postgresql://{pg.user}@{pg.host}:{pg.port}/{pg.database}",
+            command=[
+                *prefix,
+                str(PG_BIN / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(pg.port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={sockets}",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=8",
+                "-c",
+                "max_wal_senders=8",
+                "-c",
+                "output_plugin_libraries=wal2json",
+                "-c",
+                "shared_buffers=128MB",
+                "-c",
+                "fsync=on",
+            ],
+            health=health,
+            prepare=prepare,
+            after_start=after_start,
+            startup_timeout=60,
+        )
+
+    def _mosquitto(self) -> Service:
+        mqtt = self.settings.mqtt
+        home = self.settings.workspace / "mosquitto"
+        config = home / "mosquitto.conf"
+
+        def prepare() -> None:
+            if not shutil.which("mosquitto") and not Path("/usr/sbin/mosquitto").exists():
+                raise ServiceError("Mosquitto is not installed: run `make setup` (apt-get install mosquitto)")
+            home.mkdir(parents=True, exist_ok=True)
+            lines = [
+                f"listener {mqtt.port} 127.0.0.1",
+                "allow_anonymous true",
+                "persistence true",
+                f"persistence_location {home}/",
+                "autosave_interval 10",
+                "max_queued_messages 100000",
+                "log_dest stdout",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+            ]
+            if os.geteuid() == 0:
+                lines.append("user root")
+            config.write_text("\n".join(lines) + "\n")
+
+        return Service(
+            name="mqtt",
+            port=mqtt.port,
+            url=f"mqtt://{mqtt.host}:{mqtt.port}",
+            command=[shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
+            health=lambda: None,  # an open port is the broker answering
+            prepare=prepare,
+            startup_timeout=30,
+        )
+
+    def _influxdb(self) -> Service:
+        influx = self.settings.influxdb
+        home = self.settings.workspace / "influxdb"
+        config = home / "influxdb.conf"
+        base = f"http://{influx.host}:{influx.port}"
+
+        def prepare() -> None:
+            if not shutil.which("influxd"):
+                raise ServiceError("InfluxDB is not installed: run `make setup` (apt-get install influxdb)")
+            home.mkdir(parents=True, exist_ok=True)
+            config.write_text(
+                "\n".join(
+                    [
+                        "reporting-disabled = true",
+                        f'bind-address = "127.0.0.1:{influx.rpc_port}"',
+                        "[meta]",
+                        f'  dir = "{home}/meta"',
+                        "[data]",
+                        f'  dir = "{home}/data"',
+                        f'  wal-dir = "{home}/wal"',
+                        "  query-log-enabled = false",
+                        "[http]",
+                        f'  bind-address = "127.0.0.1:{influx.port}"',
+                        "  log-enabled = false",
+                        "[monitor]",
+                        "  store-enabled = false",
+                        "",
+                    ]
+                )
+            )
+
+        def after_start() -> None:
+            query = urllib.parse.urlencode({"q": f'CREATE DATABASE "{influx.database}"'})
+            request = urllib.request.Request(f"{base}/query?{query}", method="POST")
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+
+        return Service(
+            name="influxdb",
+            port=influx.port,
+            url=base,
+            command=[shutil.which("influxd") or "/usr/bin/influxd", "-config", str(config)],
+            health=lambda: _http_ok(f"{base}/ping"),
+            prepare=prepare,
+            after_start=after_start,
+            startup_timeout=60,
         )
 
     def _kafka_health(self) -> None:
@@ -425,6 +641,7 @@ class ServiceManager:
             if port_open(service.port):
                 try:
                     service.health()
+                    service.after_start()
                     log.info("%s is up at %s", service.name, service.url)
                     return
                 except Exception as exc:
@@ -501,8 +718,20 @@ def tree_rss(pid: int) -> int:
     return total
 
 
+def topic_plan(settings: Settings) -> dict[str, TopicSettings]:
+    """Every topic to create: those the source registry needs, with the environment's overrides."""
+    from lakehouse.sources.registry import load_registry
+
+    plan = {
+        name: TopicSettings(partitions=partitions, retention_ms=retention)
+        for name, (partitions, retention) in load_registry(settings).kafka_topics().items()
+    }
+    plan.update(settings.kafka.topics)
+    return plan
+
+
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the configured topics with their partitions and retention; existing ones are left alone.
+    """Create the planned topics with their partitions and retention; existing ones are left alone.
 
     Returns:
         The names of the topics created now.
@@ -526,7 +755,7 @@ def ensure_topics(settings: Settings) -> list[str]:
                 replication_factor=1,
                 topic_configs={"retention.ms": str(topic.retention_ms)},
             )
-            for name, topic in settings.kafka.topics.items()
+            for name, topic in topic_plan(settings).items()
             if name not in existing
         ]
         if missing:

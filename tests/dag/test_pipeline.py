@@ -86,7 +86,7 @@ def _papermill(stack: Settings, tmp_path: Path, *params: str) -> subprocess.Comp
         str(tmp_path / "out.ipynb"),
         "-p",
         "lakehouse_env",
-        "test",
+        stack.env_name,
         *params,
     ]
     return subprocess.run(command, cwd=stack.root, env=ploomber_env(stack), capture_output=True, text=True)

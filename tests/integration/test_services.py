@@ -22,7 +22,7 @@ def test_status_shows_the_running_stack(stack: Settings) -> None:
     rows = {row.name: row for row in ServiceManager(stack).status(["kafka", "spark"])}
     assert rows["kafka"].state == "running" and rows["kafka"].port == stack.kafka.port
     assert rows["spark"].state == "running" and rows["spark"].rss_bytes > 100 * 2**20
-    result = CliRunner().invoke(main, ["--env", "test", "status"])
+    result = CliRunner().invoke(main, ["--env", stack.env_name, "status"])
     assert result.exit_code == 0, result.output
     assert "kafka" in result.output and "running" in result.output
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -158,3 +162,31 @@ def test_ingest_says_what_to_do_when_the_broker_is_down(stack: Settings, spark: 
         ingest_available(
             spark, down, "clickstream", table=str(tmp_path / "t"), checkpoint=str(tmp_path / "c")
         )
+
+
+def test_continuous_mode_from_the_cli_streams_until_interrupted(stack: Settings, spark: Any) -> None:
+    topic = _new_topic(stack)
+    produce(
+        generate_events(500, seed=8, days=1, flaws=Flaws.none()),
+        bootstrap_servers=stack.kafka.bootstrap_servers,
+        topic=topic,
+    )
+    lakehouse = str(Path(sys.executable).parent / "lakehouse")
+    command = [lakehouse, "--env", stack.env_name, "ingest", "--topic", topic, "--continuous"]
+    command += ["--trigger", "1 second"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        table = stack.table_path("bronze", topic)
+        assert _wait_for_rows(spark, table, at_least=500) == 500
+        produce(
+            generate_events(200, seed=9, days=1, flaws=Flaws.none()),
+            bootstrap_servers=stack.kafka.bootstrap_servers,
+            topic=topic,
+        )
+        assert _wait_for_rows(spark, table, at_least=700) == 700, "the query did not pick up new events"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "Ctrl-C stops" in output and "stopping" in output
+    assert os.path.isdir(stack.checkpoint_path(f"bronze_{topic}"))
