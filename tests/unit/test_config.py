@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.config import find_root, load_settings
+from lakehouse.config import Settings, find_root, load_settings
 from lakehouse.errors import ConfigError
 
 pytestmark = pytest.mark.unit
@@ -25,10 +25,23 @@ def test_each_committed_environment_loads() -> None:
     test = load_settings("test", root=ROOT)
     assert local.env_name == "local" and test.env_name == "test"
     assert local.workspace != test.workspace
+
     # The test stack must never collide with a running demo.
-    assert {local.kafka.port, local.spark.connect_port, local.mlflow.port, local.dashboard.port}.isdisjoint(
-        {test.kafka.port, test.spark.connect_port, test.mlflow.port, test.dashboard.port}
-    )
+    def ports(s: Settings) -> set[int]:
+        return {
+            s.kafka.port,
+            s.kafka.controller_port,
+            s.spark.connect_port,
+            s.mlflow.port,
+            s.dashboard.port,
+            s.postgres.port,
+            s.mqtt.port,
+            s.influxdb.port,
+            s.influxdb.rpc_port,
+        }
+
+    assert len(ports(local)) == len(ports(test)) == 9
+    assert ports(local).isdisjoint(ports(test))
 
 
 def test_env_variable_selects_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,15 +74,24 @@ def test_missing_variable_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cluster_environment_needs_its_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LAKEHOUSE_WORKSPACE", "LAKEHOUSE_KAFKA_BOOTSTRAP", "SPARK_REMOTE"):
+    required = {
+        "LAKEHOUSE_WORKSPACE": "/data/lakehouse",
+        "LAKEHOUSE_KAFKA_BOOTSTRAP": "broker:9092",
+        "SPARK_REMOTE": "sc://spark-connect:15002",
+        "LAKEHOUSE_PG_HOST": "orders-db",
+        "LAKEHOUSE_PG_PASSWORD": "from-a-secret-store",
+        "LAKEHOUSE_MQTT_HOST": "mqtt",
+        "LAKEHOUSE_INFLUX_HOST": "influx",
+    }
+    for name in required:
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(ConfigError, match="LAKEHOUSE_WORKSPACE"):
         load_settings("cluster", root=ROOT)
-    monkeypatch.setenv("LAKEHOUSE_WORKSPACE", "/data/lakehouse")
-    monkeypatch.setenv("LAKEHOUSE_KAFKA_BOOTSTRAP", "broker:9092")
-    monkeypatch.setenv("SPARK_REMOTE", "sc://spark-connect:15002")
+    for name, value in required.items():
+        monkeypatch.setenv(name, value)
     cluster = load_settings("cluster", root=ROOT)
     assert not cluster.spark.managed and cluster.spark.connect_url == "sc://spark-connect:15002"
+    assert not cluster.postgres.managed and cluster.postgres.password == "from-a-secret-store"
 
 
 @pytest.mark.parametrize(
