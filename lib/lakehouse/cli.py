@@ -168,17 +168,22 @@ def simulate(
 @_friendly
 def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: str | None) -> None:
     """Kafka → bronze: drain what is there (default) or keep streaming (--continuous)."""
+    from lakehouse.sources.registry import load_registry
     from lakehouse.spark import get_spark
     from lakehouse.streaming.ingest import ingest_available, start_ingest
 
     settings = _settings(ctx)
+    bronze = load_registry(settings).kafka_ingest().get(topic, topic.replace(".", "_"))
+    table = settings.table_path("bronze", bronze)
     spark = get_spark(settings)
     if not continuous:
-        report = ingest_available(spark, settings, topic)
+        report = ingest_available(spark, settings, topic, table=table)
         click.echo(f"bronze {report.table}: +{report.rows} rows (Delta version {report.table_version})")
         return
     query_interval = trigger_interval or settings.streaming.trigger_interval
-    query = start_ingest(spark, settings, topic, continuous=True, trigger_interval=query_interval)
+    query = start_ingest(
+        spark, settings, topic, table=table, continuous=True, trigger_interval=query_interval
+    )
     click.echo(f"streaming {topic} → bronze every {query_interval}; Ctrl-C stops")
     try:
         while query.isActive:

@@ -21,8 +21,8 @@ from lakehouse.errors import LakehouseError
 
 log = logging.getLogger(__name__)
 
-# Ploomber task that ingests each Kafka topic into bronze.
-BRONZE_TASKS = {"clickstream": "bronze-ingest-events"}
+# The Ploomber task that ingests every Kafka-backed source of the registry into bronze.
+KAFKA_BRONZE_TASK = "bronze-ingest-events"
 
 
 def ploomber_env(settings: Settings) -> dict[str, str]:
@@ -95,13 +95,15 @@ def _ploomber(args: list[str], settings: Settings) -> None:
 
 def build(settings: Settings, *, force: bool = False) -> list[str]:
     """Build the DAG; returns the bronze tasks that were forced because Kafka had new records."""
+    from lakehouse.sources.registry import load_registry
+
     forced = []
     if not force:
-        for topic, task in BRONZE_TASKS.items():
-            lag = bronze_lag(settings, topic)
-            if lag > 0:
-                log.info("%s has %d new records: re-running %s", topic, lag, task)
-                _ploomber(["task", task, "--force"], settings)
-                forced.append(task)
+        lags = {topic: bronze_lag(settings, topic) for topic in load_registry(settings).kafka_ingest()}
+        news = {topic: lag for topic, lag in lags.items() if lag > 0}
+        if news:
+            log.info("new records in Kafka %s: re-running %s", news, KAFKA_BRONZE_TASK)
+            _ploomber(["task", KAFKA_BRONZE_TASK, "--force"], settings)
+            forced.append(KAFKA_BRONZE_TASK)
     _ploomber(["build", *(["--force"] if force else [])], settings)
     return forced

@@ -10,6 +10,7 @@ Secrets never sit in the file: ``${NAME}`` is read from the environment when the
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,6 +22,7 @@ from lakehouse.config import Settings, expand_variables
 from lakehouse.errors import ConfigError
 
 REGISTRY_FILE = "sources.yaml"
+REGISTRY_VARIABLE = "LAKEHOUSE_SOURCES"  # another registry file, e.g. a team's own sources
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -157,6 +159,16 @@ class Registry(BaseModel):
             raise ConfigError(f"no source {name!r} in the registry (known: {sorted(self.sources)})")
         return self.sources[name]
 
+    def kafka_ingest(self) -> dict[str, str]:
+        """Topic → bronze table name of every source that reaches bronze through Kafka."""
+        plan: dict[str, str] = {}
+        for source in self.sources.values():
+            if isinstance(source, KafkaSource | PostgresCdcSource):
+                plan[source.topic] = source.bronze
+            elif isinstance(source, MqttSource):
+                plan[source.kafka_topic] = source.bronze
+        return plan
+
     def kafka_topics(self) -> dict[str, tuple[int, int]]:
         """Every Kafka topic the registry needs, with (partitions, retention_ms)."""
         topics: dict[str, tuple[int, int]] = {}
@@ -170,13 +182,13 @@ class Registry(BaseModel):
 
 
 def load_registry(settings: Settings, path: Path | None = None) -> Registry:
-    """Read and validate the registry (default: ``sources.yaml`` in the project root).
+    """Read and validate the registry (``$LAKEHOUSE_SOURCES``, else ``sources.yaml`` in the project root).
 
     Raises:
         ConfigError: the file is missing, not YAML, or an entry is invalid — the message names the entry
             and the field.
     """
-    path = path or settings.root / REGISTRY_FILE
+    path = path or Path(os.environ.get(REGISTRY_VARIABLE) or settings.root / REGISTRY_FILE)
     if not path.is_file():
         raise ConfigError(f"no source registry at {path}: create {REGISTRY_FILE} (see the README)")
     try:
