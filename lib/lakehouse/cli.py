@@ -57,7 +57,7 @@ def main(ctx: click.Context, env: str | None, verbose: bool) -> None:
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
     )
     for noisy in ("kafka", "py4j", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     if env:
         os.environ[ENV_VARIABLE] = env
     ctx.obj = {"env": env}

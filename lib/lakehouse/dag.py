@@ -36,6 +36,8 @@ def ploomber_env(settings: Settings) -> dict[str, str]:
         # No phoning home from a closed network: both would only time out.
         "PLOOMBER_STATS_ENABLED": "false",
         "PLOOMBER_VERSION_CHECK_DISABLED": "true",
+        # env*.yaml also holds lakehouse's own settings, which Ploomber flags as unused placeholders.
+        "PYTHONWARNINGS": "ignore:The following placeholders:UserWarning",
     }
 
 

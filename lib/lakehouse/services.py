@@ -189,8 +189,10 @@ class ServiceManager:
                 f"localhost:{port}",
                 "--num-procs",
                 "1",
+                "--liveness",
             ],
-            health=lambda: _http_ok(f"http://127.0.0.1:{port}/kpis"),
+            # The liveness endpoint answers without rendering a page (a first render reads gold).
+            health=lambda: _http_ok(f"http://127.0.0.1:{port}/liveness"),
             env={"LAKEHOUSE_ENV": s.env_name, "LAKEHOUSE_ROOT": str(s.root)},
             startup_timeout=60,
             cwd=s.root,
