@@ -167,6 +167,8 @@ class ServiceManager:
                 str(s.mlflow_artifacts),
             ],
             health=lambda: _http_ok(f"http://127.0.0.1:{s.mlflow.port}/health"),
+            # The UI needs no job runner; MLflow's spawns seven worker processes (~2 GiB) by default.
+            env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             prepare=lambda: s.mlflow_artifacts.mkdir(parents=True, exist_ok=True),
             startup_timeout=60,
         )

@@ -58,6 +58,8 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # Delta rebuilds a table snapshot in 50 tasks by default: on a laptop that dominates each micro-batch.
+        "spark.databricks.delta.snapshotPartitions": str(settings.spark.shuffle_partitions),
         "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.workspace / 'metastore'}",
     }
 
