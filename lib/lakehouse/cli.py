@@ -243,5 +243,15 @@ def demo(ctx: click.Context, count: int | None) -> None:
     click.echo("Stop everything with: make down")
 
 
+def _register_groups() -> None:
+    """Command groups that live beside the code they drive."""
+    from lakehouse.streaming.cli import processor, stream
+
+    main.add_command(stream)
+    main.add_command(processor)
+
+
+_register_groups()
+
 if __name__ == "__main__":
     main()

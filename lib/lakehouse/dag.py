@@ -98,10 +98,13 @@ def _ploomber(args: list[str], settings: Settings) -> None:
 def build(settings: Settings, *, force: bool = False) -> list[str]:
     """Build the DAG; returns the bronze tasks that were forced because Kafka had new records."""
     from lakehouse.sources.registry import load_registry
+    from lakehouse.streaming.continuous import running_topics
 
     forced = []
     if not force:
-        lags = {topic: bronze_lag(settings, topic) for topic in load_registry(settings).kafka_ingest()}
+        streaming_now = running_topics(settings)  # continuous mode keeps those up to date itself
+        topics = [topic for topic in load_registry(settings).kafka_ingest() if topic not in streaming_now]
+        lags = {topic: bronze_lag(settings, topic) for topic in topics}
         news = {topic: lag for topic, lag in lags.items() if lag > 0}
         if news:
             log.info("new records in Kafka %s: re-running %s", news, KAFKA_BRONZE_TASK)

@@ -1,0 +1,702 @@
+"""Continuous mode: one supervisor process per environment keeps every streaming query running.
+
+The supervisor holds a Spark Connect session and runs
+
+* the bronze ingest of every Kafka-backed source in the registry (``kafka`` → its topic, ``postgres_cdc`` →
+  its topic, ``mqtt`` → its ``kafka_topic``) — the very query and checkpoint the DAG's ``availableNow`` run
+  uses (:func:`lakehouse.streaming.ingest.start_ingest` with ``continuous=True``), so the two modes hand over
+  to each other without losing or repeating a record;
+* the real-time gold rollups of :mod:`lakehouse.streaming.realtime` (clickstream events per minute, IoT device
+  minutes) when their topics are registered.
+
+Every few seconds it writes a status JSON (per query: id, active, last batch, rows, rates, last progress time
+and the Kafka lag = end offsets − the offsets the query last committed in its checkpoint), restarts a query
+that failed or stopped with exponential backoff, and on SIGTERM/SIGINT stops every query and exits.
+
+Files (under the environment's workspace): ``run/stream.pid``, ``run/stream.lock`` (an exclusive ``flock``:
+the guarantee that only one supervisor runs per environment), ``run/stream-status.json``, ``logs/stream.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from lakehouse.config import ENV_VARIABLE, ROOT_VARIABLE, Settings, load_settings
+from lakehouse.errors import LakehouseError, ServiceError
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["bronze", "rt_events", "rt_device"]
+_MODULE = "lakehouse.streaming.continuous"
+
+
+# -- what to run --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuerySpec:
+    """One query the supervisor keeps running."""
+
+    name: str
+    kind: Kind
+    topic: str
+    table: str
+    checkpoint: str
+
+
+@dataclass(frozen=True)
+class SupervisorOptions:
+    """How the supervisor runs (also its command line, so a detached start passes them on)."""
+
+    registry: str | None = None
+    realtime: bool = True
+    influx: bool = True
+    trigger_interval: str | None = None
+    lateness: str | None = None
+    status_interval: float = 3.0
+    max_backoff: float = 60.0
+
+    def to_args(self) -> list[str]:
+        args = ["--status-interval", str(self.status_interval), "--max-backoff", str(self.max_backoff)]
+        if self.registry:
+            args += ["--registry", self.registry]
+        if not self.realtime:
+            args.append("--no-realtime")
+        if not self.influx:
+            args.append("--no-influx")
+        if self.trigger_interval:
+            args += ["--trigger", self.trigger_interval]
+        if self.lateness:
+            args += ["--lateness", self.lateness]
+        return args
+
+
+def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[QuerySpec]:
+    """The queries continuous mode runs: bronze per Kafka-backed source, then the real-time gold rollups.
+
+    Raises:
+        ConfigError: the registry is missing or invalid.
+    """
+    from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
+    from lakehouse.sources.registry import KafkaSource, MqttSource, PostgresCdcSource, load_registry
+
+    options = options or SupervisorOptions()
+    registry = load_registry(settings, Path(options.registry) if options.registry else None)
+    specs: list[QuerySpec] = []
+    topics: set[str] = set()
+    telemetry: str | None = None
+    for source in registry.sources.values():
+        if isinstance(source, KafkaSource | PostgresCdcSource):
+            topic = source.topic
+        elif isinstance(source, MqttSource):
+            topic = source.kafka_topic
+            telemetry = telemetry or topic
+        else:
+            continue
+        topics.add(topic)
+        specs.append(
+            QuerySpec(
+                name=f"bronze_{topic}",
+                kind="bronze",
+                topic=topic,
+                table=settings.table_path("bronze", source.bronze),
+                checkpoint=settings.checkpoint_path(f"bronze_{topic}"),
+            )
+        )
+    if options.realtime and CLICKSTREAM_TOPIC in topics:
+        specs.append(
+            QuerySpec(
+                name="gold_rt_events_per_minute",
+                kind="rt_events",
+                topic=CLICKSTREAM_TOPIC,
+                table=settings.table_path("gold", "rt_events_per_minute"),
+                checkpoint=settings.checkpoint_path("gold_rt_events_per_minute"),
+            )
+        )
+    if options.realtime and telemetry:
+        specs.append(
+            QuerySpec(
+                name="gold_rt_device_minute",
+                kind="rt_device",
+                topic=telemetry,
+                table=settings.table_path("gold", "rt_device_minute"),
+                checkpoint=settings.checkpoint_path("gold_rt_device_minute"),
+            )
+        )
+    return specs
+
+
+# -- files --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SupervisorFiles:
+    """Where the supervisor of one environment keeps its pid, lock, status and log."""
+
+    pid: Path
+    lock: Path
+    status: Path
+    log: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> SupervisorFiles:
+        return cls(
+            pid=settings.run_dir / "stream.pid",
+            lock=settings.run_dir / "stream.lock",
+            status=settings.run_dir / "stream-status.json",
+            log=settings.logs / "stream.log",
+        )
+
+
+def running_pid(settings: Settings) -> int | None:
+    """The pid of this environment's supervisor, when one is alive."""
+    import psutil
+
+    path = SupervisorFiles.of(settings).pid
+    try:
+        pid = int(path.read_text().strip())
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except (OSError, ValueError, psutil.Error):
+        return None
+    return pid
+
+
+def read_status(settings: Settings) -> dict[str, Any] | None:
+    """The last status JSON the supervisor wrote (None when there is none)."""
+    path = SupervisorFiles.of(settings).status
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def running_topics(settings: Settings) -> set[str]:
+    """Topics whose bronze ingest continuous mode runs right now (the DAG should not drain them meanwhile)."""
+    if running_pid(settings) is None:
+        return set()
+    status = read_status(settings) or {}
+    return {q["topic"] for q in status.get("queries", []) if q.get("kind") == "bronze"}
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[IO[str]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise ServiceError(
+                f"continuous mode already runs in this environment (lock {path} is held): "
+                "see `lakehouse stream status`, stop it with `lakehouse stream stop`"
+            ) from exc
+        yield handle
+    finally:
+        handle.close()
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    partial.write_text(json.dumps(data, indent=2, default=str))
+    partial.replace(path)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# -- offsets and lag ----------------------------------------------------------------------------------------
+def committed_offsets(checkpoint: str) -> dict[str, dict[int, int]]:
+    """The Kafka offsets a query committed last, from its (local) checkpoint: {topic: {partition: offset}}.
+
+    A micro-batch is committed when ``commits/<id>`` exists; ``offsets/<id>`` then holds, after a version line
+    and a metadata line, one JSON line per source with the next offsets to read. Empty when nothing committed.
+    """
+    commits = Path(checkpoint) / "commits"
+    try:
+        ids = [int(p.name) for p in commits.iterdir() if p.name.isdigit()]
+    except OSError:
+        return {}
+    if not ids:
+        return {}
+    try:
+        lines = (Path(checkpoint) / "offsets" / str(max(ids))).read_text().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, dict[int, int]] = {}
+    for line in lines[2:]:
+        try:
+            source = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(source, dict):
+            continue
+        for topic, partitions in source.items():
+            if isinstance(partitions, dict):
+                found.setdefault(topic, {}).update({int(p): int(o) for p, o in partitions.items()})
+    return found
+
+
+class LagProbe:
+    """Kafka end offsets per topic, with one long-lived metadata consumer."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self._consumer: Any = None
+
+    def end_offsets(self, topic: str) -> dict[int, int] | None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        try:
+            if self._consumer is None:
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    client_id="lakehouse-stream-lag",
+                    enable_auto_commit=False,
+                    request_timeout_ms=10000,
+                )
+            partitions = self._consumer.partitions_for_topic(topic) or set()
+            ends = self._consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
+            return {tp.partition: int(offset) for tp, offset in ends.items()}
+        except Exception as exc:
+            log.warning("could not read end offsets of %s: %s", topic, exc)
+            self.close()
+            return None
+
+    def lag(self, topic: str, checkpoint: str) -> int | None:
+        """End offsets − committed offsets, summed over partitions (None when Kafka does not answer)."""
+        ends = self.end_offsets(topic)
+        if ends is None:
+            return None
+        committed = committed_offsets(checkpoint).get(topic, {})
+        return sum(max(0, end - committed.get(partition, 0)) for partition, end in ends.items())
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                self._consumer.close()
+            self._consumer = None
+
+
+# -- the supervisor -----------------------------------------------------------------------------------------
+@dataclass
+class _Running:
+    spec: QuerySpec
+    query: Any = None
+    restarts: int = 0
+    failures: int = 0
+    next_start: float = 0.0
+    last_error: str | None = None
+    batch_at_start: int | None = None
+    last_data: dict[str, Any] = field(default_factory=dict)
+
+
+def _progress_value(progress: Any, name: str) -> Any:
+    if progress is None:
+        return None
+    value = getattr(progress, name, None)
+    if value is None and isinstance(progress, dict):
+        value = progress.get(name)
+    return value
+
+
+class Supervisor:
+    """Starts the planned queries, watches them, restarts failures with backoff, writes the status JSON."""
+
+    def __init__(
+        self, settings: Settings, specs: Sequence[QuerySpec], options: SupervisorOptions | None = None
+    ) -> None:
+        self.settings = settings
+        self.options = options or SupervisorOptions()
+        self.files = SupervisorFiles.of(settings)
+        self.running = {spec.name: _Running(spec) for spec in specs}
+        self.stopping = threading.Event()
+        self.started_at = _now()
+        self.state = "starting"
+        self._probe = LagProbe(settings.kafka.bootstrap_servers)
+        self._spark: Any = None
+
+    # starting -----------------------------------------------------------------------------------------------
+    def _start(self, entry: _Running) -> None:
+        from lakehouse.streaming.ingest import start_ingest
+        from lakehouse.streaming.realtime import (
+            DEFAULT_LATENESS,
+            InfluxTarget,
+            start_device_minute,
+            start_events_per_minute,
+        )
+
+        spec, options = entry.spec, self.options
+        interval = options.trigger_interval or self.settings.streaming.trigger_interval
+        influx = InfluxTarget.from_settings(self.settings) if options.influx else None
+        lateness = options.lateness or DEFAULT_LATENESS
+        if spec.kind == "bronze":
+            query = start_ingest(
+                self._spark,
+                self.settings,
+                spec.topic,
+                table=spec.table,
+                checkpoint=spec.checkpoint,
+                continuous=True,
+                trigger_interval=interval,
+            )
+        elif spec.kind == "rt_events":
+            query = start_events_per_minute(
+                self._spark,
+                self.settings,
+                topic=spec.topic,
+                events_table=spec.table,
+                checkpoint=spec.checkpoint,
+                influx=influx,
+                lateness=lateness,
+                trigger_interval=interval,
+            )
+        else:
+            query = start_device_minute(
+                self._spark,
+                self.settings,
+                topic=spec.topic,
+                table=spec.table,
+                checkpoint=spec.checkpoint,
+                influx=influx,
+                lateness=lateness,
+                trigger_interval=interval,
+            )
+        entry.query = query
+        entry.batch_at_start = None
+        log.info("started %s (id %s)", spec.name, query.id)
+
+    def _try_start(self, entry: _Running) -> None:
+        try:
+            self._start(entry)
+        except Exception as exc:
+            self._failed(entry, f"could not start: {exc}")
+
+    def _failed(self, entry: _Running, error: str) -> None:
+        entry.failures += 1
+        entry.query = None
+        entry.last_error = error[:2000]
+        delay = min(self.options.max_backoff, 2.0 ** min(entry.failures, 10))
+        entry.next_start = time.monotonic() + delay
+        log.error(
+            "%s failed (%d in a row), restart in %.0fs: %s", entry.spec.name, entry.failures, delay, error
+        )
+
+    # watching -----------------------------------------------------------------------------------------------
+    def _watch(self, entry: _Running) -> None:
+        query = entry.query
+        if query is None:
+            if time.monotonic() >= entry.next_start and not self.stopping.is_set():
+                entry.restarts += 1
+                self._try_start(entry)
+            return
+        try:
+            active = bool(query.isActive)
+        except Exception as exc:
+            self._failed(entry, f"lost contact with the query: {exc}")
+            return
+        if not active:
+            error = None
+            with contextlib.suppress(Exception):
+                error = query.exception()
+            self._failed(entry, str(error) if error is not None else "the query stopped (by someone else?)")
+            return
+        progress = None
+        with contextlib.suppress(Exception):
+            progress = query.lastProgress
+        batch = _progress_value(progress, "batchId")
+        if batch is not None:
+            if entry.batch_at_start is None:
+                entry.batch_at_start = int(batch)
+            elif int(batch) > entry.batch_at_start:
+                entry.failures = 0  # healthy again: the next failure starts the backoff afresh
+        rows = _progress_value(progress, "numInputRows")
+        if rows:
+            entry.last_data = {
+                "batch_id": batch,
+                "rows": rows,
+                "time": _progress_value(progress, "timestamp"),
+            }
+
+    def _row(self, entry: _Running) -> dict[str, Any]:
+        spec, query = entry.spec, entry.query
+        progress = None
+        if query is not None:
+            with contextlib.suppress(Exception):
+                progress = query.lastProgress
+        active = False
+        if query is not None:
+            with contextlib.suppress(Exception):
+                active = bool(query.isActive)
+        return {
+            "name": spec.name,
+            "kind": spec.kind,
+            "topic": spec.topic,
+            "table": spec.table,
+            "checkpoint": spec.checkpoint,
+            "id": str(query.id) if query is not None else None,
+            "runId": str(query.runId) if query is not None else None,
+            "isActive": active,
+            "lastBatchId": _progress_value(progress, "batchId"),
+            "numInputRows": _progress_value(progress, "numInputRows"),
+            "inputRowsPerSecond": _progress_value(progress, "inputRowsPerSecond"),
+            "processedRowsPerSecond": _progress_value(progress, "processedRowsPerSecond"),
+            "lastProgressTime": _progress_value(progress, "timestamp"),
+            "lastDataBatch": entry.last_data or None,
+            "lag": self._probe.lag(spec.topic, spec.checkpoint),
+            "restarts": entry.restarts,
+            "lastError": entry.last_error,
+        }
+
+    def write_status(self) -> dict[str, Any]:
+        status = {
+            "env": self.settings.env_name,
+            "pid": os.getpid(),
+            "state": self.state,
+            "startedAt": self.started_at,
+            "updatedAt": _now(),
+            "options": asdict(self.options),
+            "queries": [self._row(entry) for entry in self.running.values()],
+        }
+        _write_json(self.files.status, status)
+        return status
+
+    # the loop -----------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until :attr:`stopping` is set; then stop every query and write the final status."""
+        from lakehouse.spark import get_spark
+
+        self._spark = get_spark(self.settings, app_name="lakehouse-stream")
+        try:
+            for entry in self.running.values():
+                if self.stopping.is_set():
+                    break
+                self._try_start(entry)
+            self.state = "running"
+            while not self.stopping.is_set():
+                for entry in self.running.values():
+                    self._watch(entry)
+                try:
+                    self.write_status()
+                except Exception as exc:  # a status hiccup must not stop the queries
+                    log.warning("could not write the status: %s", exc)
+                self.stopping.wait(self.options.status_interval)
+        finally:
+            self.state = "stopping"
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop every query (the checkpoints keep their positions), then the session."""
+        for entry in self.running.values():
+            if entry.query is not None:
+                try:
+                    entry.query.stop()
+                    log.info("stopped %s", entry.spec.name)
+                except Exception as exc:
+                    log.warning("stopping %s: %s", entry.spec.name, exc)
+        self.state = "stopped"
+        with contextlib.suppress(Exception):
+            self.write_status()
+        for entry in self.running.values():
+            entry.query = None
+        self._probe.close()
+        if self._spark is not None:
+            with contextlib.suppress(Exception):
+                self._spark.stop()
+            self._spark = None
+
+
+def run_foreground(settings: Settings, options: SupervisorOptions | None = None) -> None:
+    """Run the supervisor in this process until SIGTERM/SIGINT (only one per environment).
+
+    Raises:
+        ServiceError: another supervisor runs in this environment, or InfluxDB is wanted but down.
+        ConfigError: the registry is invalid.
+    """
+    options = options or SupervisorOptions()
+    files = SupervisorFiles.of(settings)
+    with _exclusive(files.lock):
+        specs = plan(settings, options)
+        if options.influx and any(spec.kind != "bronze" for spec in specs):
+            from lakehouse.streaming.realtime import InfluxTarget
+
+            InfluxTarget.from_settings(settings).ping()
+        supervisor = Supervisor(settings, specs, options)
+        files.pid.write_text(str(os.getpid()))
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("signal %d: stopping the queries", signum)
+            supervisor.stopping.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            log.info("continuous mode: %s", ", ".join(spec.name for spec in specs) or "no queries")
+            supervisor.run()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            files.pid.unlink(missing_ok=True)
+
+
+def start_detached(
+    settings: Settings, options: SupervisorOptions | None = None, *, timeout: float = 120.0
+) -> tuple[int, bool]:
+    """Start the supervisor as a detached process and wait until its queries are started.
+
+    Returns:
+        (pid, started): ``started`` is False when one was already running (nothing else happens then).
+
+    Raises:
+        ServiceError: it exited or did not report running within ``timeout`` (with its log tail).
+    """
+    pid = running_pid(settings)
+    if pid is not None:
+        return pid, False
+    options = options or SupervisorOptions()
+    files = SupervisorFiles.of(settings)
+    files.log.parent.mkdir(parents=True, exist_ok=True)
+    files.status.unlink(missing_ok=True)
+    env = {**os.environ, ENV_VARIABLE: settings.env_name, ROOT_VARIABLE: str(settings.root)}
+    command = [sys.executable, "-m", _MODULE, "--env", settings.env_name, *options.to_args()]
+    with files.log.open("ab") as out:
+        out.write(f"\n=== {_now()} starting continuous mode\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=settings.root,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(
+                f"continuous mode exited with code {proc.returncode} while starting. "
+                f"Log tail ({files.log}):\n{_tail(files.log)}"
+            )
+        status = read_status(settings)
+        if status and status.get("pid") == proc.pid and status.get("state") == "running":
+            return proc.pid, True
+        time.sleep(0.5)
+    stop_supervisor(settings)
+    raise ServiceError(
+        f"continuous mode did not report running within {timeout:.0f}s. Log tail ({files.log}):\n"
+        f"{_tail(files.log)}"
+    )
+
+
+def stop_supervisor(settings: Settings, timeout: float = 90.0) -> int | None:
+    """Signal the supervisor (SIGTERM), wait for it to stop its queries and exit. Returns its pid, if any."""
+    import psutil
+
+    pid = running_pid(settings)
+    if pid is None:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        proc.terminate()
+        proc.wait(timeout=timeout)
+    except psutil.NoSuchProcess:
+        pass
+    except psutil.TimeoutExpired:
+        log.warning("continuous mode (pid %d) did not stop in %.0fs: killing it", pid, timeout)
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    SupervisorFiles.of(settings).pid.unlink(missing_ok=True)
+    return pid
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def format_status(status: dict[str, Any] | None, alive: bool) -> str:
+    """The status JSON as a table (what ``lakehouse stream status`` prints)."""
+    if status is None or not alive:
+        lines = ["continuous mode is not running" + (f" in {status['env']}" if status else "")]
+        if status:
+            lines.append(f"(last status {status.get('updatedAt')}: {status.get('state')})")
+        lines.append("start it with: lakehouse stream start")
+        return "\n".join(lines)
+    head = (
+        f"continuous mode: pid {status['pid']}, {status['state']}, since {status['startedAt']} "
+        f"(updated {status['updatedAt']})"
+    )
+    header = f"{'query':<32} {'active':<6} {'batch':>6} {'rows':>7} {'in/s':>9} {'proc/s':>9} {'lag':>7} "
+    header += f"{'restarts':>8}  last progress"
+    rows = [head, header]
+
+    def number(value: Any, digits: int = 0) -> str:
+        return "-" if value is None else f"{float(value):,.{digits}f}"
+
+    for q in status.get("queries", []):
+        rows.append(
+            f"{q['name'][:32]:<32} {'yes' if q['isActive'] else 'NO':<6} {number(q['lastBatchId']):>6} "
+            f"{number(q['numInputRows']):>7} {number(q['inputRowsPerSecond'], 1):>9} "
+            f"{number(q['processedRowsPerSecond'], 1):>9} {number(q['lag']):>7} {q['restarts']:>8}  "
+            f"{q['lastProgressTime'] or '-'}"
+        )
+        if q.get("lastError") and not q["isActive"]:
+            rows.append(f"    last error: {q['lastError'].splitlines()[0][:200]}")
+    return "\n".join(rows)
+
+
+def _parse(argv: Sequence[str]) -> tuple[str | None, SupervisorOptions]:
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
+    parser.add_argument("--env", default=None)
+    parser.add_argument("--registry", default=None)
+    parser.add_argument("--no-realtime", action="store_true")
+    parser.add_argument("--no-influx", action="store_true")
+    parser.add_argument("--trigger", default=None)
+    parser.add_argument("--lateness", default=None)
+    parser.add_argument("--status-interval", type=float, default=3.0)
+    parser.add_argument("--max-backoff", type=float, default=60.0)
+    args = parser.parse_args(list(argv))
+    return args.env, SupervisorOptions(
+        registry=args.registry,
+        realtime=not args.no_realtime,
+        influx=not args.no_influx,
+        trigger_interval=args.trigger,
+        lateness=args.lateness,
+        status_interval=args.status_interval,
+        max_backoff=args.max_backoff,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the detached supervisor process."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("kafka", "py4j", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    env, options = _parse(sys.argv[1:] if argv is None else argv)
+    try:
+        run_foreground(load_settings(env), options)
+    except LakehouseError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
