@@ -31,7 +31,17 @@ os.environ["PLOOMBER_ENV_FILENAME"] = f"env.{TEST_ENV}.yaml"
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "true"
 
-_LAYER_ORDER = ("bronze", "silver", "gold/build_sessions", "gold/build_daily_kpis", "ml")
+_LAYER_ORDER = (
+    "bronze/ingest_events",
+    "bronze/pull_apis",
+    "bronze",
+    "silver/clean_events",
+    "silver",
+    "gold/build_sessions",
+    "gold/build_daily_kpis",
+    "gold",
+    "ml",
+)
 _TIER_ORDER = ("unit", "integration", "dag", "browser")
 
 
@@ -55,7 +65,7 @@ class _Stack:
         for folder in (settings.workspace, *manager.external_dirs()):
             if folder.exists():
                 shutil.rmtree(folder)
-        manager.start(["kafka", "spark"])
+        manager.start(["kafka", "spark", "fx_api"])
         ensure_topics(settings)
         self.started = True
         return settings

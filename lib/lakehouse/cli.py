@@ -224,7 +224,7 @@ def demo(ctx: click.Context, count: int | None) -> None:
     settings = _settings(ctx)
     fetch_jars(settings.root)
     manager = ServiceManager(settings)
-    manager.start(["kafka", "spark", "mlflow"])
+    manager.start(["kafka", "spark", "fx_api", "mlflow"])
     ensure_topics(settings)
     marker = settings.workspace / "run" / "demo-simulated"
     if not marker.exists():
@@ -245,10 +245,12 @@ def demo(ctx: click.Context, count: int | None) -> None:
 
 def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
+    from lakehouse.sources.http_cli import api
     from lakehouse.streaming.cli import processor, stream
 
     main.add_command(stream)
     main.add_command(processor)
+    main.add_command(api)
 
 
 _register_groups()

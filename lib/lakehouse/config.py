@@ -110,6 +110,13 @@ class InfluxSettings(_Section):
     database: str = "lakehouse"
 
 
+class FxApiSettings(_Section):
+    """The local FX rates API (ECB reference rates) that stands in for a third-party API."""
+
+    managed: bool = True
+    port: int = Field(18780, ge=1, le=65535)
+
+
 class SimulatorSettings(_Section):
     events: int = Field(20_000, ge=0)
     seed: int = 7
@@ -141,6 +148,7 @@ class Settings(_Section):
     postgres: PostgresSettings = PostgresSettings()
     mqtt: MqttSettings = MqttSettings()
     influxdb: InfluxSettings = InfluxSettings()
+    fx_api: FxApiSettings = FxApiSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     streaming: StreamingSettings = StreamingSettings()
 
@@ -204,12 +212,16 @@ def env_file(name: str, root: Path) -> Path:
     return root / ("env.yaml" if name == DEFAULT_ENV else f"env.{name}.yaml")
 
 
-def expand_variables(value: Any, source: Path) -> Any:
-    """Replace ${NAME} and ${NAME:-default} in every string of a parsed YAML document."""
+def expand_variables(value: Any, source: Path, defaults: dict[str, str] | None = None) -> Any:
+    """Replace ${NAME} and ${NAME:-default} in every string of a parsed YAML document.
+
+    The environment wins, then ``defaults`` (values the settings provide), then the inline default.
+    """
+    defaults = defaults or {}
     if isinstance(value, dict):
-        return {key: expand_variables(item, source) for key, item in value.items()}
+        return {key: expand_variables(item, source, defaults) for key, item in value.items()}
     if isinstance(value, list):
-        return [expand_variables(item, source) for item in value]
+        return [expand_variables(item, source, defaults) for item in value]
     if not isinstance(value, str):
         return value
 
@@ -217,6 +229,8 @@ def expand_variables(value: Any, source: Path) -> Any:
         name, default = match.group(1), match.group(2)
         if name in os.environ:
             return os.environ[name]
+        if name in defaults:
+            return defaults[name]
         if default is not None:
             return default
         raise ConfigError(f"{source.name} needs the environment variable {name}: export it and run again")

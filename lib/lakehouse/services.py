@@ -33,7 +33,7 @@ from lakehouse.spark import connect_endpoint, spark_conf
 
 log = logging.getLogger(__name__)
 
-SERVICE_ORDER = ("kafka", "spark", "postgres", "mqtt", "influxdb", "mlflow", "dashboard")
+SERVICE_ORDER = ("kafka", "spark", "postgres", "mqtt", "influxdb", "fx_api", "mlflow", "dashboard")
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 _LOG4J2 = """\
 rootLogger.level = INFO
@@ -148,6 +148,16 @@ class ServiceManager:
             found["mqtt"] = self._mosquitto()
         if s.influxdb.managed:
             found["influxdb"] = self._influxdb()
+        if s.fx_api.managed:
+            fx_port = s.fx_api.port
+            found["fx_api"] = Service(
+                name="fx_api",
+                port=fx_port,
+                url=f"http://127.0.0.1:{fx_port}/v1/rates",
+                command=[sys.executable, "-m", "lakehouse.sources.fx_server", "--port", str(fx_port)],
+                health=lambda: _http_ok(f"http://127.0.0.1:{fx_port}/health"),
+                startup_timeout=30,
+            )
         found["mlflow"] = Service(
             name="mlflow",
             port=s.mlflow.port,

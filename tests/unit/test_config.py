@@ -38,9 +38,10 @@ def test_each_committed_environment_loads() -> None:
             s.mqtt.port,
             s.influxdb.port,
             s.influxdb.rpc_port,
+            s.fx_api.port,
         }
 
-    assert len(ports(local)) == len(ports(test)) == 9
+    assert len(ports(local)) == len(ports(test)) == 10
     assert ports(local).isdisjoint(ports(test))
 
 

@@ -181,6 +181,17 @@ class Registry(BaseModel):
         return topics
 
 
+def settings_variables(settings: Settings) -> dict[str, str]:
+    """Variables the registry may use whose values come from the environment file (local services)."""
+    return {
+        "LAKEHOUSE_FX_PORT": str(settings.fx_api.port),
+        "LAKEHOUSE_PG_HOST": settings.postgres.host,
+        "LAKEHOUSE_PG_PORT": str(settings.postgres.port),
+        "LAKEHOUSE_MQTT_HOST": settings.mqtt.host,
+        "LAKEHOUSE_MQTT_PORT": str(settings.mqtt.port),
+    }
+
+
 def load_registry(settings: Settings, path: Path | None = None) -> Registry:
     """Read and validate the registry (``$LAKEHOUSE_SOURCES``, else ``sources.yaml`` in the project root).
 
@@ -196,7 +207,7 @@ def load_registry(settings: Settings, path: Path | None = None) -> Registry:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name} is not valid YAML: {exc}") from exc
     try:
-        return Registry.model_validate(expand_variables(raw, path))
+        return Registry.model_validate(expand_variables(raw, path, settings_variables(settings)))
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()

@@ -1,0 +1,204 @@
+"""The third-party API path end to end: the real ECB rates served by fx_server (with faults) → HTTP connector
+→ buffered delivery → bronze (delta-rs) → silver fx_rates → gold revenue in a reporting currency (Spark)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from lakehouse.errors import DataError
+from lakehouse.gold.fx import with_reporting_currency
+from lakehouse.silver.fx import FxTables, build_fx_rates
+from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
+from lakehouse.sources.fx_server import Faults, RunningServer, load_ecb_rates, start_server
+from lakehouse.sources.http import PullTargets, RetryPolicy, pull_source
+from lakehouse.sources.registry import HttpAuth, HttpPagination, HttpSource
+
+pytestmark = pytest.mark.integration
+
+FIRST_SINCE, FIRST_UNTIL, SECOND_UNTIL = "2024-10-31", "2024-11-30", "2024-12-06"
+TIMEOUT_S = 0.5
+
+
+class Sleeps(list[float]):
+    """Records the waits the connector asks for instead of sleeping (the server does not enforce them)."""
+
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def expected_keys(since: str, until: str) -> set[str]:
+    return {f"{r.date}|{r.currency}" for r in load_ecb_rates() if since < r.date <= until}
+
+
+def fx_source(url: str, until: str, style: str = "cursor", page_size: int = 100) -> HttpSource:
+    return HttpSource(
+        name="fx_rates",
+        kind="http",
+        url=f"{url}?since={FIRST_SINCE}&until={until}",
+        bronze="fx_rates",
+        key=["date", "currency"],
+        ordering="date",
+        contract={"date": "date", "currency": "string", "rate_per_eur": "double"},
+        auth=HttpAuth(value="Bearer ${LAKEHOUSE_FX_TOKEN:-demo-token}"),
+        pagination=HttpPagination(style=style, page_size=page_size),  # type: ignore[arg-type]
+        incremental_param="since",
+        incremental_field="date",
+        timeout_s=TIMEOUT_S,
+        max_retries=4,
+        flush_records=250,
+        flush_seconds=60.0,
+    )
+
+
+@pytest.fixture()
+def faulty_server() -> Iterator[RunningServer]:
+    # 429 on calls 1-2, 500 on every 5th call, every 7th call slower than the client's timeout.
+    faults = Faults(throttle_first=2, retry_after="1", fail_every=5, slow_every=7, slow_seconds=TIMEOUT_S * 3)
+    with start_server(faults=faults) as server:
+        yield server
+
+
+def bronze_rows(path: str) -> list[dict[str, Any]]:
+    return DeltaTable(path).to_pyarrow_table().to_pylist()
+
+
+def test_pull_lands_every_rate_once_despite_faults_then_only_new_days(
+    faulty_server: RunningServer, tmp_path: Path
+) -> None:
+    targets = PullTargets(str(tmp_path / "bronze"), str(tmp_path / "dead"), tmp_path / "state.json")
+    sleeps = Sleeps()
+    first = pull_source(fx_source(faulty_server.url, FIRST_UNTIL), targets=targets, sleep=sleeps)
+
+    statuses = faulty_server.statuses
+    assert statuses[:2] == [429, 429] and 500 in statuses
+    assert any("Timeout" in failure for failure in first.failures), first.failures
+    assert sleeps[:2] == [1.0, 1.0]  # Retry-After honoured
+    assert all(0 <= wait <= RetryPolicy().ceiling(4) for wait in sleeps[2:])
+    assert first.pages == 7 and first.dead_letters == []
+
+    rows = bronze_rows(targets.bronze)
+    keys = [row["dedupe_key"] for row in rows]
+    assert len(keys) == len(set(keys)) == first.written == 630
+    assert set(keys) == expected_keys(FIRST_SINCE, FIRST_UNTIL)
+    assert {len(f.batch_id) for f in first.flushes} == {36} and sum(f.written for f in first.flushes) == 630
+    assert json.loads(next(r["record"] for r in rows if r["dedupe_key"] == "2024-11-01|USD")) == {
+        "date": "2024-11-01",
+        "currency": "USD",
+        "rate_per_eur": 1.0885,
+    }
+    assert (
+        first.cursor_after == "2024-11-29" and json.loads(targets.state.read_text())["cursor"] == "2024-11-29"
+    )
+
+    # A week later: the persisted cursor asks only for days after 2024-11-29.
+    second = pull_source(fx_source(faulty_server.url, SECOND_UNTIL), targets=targets, sleep=Sleeps())
+    assert second.cursor_before == "2024-11-29" and second.cursor_after == "2024-12-06"
+    assert second.received == second.written == 150 and second.duplicates == 0
+    new_batches = {f.batch_id for f in second.flushes}
+    new_rows = [row for row in bronze_rows(targets.bronze) if row["batch_id"] in new_batches]
+    assert {row["dedupe_key"] for row in new_rows} == expected_keys("2024-11-29", SECOND_UNTIL)
+    assert all("since=2024-11-29" in row["request_url"] for row in new_rows)
+    assert len(bronze_rows(targets.bronze)) == 780
+
+
+def test_page_pagination_against_the_server(faulty_server: RunningServer, tmp_path: Path) -> None:
+    targets = PullTargets(str(tmp_path / "bronze"), str(tmp_path / "dead"), tmp_path / "state.json")
+    source = fx_source(faulty_server.url, "2024-11-08", style="page", page_size=40)
+    report = pull_source(source, targets=targets, sleep=Sleeps())
+    keys = [row["dedupe_key"] for row in bronze_rows(targets.bronze)]
+    assert len(keys) == len(set(keys)) == report.written == len(expected_keys(FIRST_SINCE, "2024-11-08"))
+    assert report.pages == report.written // 40 + 1  # the last page is short (or empty)
+
+
+def _with_flawed_rows(path: str) -> None:
+    """Bronze rows the connector could have landed from a sloppier API: bad date, bad rate, broken JSON and a
+    lower-case currency (a different dedupe key, the same rate once cleaned)."""
+    flawed = [
+        ('{"date":"2024-11-31","currency":"USD","rate_per_eur":1.1}', "2024-11-31|USD"),
+        ('{"date":"2024-11-05","currency":"XTS","rate_per_eur":-1}', "2024-11-05|XTS"),
+        ("{not json", "broken"),
+        ('{"date":"2024-11-01","currency":"usd","rate_per_eur":1.0885}', "2024-11-01|usd"),
+    ]
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "record": r,
+            "dedupe_key": k,
+            "source": "fx_rates",
+            "request_url": "test",
+            "fetched_at": now,
+            "batch_id": "t",
+        }
+        for r, k in flawed
+    ]
+    delta_append(path, pa.Table.from_pylist(rows, schema=BRONZE_HTTP))
+
+
+def test_silver_and_gold_convert_revenue_at_the_days_rate(spark: Any, tmp_path: Path) -> None:
+    with start_server() as server:
+        targets = PullTargets(str(tmp_path / "bronze"), str(tmp_path / "dead"), tmp_path / "state.json")
+        pull_source(fx_source(server.url, SECOND_UNTIL, page_size=1000), targets=targets, sleep=Sleeps())
+    _with_flawed_rows(targets.bronze)
+    tables = FxTables(targets.bronze, str(tmp_path / "silver"), str(tmp_path / "quarantine"))
+
+    report = build_fx_rates(spark, tables)
+    assert (report.bronze_rows, report.silver_rows, report.quarantined, report.duplicates) == (784, 780, 3, 1)
+    reasons = {r["reason"] for r in spark.read.format("delta").load(tables.quarantine).collect()}
+    assert reasons == {"invalid_date", "non_positive_rate", "malformed_json"}
+    rates = spark.read.format("delta").load(tables.silver)
+    assert rates.groupBy("date", "currency").count().where("count > 1").count() == 0
+    usd = rates.where((F.col("date") == "2024-11-01") & (F.col("currency") == "USD")).first()
+    assert usd is not None and usd["rate_per_eur"] == 1.0885
+
+    kpis = spark.createDataFrame(
+        [
+            (date(2024, 11, 1), "DE", "EUR", 100.0),
+            (date(2024, 11, 1), "US", "USD", 108.85),
+            (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
+            (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
+            (date(2024, 11, 4), "GB", "GBP", 84.063),
+            (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
+            (date(2024, 11, 4), "IN", "INR", 91.718),
+            (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
+        ],
+        "date date, country string, currency string, revenue double",
+    )
+    got = {
+        (str(r["date"]), r["country"]): r
+        for r in with_reporting_currency(kpis, rates.select("date", "currency", "rate_per_eur")).collect()
+    }
+    expected = {
+        ("2024-11-01", "DE"): (1.0, 100.0),
+        ("2024-11-01", "US"): (1.0885, 100.0),
+        ("2024-11-02", "US"): (1.0885, 200.0),
+        ("2024-11-03", "JP"): (165.54, 100.0),
+        ("2024-11-04", "GB"): (0.84063, 100.0),
+        ("2024-11-04", "IN"): (91.718, 2.0),
+        ("2024-11-04", "BR"): (6.3344, 0.0),
+    }
+    assert set(got) == set(expected)
+    for key, (rate, eur) in expected.items():
+        assert got[key]["rate_per_eur"] == rate, key
+        assert got[key]["revenue_eur"] == pytest.approx(eur, rel=1e-9), key
+        assert got[key]["revenue_reporting"] == pytest.approx(eur, rel=1e-9), key
+    assert got[("2024-11-04", "BR")]["currency"] == "BRL"
+
+    in_usd = {
+        (str(r["date"]), r["country"]): r["revenue_reporting"]
+        for r in with_reporting_currency(kpis, rates, "USD").collect()
+    }
+    assert in_usd[("2024-11-03", "JP")] == pytest.approx(100.0 * 1.0885)  # Sunday: Friday's USD rate
+    assert in_usd[("2024-11-04", "GB")] == pytest.approx(100.0 * 1.0904)
+
+    stale = spark.createDataFrame([(date(2024, 12, 20), "US", "USD", 10.0)], kpis.schema)
+    with pytest.raises(DataError, match="USD on 2024-12-20"):
+        with_reporting_currency(stale, rates)
