@@ -65,7 +65,7 @@ class _Stack:
         for folder in (settings.workspace, *manager.external_dirs()):
             if folder.exists():
                 shutil.rmtree(folder)
-        manager.start(["kafka", "spark", "fx_api"])
+        manager.start(["kafka", "spark", "fx_api", "postgres", "mqtt"])
         ensure_topics(settings)
         self.started = True
         return settings

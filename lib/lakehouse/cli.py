@@ -217,20 +217,20 @@ def build(ctx: click.Context, force: bool) -> None:
 def demo(ctx: click.Context, count: int | None) -> None:
     """The main job: services up, events produced (first run only), DAG built, where to look printed."""
     from lakehouse.dag import build as build_dag
+    from lakehouse.demo import produce_all
     from lakehouse.jvm import fetch_jars
     from lakehouse.services import ServiceManager, ensure_topics
-    from lakehouse.simulate import simulate_to_kafka
 
     settings = _settings(ctx)
     fetch_jars(settings.root)
     manager = ServiceManager(settings)
-    manager.start(["kafka", "spark", "fx_api", "mlflow"])
+    manager.start(["kafka", "spark", "postgres", "mqtt", "influxdb", "fx_api", "mlflow"])
     ensure_topics(settings)
-    marker = settings.workspace / "run" / "demo-simulated"
+    marker = settings.workspace / "run" / "demo-produced"
     if not marker.exists():
-        report = simulate_to_kafka(settings, count=count, progress=sys.stderr.isatty())
-        marker.write_text(str(report.sent))
-        click.echo(f"produced {report.sent} simulated events ({report.events_per_second:,.0f}/s)")
+        report = produce_all(settings, clickstream_events=count)
+        marker.write_text("\n".join(report.lines()) + "\n")
+        click.echo("produced: " + "; ".join(report.lines()))
     build_dag(settings)
     manager.start(["dashboard"])
     _print_status(settings)
@@ -245,12 +245,13 @@ def demo(ctx: click.Context, count: int | None) -> None:
 
 def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
+    from lakehouse.iot.cli import iot
     from lakehouse.sources.http_cli import api
+    from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 
-    main.add_command(stream)
-    main.add_command(processor)
-    main.add_command(api)
+    for group in (stream, processor, api, retail, iot):
+        main.add_command(group)
 
 
 _register_groups()

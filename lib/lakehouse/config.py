@@ -76,6 +76,7 @@ class PostgresSettings(_Section):
     database: str = "retail"
     user: str = "lakehouse"
     password: str = "lakehouse"
+    seed_limit: int = Field(0, ge=0, description="CDNOW orders to seed a fresh database with (0: all)")
 
     @property
     def jdbc_url(self) -> str:

@@ -1,0 +1,175 @@
+"""The device registry: which devices exist, where they are installed and which firmware they should run.
+
+A small JSON file under the workspace (``<workspace>/iot/devices.json``), because it is tiny, read by one
+bridge and written rarely: provisioning (the simulator, the replay, an operator) registers devices with their
+site; the bridge enriches every reading with the device's ``site`` and registers devices it has never seen
+(``site = "unassigned"``, ``auto_registered = true``) so an operator can assign them later.
+
+Writes are atomic (temporary file + rename) and merge with what is on disk under an exclusive lock, so a
+provisioning run and a running bridge never lose each other's devices.
+
+Example:
+    >>> registry = DeviceRegistry(Path("/tmp/devices.json"))           # doctest: +SKIP
+    >>> registry.provision([("dev-0001", "hq-floor-2", "1.4.2")])      # doctest: +SKIP
+    >>> registry.lookup("dev-0001", firmware="1.4.2").site             # doctest: +SKIP
+    'hq-floor-2'
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+UNASSIGNED_SITE: Final = "unassigned"
+_RELOAD_EVERY_S: Final = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredDevice:
+    """One registry entry."""
+
+    device_id: str
+    site: str
+    expected_firmware: str | None
+    registered_at: str
+    auto_registered: bool = False
+
+
+def registry_path(settings: Settings) -> Path:
+    """Where the environment keeps its device registry."""
+    return settings.workspace / "iot" / "devices.json"
+
+
+class DeviceRegistry:
+    """Known devices, kept in a JSON file; unknown devices are registered on first sight."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._devices: dict[str, RegisteredDevice] = {}
+        self._mtime: float | None = None
+        self._warned_firmware: set[str] = set()
+        self._checked = time.monotonic()
+        self.reload()
+
+    @classmethod
+    def open(cls, settings: Settings, path: Path | None = None) -> DeviceRegistry:
+        """The registry of an environment (or at ``path``)."""
+        return cls(path or registry_path(settings))
+
+    def __len__(self) -> int:
+        return len(self._devices)
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self._devices
+
+    def devices(self) -> list[RegisteredDevice]:
+        """Every registered device, by id."""
+        return [self._devices[key] for key in sorted(self._devices)]
+
+    def reload(self) -> None:
+        """Read the file again if it changed on disk."""
+        try:
+            mtime = self.path.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if mtime != self._mtime:
+            self._devices = self._read()
+            self._mtime = mtime
+
+    def _read(self) -> dict[str, RegisteredDevice]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise ConfigError(
+                f"the device registry {self.path} is not valid JSON ({exc}): fix or delete it "
+                "(devices re-register themselves; sites must then be assigned again)"
+            ) from exc
+        try:
+            return {key: RegisteredDevice(**entry) for key, entry in raw.get("devices", {}).items()}
+        except (AttributeError, TypeError) as exc:
+            raise ConfigError(f"the device registry {self.path} has an invalid entry ({exc})") from exc
+
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, RegisteredDevice]]:
+        """Merge-on-write: lock, read what is on disk, let the caller update it, write atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            devices = self._read()
+            yield devices
+            document = {"devices": {key: asdict(devices[key]) for key in sorted(devices)}}
+            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".devices-", suffix=".json")
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                json.dump(document, out, indent=1)
+            os.replace(temporary, self.path)
+            self._devices = devices
+            self._mtime = self.path.stat().st_mtime
+
+    def provision(self, devices: Iterable[tuple[str, str, str | None]]) -> int:
+        """Register or update ``(device_id, site, expected_firmware)`` entries; returns how many changed."""
+        now = datetime.now(UTC).isoformat()
+        changed = 0
+        with self._locked() as known:
+            for device_id, site, firmware in devices:
+                current = known.get(device_id)
+                entry = RegisteredDevice(
+                    device_id, site, firmware, current.registered_at if current else now, False
+                )
+                if entry != current:
+                    known[device_id] = entry
+                    changed += 1
+        return changed
+
+    def lookup(self, device_id: str, firmware: str | None = None) -> RegisteredDevice:
+        """The registry entry of a device, registering it (site ``unassigned``) if it is new."""
+        now = time.monotonic()
+        if now - self._checked >= _RELOAD_EVERY_S:
+            self._checked = now
+            self.reload()  # sites and firmware re-provisioned by another process?
+        entry = self._devices.get(device_id)
+        if entry is None:
+            self.reload()  # provisioned by another process since we last read?
+            entry = self._devices.get(device_id)
+        if entry is None:
+            entry = self._auto_register(device_id, firmware)
+        if firmware and entry.expected_firmware and firmware != entry.expected_firmware:
+            if device_id not in self._warned_firmware:
+                self._warned_firmware.add(device_id)
+                log.warning(
+                    "device %s runs firmware %s, the registry expects %s",
+                    device_id,
+                    firmware,
+                    entry.expected_firmware,
+                )
+        return entry
+
+    def _auto_register(self, device_id: str, firmware: str | None) -> RegisteredDevice:
+        with self._locked() as known:
+            if device_id not in known:
+                known[device_id] = RegisteredDevice(
+                    device_id, UNASSIGNED_SITE, firmware, datetime.now(UTC).isoformat(), True
+                )
+                log.info("auto-registered new device %s (firmware %s)", device_id, firmware)
+            entry = known[device_id]
+        return entry
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        """Registry entries as plain dicts (for a table or a dashboard)."""
+        return [asdict(device) for device in self.devices()]
