@@ -19,12 +19,9 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
 from lakehouse.clickstream import (
     EVENT_TYPES,
@@ -35,25 +32,13 @@ from lakehouse.clickstream import (
 )
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
+from lakehouse.silver.batches import RECONCILIATION, first_row, txn_app_id, write_outcomes
 from lakehouse.tables import delta_ref, ensure_table
 
 log = logging.getLogger(__name__)
 
 # Epoch-millisecond bounds of a plausible client clock (2000-01-01 .. 2100-01-01).
 _MIN_TS, _MAX_TS = 946_684_800_000, 4_102_444_800_000
-
-RECONCILIATION: StructType = StructType(
-    [
-        StructField("run_id", StringType(), False),
-        StructField("batch_id", LongType(), False),
-        StructField("bronze_rows", LongType(), False),
-        StructField("inserted", LongType(), False),
-        StructField("quarantined", LongType(), False),
-        StructField("duplicates", LongType(), False),
-        StructField("late", LongType(), False),
-        StructField("processed_at", TimestampType(), False),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -98,13 +83,6 @@ class Reconciliation:
                 f"quarantined {self.quarantined} + duplicates {self.duplicates}"
             )
         return self
-
-
-def _first(frame: DataFrame) -> Row:
-    row = frame.first()
-    if row is None:  # an aggregate without grouping always has one row
-        raise DataError("an aggregate returned no row")
-    return row
 
 
 def _reason(parsed: Column, value: Column, event_time: Column, revenue: Column, currency: Column) -> Column:
@@ -224,60 +202,27 @@ def mark_duplicates_and_late(
     )
 
 
-def _app_id(checkpoint: str) -> str:
-    """A stable id for idempotent writes, born with the checkpoint (a new checkpoint gets a new id)."""
-    marker = Path(checkpoint) / "lakehouse_txn_app_id"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        marker.write_text(f"silver-events-{uuid.uuid4()}")
-    return marker.read_text().strip()
-
-
 def process_batch(
     batch: DataFrame, batch_id: int, *, tables: CleanTables, app_id: str, run_id: str, delay: str
 ) -> None:
     """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay)."""
     spark = batch.sparkSession
     silver = spark.read.format("delta").load(tables.silver)
-    carried_max = _first(silver.agg(F.max("event_time")))[0]
+    carried_max = first_row(silver.agg(F.max("event_time")))[0]
     marked = mark_duplicates_and_late(classify(batch), silver.select("event_id"), carried_max, delay)
     # Materialise once: the writes below change silver, which the duplicate check reads lazily.
     marked = marked.localCheckpoint(eager=True)
-    txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
-    stats = _first(
-        marked.agg(
-            F.count(F.lit(1)).alias("bronze_rows"),
-            F.count(F.when(F.col("outcome") == "insert", 1)).alias("inserted"),
-            F.count(F.when(F.col("outcome") == "quarantine", 1)).alias("quarantined"),
-            F.count(F.when(F.col("outcome") == "duplicate", 1)).alias("duplicates"),
-            F.count(F.when(F.col("reason") == "late_beyond_watermark", 1)).alias("late"),
-        )
+    stats = write_outcomes(
+        marked,
+        batch_id,
+        run_id=run_id,
+        app_id=app_id,
+        silver=tables.silver,
+        silver_columns=[field.name for field in SILVER_EVENTS.fields],
+        quarantine=tables.quarantine,
+        quarantine_columns=["value", "reason", "event_id", "source_partition", "source_offset"],
+        reconciliation=tables.reconciliation,
     )
-    columns = [field.name for field in SILVER_EVENTS.fields]
-    inserts = marked.where(F.col("outcome") == "insert").select(*columns)
-    inserts.write.format("delta").mode("append").options(**txn).save(tables.silver)
-    quarantined = marked.where(F.col("outcome") == "quarantine").select(
-        "value",
-        "reason",
-        "event_id",
-        "source_partition",
-        "source_offset",
-        F.lit(batch_id).cast("long").alias("batch_id"),
-        F.current_timestamp().alias("quarantined_at"),
-    )
-    quarantined.write.format("delta").mode("append").options(**txn).save(tables.quarantine)
-    audit = spark.createDataFrame(
-        [
-            (
-                run_id,
-                batch_id,
-                *(int(stats[k]) for k in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")),
-                datetime.now(UTC),
-            )
-        ],
-        RECONCILIATION,
-    )
-    audit.write.format("delta").mode("append").options(**txn).save(tables.reconciliation)
     log.info("silver batch %d: %s", batch_id, stats.asDict())
 
 
@@ -297,7 +242,7 @@ class CleanReport:
 
 def reconcile(spark: SparkSession, tables: CleanTables) -> Reconciliation:
     """Bronze, silver, quarantine and duplicate totals from the tables themselves (one Spark query)."""
-    row = _first(
+    row = first_row(
         spark.sql(
             f"""
             SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
@@ -339,7 +284,7 @@ def clean_events(
     ensure_table(spark, tables.quarantine, QUARANTINE)
     ensure_table(spark, tables.reconciliation, RECONCILIATION)
     run_id = str(uuid.uuid4())
-    app_id = _app_id(tables.checkpoint)
+    app_id = txn_app_id(tables.checkpoint, "silver-events")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         process_batch(batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=delay)
@@ -357,7 +302,7 @@ def clean_events(
     if query.exception() is not None:
         raise DataError(f"silver clean_events failed: {query.exception()}")
     audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run_id)
-    row = _first(
+    row = first_row(
         audit.agg(
             F.count(F.lit(1)).alias("batches"),
             *[

@@ -25,11 +25,9 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Final
 
-from pyspark.sql import Column, DataFrame, Row, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     DateType,
@@ -45,7 +43,8 @@ from pyspark.sql.types import (
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.silver.events import RECONCILIATION, Reconciliation
+from lakehouse.silver.batches import RECONCILIATION, first_row, txn_app_id, write_outcomes
+from lakehouse.silver.events import Reconciliation
 from lakehouse.tables import delta_ref, ensure_table
 
 log = logging.getLogger(__name__)
@@ -137,13 +136,6 @@ class TelemetryTables:
             offline=settings.table_path("silver", "device_offline"),
             checkpoint=settings.checkpoint_path("silver_telemetry"),
         )
-
-
-def _first(frame: DataFrame) -> Row:
-    row = frame.first()
-    if row is None:  # an aggregate without grouping always has one row
-        raise DataError("an aggregate returned no row")
-    return row
 
 
 def parse_telemetry(bronze: DataFrame) -> DataFrame:
@@ -271,15 +263,6 @@ def offline_intervals(
     )
 
 
-def _app_id(checkpoint: str) -> str:
-    """A stable id for idempotent writes, born with the checkpoint (a new checkpoint gets a new id)."""
-    marker = Path(checkpoint) / "lakehouse_txn_app_id"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    if not marker.is_file():
-        marker.write_text(f"silver-telemetry-{uuid.uuid4()}")
-    return marker.read_text().strip()
-
-
 def process_batch(
     batch: DataFrame, batch_id: int, *, tables: TelemetryTables, app_id: str, run_id: str, delay: str
 ) -> None:
@@ -289,42 +272,17 @@ def process_batch(
     marked = mark_duplicates_and_late(parse_telemetry(batch), silver, delay)
     # Materialise once: the writes below change silver, which the duplicate check reads lazily.
     marked = marked.localCheckpoint(eager=True)
-    txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
-    stats = _first(
-        marked.agg(
-            F.count(F.lit(1)).alias("bronze_rows"),
-            F.count(F.when(F.col("outcome") == "insert", 1)).alias("inserted"),
-            F.count(F.when(F.col("outcome") == "quarantine", 1)).alias("quarantined"),
-            F.count(F.when(F.col("outcome") == "duplicate", 1)).alias("duplicates"),
-            F.count(F.when(F.col("reason") == "late_beyond_watermark", 1)).alias("late"),
-        )
+    stats = write_outcomes(
+        marked,
+        batch_id,
+        run_id=run_id,
+        app_id=app_id,
+        silver=tables.silver,
+        silver_columns=[field.name for field in SILVER_TELEMETRY.fields],
+        quarantine=tables.quarantine,
+        quarantine_columns=["value", "reason", "device_id", "seq", "source_partition", "source_offset"],
+        reconciliation=tables.reconciliation,
     )
-    columns = [field.name for field in SILVER_TELEMETRY.fields]
-    inserts = marked.where(F.col("outcome") == "insert").select(*columns)
-    inserts.write.format("delta").mode("append").options(**txn).save(tables.silver)
-    quarantined = marked.where(F.col("outcome") == "quarantine").select(
-        "value",
-        "reason",
-        "device_id",
-        "seq",
-        "source_partition",
-        "source_offset",
-        F.lit(batch_id).cast("long").alias("batch_id"),
-        F.current_timestamp().alias("quarantined_at"),
-    )
-    quarantined.write.format("delta").mode("append").options(**txn).save(tables.quarantine)
-    audit = spark.createDataFrame(
-        [
-            (
-                run_id,
-                batch_id,
-                *(int(stats[k]) for k in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")),
-                datetime.now(UTC),
-            )
-        ],
-        RECONCILIATION,
-    )
-    audit.write.format("delta").mode("append").options(**txn).save(tables.reconciliation)
     log.info("silver telemetry batch %d: %s", batch_id, stats.asDict())
 
 
@@ -345,7 +303,7 @@ class TelemetryReport:
 
 def reconcile(spark: SparkSession, tables: TelemetryTables) -> Reconciliation:
     """Bronze, silver, quarantine and duplicate totals from the tables themselves (one Spark query)."""
-    row = _first(
+    row = first_row(
         spark.sql(
             f"""
             SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
@@ -395,7 +353,7 @@ def clean_telemetry(
     ensure_table(spark, tables.reconciliation, RECONCILIATION)
     ensure_table(spark, tables.offline, DEVICE_OFFLINE)
     run_id = str(uuid.uuid4())
-    app_id = _app_id(tables.checkpoint)
+    app_id = txn_app_id(tables.checkpoint, "silver-telemetry")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
         process_batch(batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=watermark)
@@ -416,7 +374,7 @@ def clean_telemetry(
     offline = offline_intervals(silver, gap_factor=gap_factor, expected_interval_s=expected_interval_s)
     offline.write.format("delta").mode("overwrite").save(tables.offline)
     audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run_id)
-    row = _first(
+    row = first_row(
         audit.agg(
             F.count(F.lit(1)).alias("batches"),
             *[
