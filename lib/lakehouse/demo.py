@@ -64,7 +64,7 @@ def produce_iot(settings: Settings, devices: int = 20, messages: int = 2000) -> 
             error = bridge.stderr.read() if bridge.stderr else ""
             raise ServiceError(f"the IoT bridge stopped at start: {error}")
         _, fleet = simulate_to_mqtt(settings, devices=devices, messages=messages)
-        replay = replay_to_mqtt(settings)
+        replay = replay_to_mqtt(settings, rate=200)  # the 509 real readings in seconds, in order
         bridge.wait(timeout=300)
     finally:
         if bridge.poll() is None:
