@@ -29,6 +29,9 @@ LAKEHOUSE = str(Path(sys.executable).parent / "lakehouse")
 
 def _build(env: str, *extra: str, spark_mode: str | None = None) -> float:
     environ = {**os.environ, "LAKEHOUSE_ENV": env}
+    # The services' health checks attached to Spark Connect in this process: do not hand that on.
+    for variable in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"):
+        environ.pop(variable, None)
     if spark_mode:
         environ["LAKEHOUSE_SPARK_MODE"] = spark_mode
     started = time.perf_counter()

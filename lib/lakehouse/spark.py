@@ -114,6 +114,9 @@ def get_spark(
                 "(or check the URL in the environment file)"
             )
     log.info("starting a classic local Spark session (%s)", settings.spark.master)
+    # A Connect client created earlier in this process (or a parent's) flags the process as Connect-only.
+    for variable in ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE"):
+        os.environ.pop(variable, None)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.master(settings.spark.master).appName(app_name)
     builder = builder.config("spark.driver.memory", settings.spark.driver_memory)
