@@ -47,6 +47,7 @@ from lakehouse.clickstream import RAW_EVENT
 from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, ServiceError
+from lakehouse.silver.telemetry import TELEMETRY_RECORD
 from lakehouse.streaming.ingest import kafka_source
 from lakehouse.tables import ensure_table
 
@@ -63,23 +64,8 @@ EVENTS_MEASUREMENT: Final = "events_per_minute"
 SESSIONS_MEASUREMENT: Final = "active_sessions_per_minute"
 DEVICE_MEASUREMENT: Final = "device_minute"
 
-# One bridged MQTT reading, as the MQTT → Kafka bridge writes it (Kafka key: device_id).
-IOT_TELEMETRY: Final = StructType(
-    [
-        StructField("device_id", StringType()),
-        StructField("seq", LongType()),
-        StructField("device_time", StringType()),
-        StructField("received_at", StringType()),
-        StructField("temperature_c", DoubleType()),
-        StructField("humidity_pct", DoubleType()),
-        StructField("co2_ppm", DoubleType()),
-        StructField("battery_pct", DoubleType()),
-        StructField("light_lux", DoubleType()),
-        StructField("firmware", StringType()),
-        StructField("site", StringType()),
-        StructField("mqtt_topic", StringType()),
-    ]
-)
+# One bridged MQTT reading, as the MQTT → Kafka bridge writes it (Kafka key: device_id): silver's contract.
+IOT_TELEMETRY: Final = TELEMETRY_RECORD
 
 RT_EVENTS_PER_MINUTE: Final = StructType(
     [
