@@ -131,6 +131,37 @@ class StreamingSettings(_Section):
     watermark: str = "1 hour"
 
 
+class QualitySettings(_Section):
+    """Great Expectations: where suites live, which engine validates a batch."""
+
+    suites_dir: str = "quality/suites"
+    # Batches up to this many rows are validated with GX's pandas engine (Arrow copy); larger ones with
+    # GX's Spark engine, so a cluster-sized batch never comes to the driver.
+    pandas_max_rows: int = Field(500_000, ge=0)
+    data_docs: bool = True
+
+
+class LineageSettings(_Section):
+    """OpenLineage: a file transport by default, HTTP (Marquez-compatible) by configuration."""
+
+    namespace: str = "lakehouse"
+    transport: str = Field("file", pattern="^(file|http|console|none)$")
+    url: str | None = None  # HTTP transport: e.g. http://127.0.0.1:5000 (Marquez)
+    endpoint: str = "api/v1/lineage"
+    api_key: str | None = None
+    spark_listener: bool = True
+
+
+class PrivacySettings(_Section):
+    """PII handling: the tokenization key comes only from the environment."""
+
+    # HMAC key for tokenizing PII in silver. Local/test envs give a default through ${VAR:-...}; a real
+    # deployment sets LAKEHOUSE_PII_KEY and keeps it out of the repo.
+    tokenization_key: str = ""
+    # VACUUM retention used by `lakehouse privacy erase` (hours); 0 removes erased rows from time travel now.
+    erasure_retention_hours: int = Field(0, ge=0)
+
+
 class Settings(_Section):
     """Everything a run needs to know, read from one environment file.
 
@@ -152,6 +183,9 @@ class Settings(_Section):
     fx_api: FxApiSettings = FxApiSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     streaming: StreamingSettings = StreamingSettings()
+    quality: QualitySettings = QualitySettings()
+    lineage: LineageSettings = LineageSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -184,10 +218,18 @@ class Settings(_Section):
     def mlflow_artifacts(self) -> Path:
         return self.workspace / "mlflow" / "artifacts"
 
+    @property
+    def reports(self) -> Path:
+        """Pipeline products that are documents: GX Data Docs, profiles, lineage events."""
+        return self.workspace / "reports"
+
     def table_path(self, layer: str, name: str) -> str:
-        """The storage path of a lake table, e.g. ``table_path("bronze", "events")``."""
-        if layer not in {"bronze", "silver", "gold"}:
-            raise ConfigError(f"unknown lake layer {layer!r}: use bronze, silver or gold")
+        """The storage path of a lake table, e.g. ``table_path("bronze", "events")``.
+
+        Layers: bronze, silver, gold, and ``audit`` (validation results, erasure records).
+        """
+        if layer not in {"bronze", "silver", "gold", "audit"}:
+            raise ConfigError(f"unknown lake layer {layer!r}: use bronze, silver, gold or audit")
         return str(self.lake / layer / name)
 
     def checkpoint_path(self, query: str) -> str:

@@ -83,6 +83,8 @@ def test_cluster_environment_needs_its_variables(monkeypatch: pytest.MonkeyPatch
         "LAKEHOUSE_PG_PASSWORD": "from-a-secret-store",
         "LAKEHOUSE_MQTT_HOST": "mqtt",
         "LAKEHOUSE_INFLUX_HOST": "influx",
+        "LAKEHOUSE_LINEAGE_URL": "http://marquez:5000",
+        "LAKEHOUSE_PII_KEY": "from-a-secret-store-too",
     }
     for name in required:
         monkeypatch.delenv(name, raising=False)
@@ -93,6 +95,8 @@ def test_cluster_environment_needs_its_variables(monkeypatch: pytest.MonkeyPatch
     cluster = load_settings("cluster", root=ROOT)
     assert not cluster.spark.managed and cluster.spark.connect_url == "sc://spark-connect:15002"
     assert not cluster.postgres.managed and cluster.postgres.password == "from-a-secret-store"
+    assert cluster.lineage.transport == "http" and cluster.lineage.url == "http://marquez:5000"
+    assert cluster.privacy.tokenization_key == "from-a-secret-store-too"
 
 
 @pytest.mark.parametrize(
