@@ -42,11 +42,54 @@ def spark_jars(settings: Settings) -> list[Path]:
     return jars
 
 
-def spark_conf(settings: Settings) -> dict[str, str]:
-    """The configuration every session gets, local or server: Delta, UTC, the jars, loopback only."""
-    warehouse = settings.workspace / "warehouse"
+OPENLINEAGE_LISTENER = "io.openlineage.spark.agent.OpenLineageSparkListener"
+OPENLINEAGE_JAR_PREFIX = "openlineage-spark_"
+
+
+def openlineage_conf(settings: Settings, jars: list[Path]) -> dict[str, str]:
+    """The OpenLineage Spark listener's configuration (empty when switched off or its jar is missing).
+
+    Events (with column-level lineage) go to ``<reports>/lineage/spark.jsonl`` with the file transport;
+    ``settings.lineage.spark_listener: false`` turns the listener off.
+    """
+    if not settings.lineage.spark_listener:
+        return {}
+    if not any(jar.name.startswith(OPENLINEAGE_JAR_PREFIX) for jar in jars):
+        log.warning(
+            "the OpenLineage Spark listener jar is missing: run `make jars` (Spark runs without lineage)"
+        )
+        return {}
+    events = settings.reports / "lineage" / "spark.jsonl"
+    events.parent.mkdir(parents=True, exist_ok=True)
     return {
-        "spark.jars": ",".join(str(jar) for jar in spark_jars(settings)),
+        "spark.extraListeners": OPENLINEAGE_LISTENER,
+        "spark.openlineage.transport.type": "file",
+        "spark.openlineage.transport.location": str(events),
+        "spark.openlineage.namespace": settings.lineage.namespace,
+        # The serialized logical plan and unknown-node facets are large and only useful to debug the listener.
+        "spark.openlineage.facets.spark.logicalPlan.disabled": "true",
+        "spark.openlineage.facets.spark_unknown.disabled": "true",
+        "spark.openlineage.facets.debug.disabled": "true",
+    }
+
+
+def _openlineage_java_options(lineage: dict[str, str]) -> list[str]:
+    # The listener defines its extension-provider class in each class loader by reflection; without this
+    # opening every session start logs an InaccessibleObjectException stack trace (the listener still works).
+    return ["--add-opens=java.base/java.security=ALL-UNNAMED"] if lineage else []
+
+
+def spark_conf(settings: Settings) -> dict[str, str]:
+    """The configuration every session gets, local or server: Delta, UTC, the jars, loopback only.
+
+    The OpenLineage listener (see :func:`openlineage_conf`) is part of it, so the Connect server and a
+    classic session emit the same lineage.
+    """
+    warehouse = settings.workspace / "warehouse"
+    jars = spark_jars(settings)
+    lineage = openlineage_conf(settings, jars)
+    return {
+        "spark.jars": ",".join(str(jar) for jar in jars),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
@@ -60,7 +103,10 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         # Delta rebuilds a table snapshot in 50 tasks by default: on a laptop that dominates each micro-batch.
         "spark.databricks.delta.snapshotPartitions": str(settings.spark.shuffle_partitions),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={settings.workspace / 'metastore'}",
+        "spark.driver.extraJavaOptions": " ".join(
+            [f"-Dderby.system.home={settings.workspace / 'metastore'}", *_openlineage_java_options(lineage)]
+        ),
+        **lineage,
     }
 
 
