@@ -86,6 +86,7 @@ test: setup ## Every test: unit, integration (real Kafka + Spark Connect), DAG, 
 .PHONY: bench
 bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/dag.py
 
 .PHONY: clean

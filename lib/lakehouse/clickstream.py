@@ -78,6 +78,7 @@ RAW_EVENT: Final = StructType(
         StructField("session_id", StringType()),
         StructField("platform", StringType()),
         StructField("device", _DEVICE),
+        StructField("client_ip", StringType()),
         StructField("country", StringType()),
         StructField("channel", StringType()),
         StructField("page", StringType()),
@@ -136,6 +137,9 @@ SILVER_EVENTS: Final = StructType(
         StructField("source_partition", IntegerType(), False),
         StructField("source_offset", LongType(), False),
         StructField("ingested_at", TimestampType(), False),
+        # Last, where Delta schema evolution (mergeSchema) puts a new column: an HMAC token
+        # (lakehouse.privacy.tokenize), never the address itself.
+        StructField("client_ip", StringType()),
     ]
 )
 

@@ -71,6 +71,7 @@ def event(
         0,
         next(_offset),
         at,
+        None,  # client_ip (a token in silver)
     )
 
 

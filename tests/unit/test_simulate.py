@@ -43,12 +43,12 @@ HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 V1_FIELDS = (
     "schema_version", "event_id", "event_type", "ts", "user_id", "session_id", "platform", "device",
-    "country", "channel", "page", "product_id", "search_query", "quantity", "price", "revenue", "currency",
+    "client_ip", "country", "channel", "page", "product_id", "search_query", "quantity", "price", "revenue", "currency",
     "order_id",
 )  # fmt: skip
 V2_FIELDS = (
     "schema_version", "event_id", "event_type", "event_time", "user_id", "session_id", "platform", "device",
-    "country", "channel", "page", "product_id", "search_query", "quantity", "price", "amount", "order_id",
+    "client_ip", "country", "channel", "page", "product_id", "search_query", "quantity", "price", "amount", "order_id",
     "consent",
 )  # fmt: skip
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame
 from pyspark.sql.types import StructType
 
+from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.gold.kpis import GOLD_DAILY_KPIS, GOLD_FUNNEL, daily_kpis, funnel
 from lakehouse.gold.sessions import GOLD_SESSIONS, sessionize
@@ -39,7 +41,14 @@ def _existing_schema(df: DataFrame, path: str) -> StructType | None:
         return None
 
 
-def write_gold(df: DataFrame, path: str) -> int:
+def write_gold(
+    df: DataFrame,
+    path: str,
+    *,
+    table: str | None = None,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+) -> int:
     """Overwrite the Delta table at ``path`` with ``df``; the table's schema may not change.
 
     Gold is recomputed from silver on each run, so the whole table is replaced. A frame whose columns or
@@ -49,12 +58,16 @@ def write_gold(df: DataFrame, path: str) -> int:
     Args:
         df: the mart to write.
         path: the Delta table's location (local path or object-store URI).
+        table, settings, run_id: with ``table`` (e.g. ``"gold.sessions"``) and ``settings``, the table's
+            expectation suite validates the mart before the overwrite (warn/fail rules); results carry
+            ``run_id`` (default a new UUID).
 
     Returns:
         The number of rows in the table after the write.
 
     Raises:
         DataError: ``df``'s schema differs from the existing table's.
+        QualityError: a ``fail`` rule of the table's suite failed (the table is left as it was).
 
     Example:
         >>> write_gold(sessionize(silver_events), f"{lake}/gold/sessions")
@@ -66,6 +79,12 @@ def write_gold(df: DataFrame, path: str) -> int:
             f"{_shape(df.schema)}: gold schemas do not drift silently — drop or migrate the table "
             "to change it"
         )
+    if table is not None and settings is not None:
+        from lakehouse.quality import check_batch
+
+        run = run_id or str(uuid.uuid4())
+        # The checked frame is materialised: the overwrite below does not recompute the mart.
+        df = check_batch(df, table, settings=settings, run_id=run, batch_id=0).valid
     try:
         df.write.format("delta").mode("overwrite").option("overwriteSchema", "false").save(path)
     except AnalysisException as exc:

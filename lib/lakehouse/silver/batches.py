@@ -1,9 +1,11 @@
 """What every silver micro-batch job shares: split marked rows by outcome, write each idempotently, audit it.
 
 A job marks each bronze row of a micro-batch with ``outcome`` (``insert``, ``duplicate`` or
-``quarantine``) and ``reason``; :func:`write_outcomes` then appends the inserts to silver, the quarantined
-rows (raw payload and reason) to the quarantine table and one audit row to the reconciliation table — all
-three with Delta's ``txnAppId``/``txnVersion``, so a replayed micro-batch is never written twice.
+``quarantine``) and ``reason``; :func:`write_outcomes` then runs the silver table's expectation suite on the
+rows about to be inserted (failing rows are quarantined or dropped by each rule's action, a failed ``fail``
+rule stops the batch), appends the inserts to silver, the quarantined rows (raw payload, reason and failed
+rules) to the quarantine table and one audit row to the reconciliation table — all three with Delta's
+``txnAppId``/``txnVersion``, so a replayed micro-batch is never written twice.
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.streaming.query import StreamingQuery
+from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
 
+from lakehouse.config import Settings
 from lakehouse.errors import DataError
+from lakehouse.tables import delta_ref
 
 RECONCILIATION: StructType = StructType(
     [
@@ -29,9 +34,58 @@ RECONCILIATION: StructType = StructType(
         StructField("duplicates", LongType(), False),
         StructField("late", LongType(), False),
         StructField("processed_at", TimestampType(), False),
+        # Rows removed by a ``drop`` quality rule (null in audit rows written before quality checks).
+        StructField("dropped", LongType(), True),
     ]
 )
-_COUNTS = ("bronze_rows", "inserted", "quarantined", "duplicates", "late")
+_COUNTS = ("bronze_rows", "inserted", "quarantined", "duplicates", "late", "dropped")
+# Appended to every quarantine table: all rules a row broke and the run that set it aside.
+QUARANTINE_QUALITY_FIELDS: tuple[StructField, ...] = (
+    StructField("failed_rules", ArrayType(StringType(), True), True),
+    StructField("run_id", StringType(), True),
+)
+
+
+def with_quality_fields(schema: StructType) -> StructType:
+    """A quarantine schema extended with ``failed_rules`` and ``run_id`` (unless it has them)."""
+    names = set(schema.fieldNames())
+    return StructType([*schema.fields, *(f for f in QUARANTINE_QUALITY_FIELDS if f.name not in names)])
+
+
+def await_stream(query: StreamingQuery, what: str) -> None:
+    """Wait for an ``availableNow`` query; re-raise a quality stop as :class:`QualityError`.
+
+    A ``QualityError`` raised inside ``foreachBatch`` reaches the client as the text of a streaming
+    exception; its message is recovered so the caller sees which rule stopped the job.
+
+    Raises:
+        QualityError: a ``fail`` rule stopped the stream.
+        DataError: the stream failed otherwise.
+    """
+    from lakehouse.quality.validate import QualityError
+
+    try:
+        query.awaitTermination()
+        error: BaseException | None = query.exception()
+    except Exception as exc:  # the Connect client raises StreamingQueryException here
+        error = exc
+    if error is None:
+        return
+    message = str(error)
+    marker = message.find("QualityError: ")
+    if marker >= 0:
+        detail = message[marker + len("QualityError: ") :].splitlines()[0]
+        raise QualityError(f"{what} stopped by its quality suite: {detail}") from error
+    raise DataError(f"{what} failed: {message}") from error
+
+
+def add_missing_columns(spark: SparkSession, path: str, schema: StructType) -> None:
+    """Evolve a table written before quality checks (e.g. no ``dropped``/``failed_rules``) to ``schema``."""
+    existing = set(spark.read.format("delta").load(path).columns)
+    missing = [f for f in schema.fields if f.name not in existing]
+    if missing:
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE {delta_ref(path)} ADD COLUMNS ({columns})")
 
 
 def first_row(frame: DataFrame) -> Row:
@@ -62,6 +116,8 @@ def write_outcomes(
     quarantine: str,
     quarantine_columns: Sequence[str],
     reconciliation: str,
+    settings: Settings | None = None,
+    table: str | None = None,
 ) -> Row:
     """Write one marked micro-batch to silver, quarantine and the reconciliation audit; return its counts.
 
@@ -73,10 +129,18 @@ def write_outcomes(
         app_id: the Delta ``txnAppId`` (see :func:`txn_app_id`).
         silver, quarantine, reconciliation: the table paths.
         silver_columns: the silver table's columns, in order.
-        quarantine_columns: the columns kept with each quarantined row (before batch id and time).
+        quarantine_columns: the columns kept with each quarantined row (before batch id and time);
+            ``reason`` among them is the first rule broken, ``failed_rules`` (all of them) and ``run_id``
+            are added.
+        settings, table: run ``table``'s expectation suite (e.g. ``"silver.events"``) on the inserts; rows
+            are routed by each failed rule's action. Without them no suite runs.
 
     Returns:
-        The counts: bronze_rows, inserted, quarantined, duplicates, late.
+        The counts: bronze_rows, inserted, quarantined, duplicates, late, dropped.
+
+    Raises:
+        QualityError: a ``fail`` rule of the suite failed (results are persisted, nothing of the batch is
+            written).
     """
     txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
     outcome = F.col("outcome")
@@ -89,15 +153,53 @@ def write_outcomes(
             F.count(F.when(F.col("reason") == "late_beyond_watermark", 1)).alias("late"),
         )
     )
-    inserts = marked.where(outcome == "insert").select(*silver_columns)
-    inserts.write.format("delta").mode("append").options(**txn).save(silver)
-    quarantined = marked.where(outcome == "quarantine").select(
-        *quarantine_columns,
+    counts = {name: int(stats[name]) for name in _COUNTS if name != "dropped"}
+    counts["dropped"] = 0
+    tail = [
         F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("quarantined_at"),
+        F.lit(run_id).alias("run_id"),
+    ]
+    parse_quarantine = marked.where(outcome == "quarantine").select(
+        *quarantine_columns, F.array(F.col("reason")).alias("failed_rules"), *tail
     )
-    quarantined.write.format("delta").mode("append").options(**txn).save(quarantine)
-    audit_row = (run_id, batch_id, *(int(stats[name]) for name in _COUNTS), datetime.now(UTC))
+    extra = [c for c in quarantine_columns if c not in silver_columns and c != "reason"]
+    inserts = marked.where(outcome == "insert").select(*silver_columns, *extra)
+    quarantined = parse_quarantine
+    if settings is not None and table is not None and counts["inserted"] > 0:
+        from lakehouse.quality.validate import check_batch
+
+        # ``marked`` is materialised (see Args), so ids added to its inserts are stable without a checkpoint.
+        checked = check_batch(
+            inserts,
+            table,
+            settings=settings,
+            run_id=run_id,
+            batch_id=batch_id,
+            materialised=True,
+            rows=counts["inserted"],
+        )
+        inserts = checked.valid
+        if checked.quarantined_count:
+            quarantined = parse_quarantine.unionByName(
+                checked.quarantined.select(*quarantine_columns, "failed_rules", *tail)
+            )
+        counts["inserted"] -= checked.quarantined_count + checked.dropped
+        counts["quarantined"] += checked.quarantined_count
+        counts["dropped"] = checked.dropped
+    inserts.select(*silver_columns).write.format("delta").mode("append").options(**txn).save(silver)
+    quarantined.write.format("delta").mode("append").options(**txn).option("mergeSchema", "true").save(
+        quarantine
+    )
+    audit_row = (
+        run_id,
+        batch_id,
+        *(counts[name] for name in _COUNTS[:5]),
+        datetime.now(UTC),
+        counts["dropped"],
+    )
     audit = marked.sparkSession.createDataFrame([audit_row], RECONCILIATION)
-    audit.write.format("delta").mode("append").options(**txn).save(reconciliation)
-    return stats
+    audit.write.format("delta").mode("append").options(**txn).option("mergeSchema", "true").save(
+        reconciliation
+    )
+    return Row(**counts)

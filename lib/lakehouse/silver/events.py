@@ -2,7 +2,7 @@
 
 Every bronze row ends in exactly one place, so the counts reconcile::
 
-    bronze rows = silver rows + quarantined rows + duplicates removed
+    bronze rows = silver rows + quarantined rows + duplicates removed + rows dropped by quality rules
 
 The job streams bronze (Delta) with ``availableNow`` and handles each micro-batch in ``foreachBatch``:
 
@@ -10,7 +10,10 @@ The job streams bronze (Delta) with ``availableNow`` and handles each micro-batc
 2. drop re-deliveries of an event already in silver or earlier in the batch (counted, not kept twice);
 3. bound lateness with a watermark: an event older than (the newest event time seen before it, in its
    Kafka partition or in silver) minus the allowed delay is quarantined as ``late_beyond_watermark``;
-4. append new events to silver and the rest to ``events_quarantine``, both as idempotent Delta writes
+4. run the ``silver.events`` expectation suite on the new events: rows failing a ``quarantine`` rule join
+   the quarantine, rows failing a ``drop`` rule are counted and removed, a failed ``fail`` rule stops the job
+   with :class:`~lakehouse.quality.QualityError`;
+5. append new events to silver and the rest to ``events_quarantine``, both as idempotent Delta writes
    (``txnAppId``/``txnVersion``), so a replayed micro-batch is never written twice.
 """
 
@@ -32,7 +35,16 @@ from lakehouse.clickstream import (
 )
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
-from lakehouse.silver.batches import RECONCILIATION, first_row, txn_app_id, write_outcomes
+from lakehouse.privacy.tokenize import token_column
+from lakehouse.silver.batches import (
+    RECONCILIATION,
+    add_missing_columns,
+    await_stream,
+    first_row,
+    txn_app_id,
+    with_quality_fields,
+    write_outcomes,
+)
 from lakehouse.tables import delta_ref, ensure_table
 
 log = logging.getLogger(__name__)
@@ -64,23 +76,24 @@ class CleanTables:
 
 @dataclass(frozen=True)
 class Reconciliation:
-    """Table totals: bronze rows must equal silver + quarantined + duplicates removed."""
+    """Table totals: bronze rows must equal silver + quarantined + duplicates removed + dropped."""
 
     bronze_rows: int
     silver_rows: int
     quarantined: int
     duplicates: int
+    dropped: int = 0
 
     @property
     def balanced(self) -> bool:
-        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates
+        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
 
     def check(self) -> Reconciliation:
         """Raise :class:`DataError` unless the counts balance."""
         if not self.balanced:
             raise DataError(
                 f"counts do not reconcile: bronze {self.bronze_rows} != silver {self.silver_rows} + "
-                f"quarantined {self.quarantined} + duplicates {self.duplicates}"
+                f"quarantined {self.quarantined} + duplicates {self.duplicates} + dropped {self.dropped}"
             )
         return self
 
@@ -106,15 +119,28 @@ def _reason(parsed: Column, value: Column, event_time: Column, revenue: Column, 
     )
 
 
-def classify(bronze: DataFrame) -> DataFrame:
+def _default_key() -> str:
+    from lakehouse.config import load_settings
+
+    return load_settings().privacy.tokenization_key
+
+
+def classify(bronze: DataFrame, *, tokenization_key: str | None = None) -> DataFrame:
     """Parse bronze payloads into silver's typed columns plus ``reason`` (null = valid) and ``value``.
 
     Both payload versions are normalised: v1 ``ts`` (epoch ms) and v2 ``event_time`` (ISO-8601) become
     ``event_time``; v1 ``revenue``/``currency`` and v2 ``amount`` become ``revenue``/``currency``.
+    ``client_ip`` is PII: it leaves as its HMAC token (:func:`lakehouse.privacy.tokenize.token_column`,
+    as the ``silver.events`` contract says), never in clear.
+
+    Args:
+        bronze: bronze clickstream rows (``value``, ``partition``, ``offset``, ``ingested_at``).
+        tokenization_key: ``settings.privacy.tokenization_key`` (default: from the current environment).
     """
     missing = {"value", "partition", "offset", "ingested_at"} - set(bronze.columns)
     if missing:
         raise DataError(f"classify needs bronze columns; missing {sorted(missing)}")
+    key = tokenization_key if tokenization_key is not None else _default_key()
     p = F.from_json(F.col("value"), RAW_EVENT)
     ts = p["ts"]
     ts_ok = ts.between(_MIN_TS, _MAX_TS)
@@ -161,6 +187,7 @@ def classify(bronze: DataFrame) -> DataFrame:
         F.col("source_partition"),
         F.col("source_offset"),
         F.col("ingested_at"),
+        token_column(p["client_ip"], key).alias("client_ip"),
     )
 
 
@@ -203,9 +230,19 @@ def mark_duplicates_and_late(
 
 
 def process_batch(
-    batch: DataFrame, batch_id: int, *, tables: CleanTables, app_id: str, run_id: str, delay: str
+    batch: DataFrame,
+    batch_id: int,
+    *,
+    tables: CleanTables,
+    app_id: str,
+    run_id: str,
+    delay: str,
+    settings: Settings | None = None,
 ) -> None:
-    """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay)."""
+    """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay).
+
+    With ``settings`` the ``silver.events`` expectation suite runs on the rows about to be inserted.
+    """
     spark = batch.sparkSession
     silver = spark.read.format("delta").load(tables.silver)
     carried_max = first_row(silver.agg(F.max("event_time")))[0]
@@ -222,6 +259,8 @@ def process_batch(
         quarantine=tables.quarantine,
         quarantine_columns=["value", "reason", "event_id", "source_partition", "source_offset"],
         reconciliation=tables.reconciliation,
+        settings=settings,
+        table="silver.events" if settings is not None else None,
     )
     log.info("silver batch %d: %s", batch_id, stats.asDict())
 
@@ -238,17 +277,20 @@ class CleanReport:
     duplicates: int
     late: int
     totals: Reconciliation
+    dropped: int = 0
 
 
 def reconcile(spark: SparkSession, tables: CleanTables) -> Reconciliation:
-    """Bronze, silver, quarantine and duplicate totals from the tables themselves (one Spark query)."""
+    """Bronze, silver, quarantine, duplicate and dropped totals from the tables themselves (one query)."""
+    audit = delta_ref(tables.reconciliation)
     row = first_row(
         spark.sql(
             f"""
             SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
                    (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
                    (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
-                   (SELECT coalesce(sum(duplicates), 0) FROM {delta_ref(tables.reconciliation)}) AS duplicates
+                   (SELECT coalesce(sum(duplicates), 0) FROM {audit}) AS duplicates,
+                   (SELECT coalesce(sum(dropped), 0) FROM {audit}) AS dropped
             """
         )
     )
@@ -257,6 +299,7 @@ def reconcile(spark: SparkSession, tables: CleanTables) -> Reconciliation:
         silver_rows=int(row["silver_rows"]),
         quarantined=int(row["quarantined"]),
         duplicates=int(row["duplicates"]),
+        dropped=int(row["dropped"]),
     )
 
 
@@ -266,6 +309,8 @@ def clean_events(
     *,
     tables: CleanTables | None = None,
     watermark: str | None = None,
+    run_id: str | None = None,
+    quality: bool = True,
 ) -> CleanReport:
     """Bring silver up to date with bronze (``availableNow``) and return what happened.
 
@@ -274,20 +319,32 @@ def clean_events(
         settings: the environment (paths, default watermark).
         tables: override the table locations (tests).
         watermark: the allowed lateness, e.g. ``"1 hour"``; default ``settings.streaming.watermark``.
+        run_id: the run (default a new UUID); validation results and quarantine rows carry it.
+        quality: run the ``silver.events`` expectation suite on every micro-batch.
 
     Returns:
         This run's counts and the reconciled table totals.
+
+    Raises:
+        QualityError: a ``fail`` rule failed (results persisted, the batch not written).
+        DataError: the stream failed otherwise.
     """
     tables = tables or CleanTables.from_settings(settings)
     delay = watermark or settings.streaming.watermark
     ensure_table(spark, tables.silver, SILVER_EVENTS, partition_by=["event_date"])
-    ensure_table(spark, tables.quarantine, QUARANTINE)
+    ensure_table(spark, tables.quarantine, with_quality_fields(QUARANTINE))
     ensure_table(spark, tables.reconciliation, RECONCILIATION)
-    run_id = str(uuid.uuid4())
+    add_missing_columns(spark, tables.silver, SILVER_EVENTS)  # e.g. client_ip, added with the PII tokens
+    add_missing_columns(spark, tables.quarantine, with_quality_fields(QUARANTINE))
+    add_missing_columns(spark, tables.reconciliation, RECONCILIATION)
+    run = run_id or str(uuid.uuid4())
     app_id = txn_app_id(tables.checkpoint, "silver-events")
+    checked_by = settings if quality else None
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        process_batch(batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=delay)
+        process_batch(
+            batch, batch_id, tables=tables, app_id=app_id, run_id=run, delay=delay, settings=checked_by
+        )
 
     query = (
         spark.readStream.format("delta")
@@ -298,21 +355,19 @@ def clean_events(
         .queryName(f"silver_events_{settings.env_name}")
         .start()
     )
-    query.awaitTermination()
-    if query.exception() is not None:
-        raise DataError(f"silver clean_events failed: {query.exception()}")
-    audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run_id)
+    await_stream(query, "silver clean_events")
+    audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run)
     row = first_row(
         audit.agg(
             F.count(F.lit(1)).alias("batches"),
             *[
                 F.coalesce(F.sum(name), F.lit(0)).alias(name)
-                for name in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")
+                for name in ("bronze_rows", "inserted", "quarantined", "duplicates", "late", "dropped")
             ],
         )
     )
     return CleanReport(
-        run_id=run_id,
+        run_id=run,
         batches=int(row["batches"]),
         bronze_rows=int(row["bronze_rows"]),
         inserted=int(row["inserted"]),
@@ -320,4 +375,5 @@ def clean_events(
         duplicates=int(row["duplicates"]),
         late=int(row["late"]),
         totals=reconcile(spark, tables),
+        dropped=int(row["dropped"]),
     )

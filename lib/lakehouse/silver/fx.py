@@ -14,6 +14,7 @@ most recently fetched wins and the others count as duplicates.
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Final
 
@@ -83,17 +84,18 @@ class FxCleanReport:
     silver_rows: int
     quarantined: int
     duplicates: int
+    dropped: int = 0
 
     @property
     def balanced(self) -> bool:
-        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates
+        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
 
     def check(self) -> FxCleanReport:
-        """Raise :class:`DataError` unless bronze = silver + quarantined + duplicates."""
+        """Raise :class:`DataError` unless bronze = silver + quarantined + duplicates + dropped."""
         if not self.balanced:
             raise DataError(
                 f"FX counts do not reconcile: bronze {self.bronze_rows} != silver {self.silver_rows} + "
-                f"quarantined {self.quarantined} + duplicates {self.duplicates}"
+                f"quarantined {self.quarantined} + duplicates {self.duplicates} + dropped {self.dropped}"
             )
         return self
 
@@ -174,11 +176,22 @@ def _overwrite(df: DataFrame, path: str) -> None:
     df.write.format("delta").mode("overwrite").option("overwriteSchema", "false").save(path)
 
 
-def build_fx_rates(spark: SparkSession, tables: FxTables) -> FxCleanReport:
+def build_fx_rates(
+    spark: SparkSession,
+    tables: FxTables,
+    *,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+) -> FxCleanReport:
     """Recompute silver ``fx_rates`` and its quarantine from bronze; return the reconciled counts.
+
+    With ``settings`` the ``silver.fx_rates`` expectation suite runs on the rates before the overwrite:
+    rows failing a ``quarantine`` rule join the quarantine (``reason`` = first rule broken), ``drop`` rows
+    are counted, a failed ``fail`` rule raises before anything is written.
 
     Raises:
         DataError: bronze is missing (pull the rates first), or the counts do not reconcile.
+        QualityError: a ``fail`` rule of the suite failed (results persisted, tables unchanged).
     """
     try:
         bronze = spark.read.format("delta").load(tables.bronze)
@@ -191,14 +204,35 @@ def build_fx_rates(spark: SparkSession, tables: FxTables) -> FxCleanReport:
     marked = mark_fx(bronze).localCheckpoint(eager=True)
     counts = marked.groupBy("outcome").count().collect()
     by_outcome = {row["outcome"]: int(row["count"]) for row in counts}
-    _overwrite(conform(marked.where(F.col("outcome") == "insert"), SILVER_FX_RATES), tables.silver)
-    _overwrite(conform(marked.where(F.col("outcome") == "quarantine"), FX_QUARANTINE), tables.quarantine)
+    inserts = marked.where(F.col("outcome") == "insert")
+    quarantine = conform(marked.where(F.col("outcome") == "quarantine"), FX_QUARANTINE)
+    quarantined, dropped = by_outcome.get("quarantine", 0), 0
+    if settings is not None:
+        from lakehouse.quality import check_batch
+
+        checked = check_batch(
+            inserts.drop("reason", "outcome"),
+            "silver.fx_rates",
+            settings=settings,
+            run_id=run_id or str(uuid.uuid4()),
+            batch_id=0,
+            materialised=True,
+            rows=by_outcome.get("insert", 0),
+        )
+        inserts = checked.valid
+        if checked.quarantined_count:
+            quarantine = quarantine.unionByName(conform(checked.quarantined, FX_QUARANTINE))
+        quarantined += checked.quarantined_count
+        dropped = checked.dropped
+    _overwrite(conform(inserts, SILVER_FX_RATES), tables.silver)
+    _overwrite(quarantine, tables.quarantine)
     report = FxCleanReport(
         bronze_rows=sum(by_outcome.values()),
         # Counted from the table as written, so a lost or doubled write breaks the reconciliation.
         silver_rows=spark.read.format("delta").load(tables.silver).count(),
-        quarantined=by_outcome.get("quarantine", 0),
+        quarantined=quarantined,
         duplicates=by_outcome.get("duplicate", 0),
+        dropped=dropped,
     )
     log.info("silver fx_rates: %s", report)
     return report.check()

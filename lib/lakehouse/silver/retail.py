@@ -47,6 +47,8 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
+from lakehouse.privacy.tokenize import tokenize_columns
+from lakehouse.silver.batches import add_missing_columns, await_stream
 from lakehouse.sources.postgres import RETAIL_TABLES, RetailTable
 from lakehouse.sources.registry import PostgresTableSource
 from lakehouse.tables import delta_ref, ensure_table
@@ -87,6 +89,9 @@ QUARANTINE: Final = StructType(
         StructField("source_offset", LongType()),
         StructField("batch_id", LongType()),
         StructField("quarantined_at", TimestampType()),
+        # Rows a suite rule quarantined carry every rule they broke; parse rejects carry [reason].
+        StructField("failed_rules", ArrayType(StringType(), True), True),
+        StructField("run_id", StringType(), True),
     ]
 )
 MERGE_LOG: Final = StructType(
@@ -101,6 +106,9 @@ MERGE_LOG: Final = StructType(
     ]
 )
 DIM_ATTRIBUTES: Final = ("name", "email", "country", "segment")
+# Tokenized in silver (retail_customers, dim_customer) as catalog/silver/*.yaml say: HMAC tokens are
+# deterministic, so an email change still changes the token and SCD2 still opens a new version.
+CUSTOMER_PII: Final = ("name", "email")
 DIM_CUSTOMER: Final = StructType(
     [
         StructField("customer_key", LongType(), False),
@@ -138,6 +146,9 @@ class RetailSilverTables:
     quarantine: str
     merge_log: str
     checkpoints: str
+    # HMAC key for the customer PII columns (settings.privacy.tokenization_key); None leaves them in clear,
+    # which only tests that build the tables by hand should do.
+    tokenization_key: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetailSilverTables:
@@ -147,13 +158,21 @@ class RetailSilverTables:
             quarantine=settings.table_path("silver", "retail_cdc_quarantine"),
             merge_log=settings.table_path("silver", "retail_merge_log"),
             checkpoints=settings.checkpoint_path("silver_retail"),
+            tokenization_key=settings.privacy.tokenization_key,
         )
+
+    def protect(self, changes: DataFrame, table: RetailTable) -> DataFrame:
+        """Tokenize the customer PII columns (:data:`CUSTOMER_PII`) of customer changes; others pass."""
+        if table.name != "customers" or self.tokenization_key is None:
+            return changes
+        return tokenize_columns(changes, CUSTOMER_PII, self.tokenization_key)
 
     def ensure(self, spark: SparkSession) -> None:
         for name, path in self.current.items():
             ensure_table(spark, path, current_schema(RETAIL_TABLES[name]))
         ensure_table(spark, self.dim_customer, DIM_CUSTOMER)
-        ensure_table(spark, self.quarantine, QUARANTINE)
+        if not ensure_table(spark, self.quarantine, QUARANTINE):
+            add_missing_columns(spark, self.quarantine, QUARANTINE)  # a table from before the suites
         ensure_table(spark, self.merge_log, MERGE_LOG)
 
 
@@ -405,10 +424,53 @@ def _log_batch(
     audit.write.format("delta").mode("append").options(**txn).save(tables.merge_log)
 
 
+def _checked(
+    latest: DataFrame, name: str, *, settings: Settings | None, run_id: str, batch_id: int
+) -> tuple[DataFrame, DataFrame | None]:
+    """Run ``silver.retail_<name>``'s suite on one version per key: (rows to merge, rows to quarantine).
+
+    Without settings (tests that build tables by hand) nothing is validated.
+    """
+    if settings is None:
+        return latest, None
+    from lakehouse.quality import check_batch
+
+    checked = check_batch(
+        latest.drop("reason"), f"silver.retail_{name}", settings=settings, run_id=run_id, batch_id=batch_id
+    )
+    table = RETAIL_TABLES[name]
+    payload = F.to_json(F.struct(*[F.col(c) for c, _ in table.columns]))
+    columns = set(checked.quarantined.columns)
+
+    def kept(column: str, kind: str) -> Column:
+        return F.col(column) if column in columns else F.lit(None).cast(kind)
+
+    quarantined = checked.quarantined.select(
+        F.coalesce(kept("value", "string"), payload).alias("value"),
+        "reason",
+        F.lit(name).alias("table"),
+        kept("lsn_text", "string").alias("lsn"),
+        kept("source_partition", "int").alias("source_partition"),
+        kept("source_offset", "long").alias("source_offset"),
+        "failed_rules",
+    )
+    return checked.valid, quarantined
+
+
 def process_cdc_batch(
-    batch: DataFrame, batch_id: int, *, tables: RetailSilverTables, run_id: str, app_id: str
+    batch: DataFrame,
+    batch_id: int,
+    *,
+    tables: RetailSilverTables,
+    run_id: str,
+    app_id: str,
+    settings: Settings | None = None,
 ) -> None:
-    """Apply one micro-batch of CDC bronze rows (``foreachBatch``; safe to replay)."""
+    """Apply one micro-batch of CDC bronze rows (``foreachBatch``; safe to replay).
+
+    With ``settings``, each table's suite runs on the versions about to be merged: quarantined rows join
+    the parse rejects in ``retail_cdc_quarantine``, a ``fail`` rule stops the batch.
+    """
     spark = batch.sparkSession
     classified = classify_cdc(batch).localCheckpoint(eager=True)
     txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
@@ -421,6 +483,7 @@ def process_cdc_batch(
         "source_offset",
     ]
     rejected = [classified.where(F.col("reason").isNotNull()).select(*quarantine_columns)]
+    failed: list[DataFrame] = []
     applied = 0
     for name, table in RETAIL_TABLES.items():
         typed = typed_changes(classified, table).localCheckpoint(eager=True)
@@ -434,8 +497,12 @@ def process_cdc_batch(
                 "source_offset",
             )
         )
-        valid = typed.where(F.col("reason").isNull())
+        valid = tables.protect(typed.where(F.col("reason").isNull()), table)
         latest = latest_per_key(valid, table.key, ["_commit_lsn", "_lsn"])
+        latest, failing = _checked(latest, name, settings=settings, run_id=run_id, batch_id=batch_id)
+        if failing is not None:
+            failed.append(failing)
+            valid = valid.join(latest.select(*table.key), list(table.key), "left_semi")
         count = latest.count()
         if count == 0:
             continue
@@ -446,11 +513,15 @@ def process_cdc_batch(
     quarantined = rejected[0]
     for frame in rejected[1:]:
         quarantined = quarantined.unionByName(frame)
+    quarantined = quarantined.withColumn("failed_rules", F.array(F.col("reason")))
+    for frame in failed:
+        quarantined = quarantined.unionByName(frame)
     quarantined = quarantined.select(
         *quarantined.columns,
         F.lit(batch_id).cast("long").alias("batch_id"),
         F.current_timestamp().alias("quarantined_at"),
-    )
+        F.lit(run_id).alias("run_id"),
+    ).select(*QUARANTINE.fieldNames())
     quarantined.write.format("delta").mode("append").options(**txn).save(tables.quarantine)
     counts = (classified.count(), applied, quarantined.count())
     _log_batch(spark, tables, run_id, "cdc", batch_id, counts, txn)
@@ -465,18 +536,37 @@ def process_extract_batch(
     table: RetailTable,
     run_id: str,
     app_id: str,
+    settings: Settings | None = None,
 ) -> None:
-    """Upsert one micro-batch of extract bronze rows of ``table`` (``foreachBatch``; safe to replay)."""
+    """Upsert one micro-batch of extract bronze rows of ``table`` (``foreachBatch``; safe to replay).
+
+    With ``settings``, the table's suite runs on the versions about to be merged (see
+    :func:`process_cdc_batch`).
+    """
     spark = batch.sparkSession
-    changes = extract_changes(batch, table).localCheckpoint(eager=True)
+    changes = tables.protect(extract_changes(batch, table), table).localCheckpoint(eager=True)
     latest = latest_per_key(changes, table.key, ["updated_at"])
+    latest, failing = _checked(latest, table.name, settings=settings, run_id=run_id, batch_id=batch_id)
+    txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
+    quarantined = 0
+    if failing is not None:
+        changes = changes.join(latest.select(*table.key), list(table.key), "left_semi")
+        failing = failing.select(
+            *failing.columns,
+            F.lit(batch_id).cast("long").alias("batch_id"),
+            F.current_timestamp().alias("quarantined_at"),
+            F.lit(run_id).alias("run_id"),
+        ).select(*QUARANTINE.fieldNames())
+        # One quarantine table, several feeds: each feed's micro-batches get their own txnAppId.
+        failing.write.format("delta").mode("append").options(**txn).save(tables.quarantine)
+        quarantined = failing.count()
     count = latest.count()
     if count:
         merge_current(spark, latest, tables.current[table.name], table, "extract")
         if table.name == "customers":
             apply_scd2(spark, customer_versions(changes), tables.dim_customer)
-    txn = {"txnAppId": app_id, "txnVersion": str(batch_id)}
-    _log_batch(spark, tables, run_id, f"extract:{table.name}", batch_id, (changes.count(), count, 0), txn)
+    counts = (changes.count() + quarantined, count, quarantined)
+    _log_batch(spark, tables, run_id, f"extract:{table.name}", batch_id, counts, txn)
 
 
 @dataclass(frozen=True)
@@ -499,9 +589,7 @@ def _run_stream(spark: SparkSession, bronze: str, checkpoint: str, handle: objec
         .queryName(name)
         .start()
     )
-    query.awaitTermination()
-    if query.exception() is not None:
-        raise DataError(f"silver retail merge from {bronze} failed: {query.exception()}")
+    await_stream(query, f"silver retail merge from {bronze}")  # a fail rule surfaces as QualityError
 
 
 def _app_id(checkpoint: str, feed: str) -> str:
@@ -540,6 +628,8 @@ def merge_retail_cdc(
     *,
     bronze: str | None = None,
     tables: RetailSilverTables | None = None,
+    run_id: str | None = None,
+    quality: bool = True,
 ) -> MergeReport:
     """Apply what the CDC bronze table has new to the silver current state and ``dim_customer``.
 
@@ -548,16 +638,25 @@ def merge_retail_cdc(
         settings: the environment.
         bronze: the CDC bronze table (default ``bronze/retail_cdc``).
         tables: override the silver locations (tests).
+        run_id: the task run (lineage); default a new UUID.
+        quality: run the ``silver.retail_<table>`` suites on what is merged.
     """
     tables = tables or RetailSilverTables.from_settings(settings)
     bronze = bronze or settings.table_path("bronze", "retail_cdc")
     tables.ensure(spark)
-    run_id = str(uuid.uuid4())
+    run_id = run_id or str(uuid.uuid4())
     checkpoint = f"{tables.checkpoints}/cdc"
     app_id = _app_id(checkpoint, "cdc")
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        process_cdc_batch(batch, batch_id, tables=tables, run_id=run_id, app_id=app_id)
+        process_cdc_batch(
+            batch,
+            batch_id,
+            tables=tables,
+            run_id=run_id,
+            app_id=app_id,
+            settings=settings if quality else None,
+        )
 
     _run_stream(spark, bronze, checkpoint, handle, f"silver_retail_cdc_{settings.env_name}")
     return _report(spark, tables, run_id)
@@ -569,11 +668,16 @@ def merge_retail_extract(
     sources: Sequence[PostgresTableSource],
     *,
     tables: RetailSilverTables | None = None,
+    run_id: str | None = None,
+    quality: bool = True,
 ) -> MergeReport:
-    """Upsert what the extract bronze tables of ``sources`` have new into the silver current state."""
+    """Upsert what the extract bronze tables of ``sources`` have new into the silver current state.
+
+    ``run_id`` and ``quality`` as in :func:`merge_retail_cdc`.
+    """
     tables = tables or RetailSilverTables.from_settings(settings)
     tables.ensure(spark)
-    run_id = str(uuid.uuid4())
+    run_id = run_id or str(uuid.uuid4())
     for source in sources:
         name = source.table.rpartition(".")[2]
         if name not in RETAIL_TABLES:
@@ -585,7 +689,15 @@ def merge_retail_extract(
         app_id = _app_id(checkpoint, f"extract-{source.bronze}")
 
         def handle(batch: DataFrame, batch_id: int, table: RetailTable = table, app_id: str = app_id) -> None:
-            process_extract_batch(batch, batch_id, tables=tables, table=table, run_id=run_id, app_id=app_id)
+            process_extract_batch(
+                batch,
+                batch_id,
+                tables=tables,
+                table=table,
+                run_id=run_id,
+                app_id=app_id,
+                settings=settings if quality else None,
+            )
 
         _run_stream(
             spark,

@@ -43,7 +43,15 @@ from pyspark.sql.types import (
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.silver.batches import RECONCILIATION, first_row, txn_app_id, write_outcomes
+from lakehouse.silver.batches import (
+    RECONCILIATION,
+    add_missing_columns,
+    await_stream,
+    first_row,
+    txn_app_id,
+    with_quality_fields,
+    write_outcomes,
+)
 from lakehouse.silver.events import Reconciliation
 from lakehouse.tables import delta_ref, ensure_table
 
@@ -264,9 +272,19 @@ def offline_intervals(
 
 
 def process_batch(
-    batch: DataFrame, batch_id: int, *, tables: TelemetryTables, app_id: str, run_id: str, delay: str
+    batch: DataFrame,
+    batch_id: int,
+    *,
+    tables: TelemetryTables,
+    app_id: str,
+    run_id: str,
+    delay: str,
+    settings: Settings | None = None,
 ) -> None:
-    """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay)."""
+    """Handle one micro-batch of bronze rows (called by ``foreachBatch``; safe to replay).
+
+    With ``settings`` the ``silver.telemetry`` expectation suite runs on the rows about to be inserted.
+    """
     spark = batch.sparkSession
     silver = spark.read.format("delta").load(tables.silver)
     marked = mark_duplicates_and_late(parse_telemetry(batch), silver, delay)
@@ -282,6 +300,8 @@ def process_batch(
         quarantine=tables.quarantine,
         quarantine_columns=["value", "reason", "device_id", "seq", "source_partition", "source_offset"],
         reconciliation=tables.reconciliation,
+        settings=settings,
+        table="silver.telemetry" if settings is not None else None,
     )
     log.info("silver telemetry batch %d: %s", batch_id, stats.asDict())
 
@@ -302,14 +322,16 @@ class TelemetryReport:
 
 
 def reconcile(spark: SparkSession, tables: TelemetryTables) -> Reconciliation:
-    """Bronze, silver, quarantine and duplicate totals from the tables themselves (one Spark query)."""
+    """Bronze, silver, quarantine, duplicate and dropped totals from the tables themselves (one query)."""
+    audit = delta_ref(tables.reconciliation)
     row = first_row(
         spark.sql(
             f"""
             SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
                    (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
                    (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
-                   (SELECT coalesce(sum(duplicates), 0) FROM {delta_ref(tables.reconciliation)}) AS duplicates
+                   (SELECT coalesce(sum(duplicates), 0) FROM {audit}) AS duplicates,
+                   (SELECT coalesce(sum(dropped), 0) FROM {audit}) AS dropped
             """
         )
     )
@@ -318,6 +340,7 @@ def reconcile(spark: SparkSession, tables: TelemetryTables) -> Reconciliation:
         silver_rows=int(row["silver_rows"]),
         quarantined=int(row["quarantined"]),
         duplicates=int(row["duplicates"]),
+        dropped=int(row["dropped"]),
     )
 
 
@@ -329,6 +352,8 @@ def clean_telemetry(
     watermark: str = DEFAULT_WATERMARK,
     gap_factor: float = DEFAULT_GAP_FACTOR,
     expected_interval_s: float | None = None,
+    run_id: str | None = None,
+    quality: bool = True,
 ) -> TelemetryReport:
     """Bring silver telemetry up to date with bronze (``availableNow``), then rebuild the offline table.
 
@@ -339,24 +364,32 @@ def clean_telemetry(
         watermark: the allowed lateness per device, e.g. ``"15 minutes"``.
         gap_factor: a gap longer than this many expected intervals is an offline interval.
         expected_interval_s: the devices' reporting interval; None → each device's median gap.
+        run_id: the run (default a new UUID); validation results and quarantine rows carry it.
+        quality: run the ``silver.telemetry`` expectation suite on every micro-batch.
 
     Returns:
         This run's counts and the reconciled table totals.
 
     Raises:
+        QualityError: a ``fail`` rule of the suite failed (results persisted, the batch not written).
         DataError: the streaming query failed.
     """
     tables = tables or TelemetryTables.from_settings(settings)
     ensure_table(spark, tables.bronze, BRONZE_EVENTS, partition_by=["ingest_date"])
     ensure_table(spark, tables.silver, SILVER_TELEMETRY, partition_by=["event_date"])
-    ensure_table(spark, tables.quarantine, TELEMETRY_QUARANTINE)
+    ensure_table(spark, tables.quarantine, with_quality_fields(TELEMETRY_QUARANTINE))
     ensure_table(spark, tables.reconciliation, RECONCILIATION)
     ensure_table(spark, tables.offline, DEVICE_OFFLINE)
-    run_id = str(uuid.uuid4())
+    add_missing_columns(spark, tables.quarantine, with_quality_fields(TELEMETRY_QUARANTINE))
+    add_missing_columns(spark, tables.reconciliation, RECONCILIATION)
+    run_id = run_id or str(uuid.uuid4())
     app_id = txn_app_id(tables.checkpoint, "silver-telemetry")
+    checked_by = settings if quality else None
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        process_batch(batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=watermark)
+        process_batch(
+            batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=watermark, settings=checked_by
+        )
 
     query = (
         spark.readStream.format("delta")
@@ -367,9 +400,7 @@ def clean_telemetry(
         .queryName(f"silver_telemetry_{settings.env_name}")
         .start()
     )
-    query.awaitTermination()
-    if query.exception() is not None:
-        raise DataError(f"silver clean_telemetry failed: {query.exception()}")
+    await_stream(query, "silver clean_telemetry")
     silver = spark.read.format("delta").load(tables.silver)
     offline = offline_intervals(silver, gap_factor=gap_factor, expected_interval_s=expected_interval_s)
     offline.write.format("delta").mode("overwrite").save(tables.offline)

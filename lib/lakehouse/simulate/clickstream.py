@@ -28,6 +28,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import json
 import logging
 import math
@@ -537,6 +539,32 @@ def _iso(ts: int) -> str:
     return f"{moment:%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
 
 
+# Public IPv4 first octets per country (illustrative: real allocations, no private or reserved ranges).
+_COUNTRY_IPV4: Final = {
+    "US": (23, 24, 50, 64, 98), "CA": (24, 70, 142), "BR": (177, 179, 187, 189), "GB": (2, 51, 81, 86),
+    "DE": (5, 46, 79, 91), "FR": (37, 78, 90, 92), "NL": (31, 77, 83), "ES": (37, 79, 88),
+    "IN": (49, 103, 106, 117), "JP": (60, 106, 126, 133),
+}  # fmt: skip
+_IPV6_SHARE_PER_256: Final = 64  # about a quarter of clients reach us over IPv6
+
+
+def client_ip(user_id: str, platform: str, country: str) -> str:
+    """The client IP of a user's device: derived from the user (a hash, no random draw), so the simulator's
+    seeded sequence and ground-truth counts do not depend on it and one user keeps one address per platform.
+
+    Example:
+        >>> client_ip("u-000001", "web", "DE") == client_ip("u-000001", "web", "DE")
+        True
+    """
+    digest = hashlib.sha256(f"client-ip:{user_id}:{platform}".encode()).digest()
+    if digest[0] < _IPV6_SHARE_PER_256:
+        groups = [0x2A02, *(int.from_bytes(digest[i : i + 2], "big") for i in range(1, 8, 2))]
+        return str(ipaddress.IPv6Address(":".join(f"{g:x}" for g in groups) + "::" + f"{digest[9]:x}"))
+    firsts = _COUNTRY_IPV4.get(country, (81,))
+    first = firsts[digest[1] % len(firsts)]
+    return f"{first}.{digest[2]}.{digest[3]}.{1 + digest[4] % 254}"
+
+
 def _payload(event: _Event, version: int) -> dict[str, Any]:
     device = {"type": event.device.type, "os": event.device.os, "app_version": event.device.app_version}
     head: dict[str, Any] = {
@@ -553,6 +581,7 @@ def _payload(event: _Event, version: int) -> dict[str, Any]:
         "session_id": event.session_id,
         "platform": event.device.platform,
         "device": device,
+        "client_ip": client_ip(event.user.user_id, event.device.platform, event.user.country),
         "country": event.user.country,
         "channel": event.user.channel,
         "page": event.page,

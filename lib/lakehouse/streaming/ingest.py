@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -144,8 +146,38 @@ def _end_offsets(progress: list[Any]) -> dict[str, int]:
     return offsets
 
 
-def ingest_available(spark: SparkSession, settings: Settings, topic: str, **kwargs: Any) -> IngestReport:
-    """Run the ingest query with ``availableNow``: everything in Kafka now lands in bronze, then it stops."""
+def _validate_slice(
+    spark: SparkSession, settings: Settings, path: str, table: str, started: datetime, run_id: str | None
+) -> None:
+    from lakehouse.quality import check_batch, suite_path
+
+    if not suite_path(settings, table).is_file():
+        log.info("no quality suite for %s: the ingested slice is not validated", table)
+        return
+    # A second of slack: ingested_at comes from the Spark server's clock.
+    since = started - timedelta(seconds=1)
+    fresh = spark.read.format("delta").load(path).where(F.col("ingested_at") >= F.lit(since))
+    check_batch(fresh, table, settings=settings, run_id=run_id or str(uuid.uuid4()), batch_id=0)
+
+
+def ingest_available(
+    spark: SparkSession,
+    settings: Settings,
+    topic: str,
+    *,
+    run_id: str | None = None,
+    quality_table: str | None = None,
+    **kwargs: Any,
+) -> IngestReport:
+    """Run the ingest query with ``availableNow``: everything in Kafka now lands in bronze, then it stops.
+
+    Then the slice this run ingested (``ingested_at`` ≥ the run's start) is validated against the bronze
+    suite (``quality_table``, default ``"bronze.<topic>"`` when that suite exists; warn/fail only).
+
+    Raises:
+        QualityError: a ``fail`` rule of the bronze suite failed on the new slice (results persisted).
+    """
+    started = datetime.now(UTC)
     query = start_ingest(spark, settings, topic, continuous=False, **kwargs)
     query.awaitTermination()
     exception = query.exception()
@@ -154,6 +186,8 @@ def ingest_available(spark: SparkSession, settings: Settings, topic: str, **kwar
     progress = list(query.recentProgress)
     rows = sum(int(p.numInputRows or 0) for p in progress)
     table = kwargs.get("table") or settings.table_path("bronze", topic)
+    if rows:
+        _validate_slice(spark, settings, table, quality_table or f"bronze.{topic}", started, run_id)
     return IngestReport(
         topic=topic,
         table=table,

@@ -1,0 +1,1 @@
+"""Governance: a contract per lake table (owner, columns, classification, retention, freshness SLA)."""

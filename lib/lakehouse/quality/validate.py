@@ -1,0 +1,367 @@
+"""Validate a batch against its table's suite and route its rows by each failed expectation's action.
+
+The hot path: a synthetic row id is added to the (materialised) batch; the batch is validated with GX's
+pandas engine on an Arrow copy of the columns the suite reads when it has at most
+``settings.quality.pandas_max_rows`` rows, else with GX's Spark engine (a cluster-sized batch never comes to
+the driver); the ids of failing rows (few) are joined back in Spark to split valid, quarantined and dropped
+rows. Results are appended to ``audit.validation_results``; a failed ``fail`` expectation then raises
+:class:`QualityError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import great_expectations as gx
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
+
+from lakehouse.config import Settings
+from lakehouse.errors import DataError
+from lakehouse.quality.suites import (
+    ROW_ACTIONS,
+    action_of,
+    expectation_column,
+    expectation_columns,
+    is_row_level,
+    load_suite,
+    rule_name,
+)
+
+log = logging.getLogger(__name__)
+
+ROW_ID: Final = "_dq_row_id"
+_ROUTES: Final = StructType(
+    [
+        StructField(ROW_ID, LongType(), False),
+        StructField("_dq_route", StringType(), False),
+        StructField("reason", StringType(), False),
+        StructField("failed_rules", ArrayType(StringType(), False), False),
+    ]
+)
+_LOCK = threading.RLock()
+_CONTEXT: dict[str, Any] = {}
+
+
+class QualityError(DataError):
+    """An expectation whose action is ``fail`` failed (its results are already persisted)."""
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One expectation's outcome on one batch: a row of ``audit.validation_results``."""
+
+    run_id: str
+    batch_id: int
+    table: str
+    suite: str
+    expectation: str
+    rule: str
+    column: str | None
+    action: str
+    success: bool
+    element_count: int | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    engine: str
+    validated_at: datetime
+    details: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a dict keyed by the results table's column names."""
+        return asdict(self)
+
+
+@dataclass
+class CheckedBatch:
+    """A batch split by its suite: rows to write, rows to quarantine, and what the validation found.
+
+    Attributes:
+        valid: the rows to write (input columns, without the row id).
+        quarantined: rows failing a ``quarantine`` rule: input columns + ``reason`` (first failed rule) +
+            ``failed_rules``.
+        dropped: how many rows failed only ``drop`` rules (removed, counted).
+        quarantined_count: how many rows are in ``quarantined``.
+        results: one :class:`ResultRow` per expectation.
+        engine: ``pandas`` or ``spark``.
+        rows: rows validated.
+    """
+
+    valid: DataFrame
+    quarantined: DataFrame
+    dropped: int
+    quarantined_count: int
+    results: list[ResultRow]
+    engine: str
+    rows: int
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def success(self) -> bool:
+        """True when every expectation passed."""
+        return all(row.success for row in self.results)
+
+
+def _context(engine: str = "pandas") -> Any:
+    """The batch definition of ``engine`` in one ephemeral GX context per process (cheap per batch).
+
+    The Spark datasource is added only when a batch needs it: adding it starts a local Spark session.
+    """
+    with _LOCK:
+        if "context" not in _CONTEXT:
+            from great_expectations.data_context.types.base import ProgressBarsConfig
+
+            context = gx.get_context(mode="ephemeral")
+            context.variables.progress_bars = ProgressBarsConfig(globally=False)
+            _CONTEXT["context"] = context
+        if engine not in _CONTEXT:
+            sources = _CONTEXT["context"].data_sources
+            add = sources.add_pandas if engine == "pandas" else sources.add_spark
+            asset = add(f"lakehouse_{engine}").add_dataframe_asset("batch")
+            _CONTEXT[engine] = asset.add_batch_definition_whole_dataframe("whole")
+        return _CONTEXT[engine]
+
+
+def with_row_ids(frame: DataFrame) -> DataFrame:
+    """Add ``_dq_row_id`` and materialise, so ids are stable across the validation and the routing join."""
+    return frame.withColumn(ROW_ID, F.monotonically_increasing_id()).localCheckpoint(eager=True)
+
+
+def _suite_columns(suite: gx.ExpectationSuite) -> list[str]:
+    columns: list[str] = []
+    for expectation in suite.expectations:
+        columns.extend(c for c in expectation_columns(expectation) if c not in columns)
+    return columns
+
+
+def _validate(frame: DataFrame, suite: gx.ExpectationSuite, engine: str) -> Any:
+    # Only the columns the suite reads travel to pandas, unless an expectation is about the column set.
+    whole = any(e.expectation_type.startswith("expect_table_column") for e in suite.expectations)
+    columns = [c for c in frame.columns if c != ROW_ID] if whole else _suite_columns(suite)
+    columns = [c for c in columns if c in frame.columns]
+    needed = frame.select(ROW_ID, *columns)
+    data: Any = needed.toPandas() if engine == "pandas" else needed
+    row_level = [e for e in suite.expectations if is_row_level(e)]
+    result_format: dict[str, Any] = {"result_format": "SUMMARY"}
+    if any(action_of(e) in ROW_ACTIONS for e in row_level):
+        result_format = {"result_format": "COMPLETE", "unexpected_index_column_names": [ROW_ID]}
+    with _LOCK:
+        batch = _context(engine).get_batch(batch_parameters={"dataframe": data})
+        return batch.validate(suite, result_format=result_format)
+
+
+def _failing_ids(result: Any) -> set[int]:
+    return {int(entry[ROW_ID]) for entry in result.result.get("unexpected_index_list") or []}
+
+
+def _details(result: Any) -> str:
+    config = result.expectation_config
+    body = result.result or {}
+    payload: dict[str, Any] = {
+        "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
+        "observed_value": body.get("observed_value"),
+        "partial_unexpected_list": (body.get("partial_unexpected_list") or [])[:20],
+    }
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        payload["exception"] = info.get("exception_message")
+    return json.dumps(payload, default=str)
+
+
+def check_batch(
+    frame: DataFrame,
+    table: str,
+    *,
+    settings: Settings,
+    run_id: str,
+    batch_id: int,
+    suite: gx.ExpectationSuite | None = None,
+    persist: bool = True,
+    engine: str | None = None,
+    materialised: bool = False,
+    rows: int | None = None,
+) -> CheckedBatch:
+    """Validate a batch against ``table``'s suite and route its rows by action.
+
+    Args:
+        frame: the rows about to be written (may carry extra columns, e.g. the raw payload, that the suite
+            ignores and quarantine keeps).
+        table: the table they go to, e.g. ``"silver.events"``.
+        settings: the environment (suite location, engine threshold, results table).
+        run_id: the task run (results and quarantine rows carry it).
+        batch_id: the micro-batch id (0 for a batch job).
+        suite: use this suite instead of loading ``table``'s (tests).
+        persist: append the results to ``audit.validation_results`` and keep them for Data Docs.
+        engine: force ``pandas`` or ``spark``; default by row count and ``settings.quality.pandas_max_rows``.
+        materialised: ``frame`` is already materialised (``localCheckpoint``, perhaps then filtered and
+            projected), so row ids added lazily are stable; saves a checkpoint of the batch.
+        rows: the batch's row count when the caller knows it (saves a count).
+
+    Returns:
+        The split batch; ``valid`` is what to write.
+
+    Raises:
+        QualityError: a ``fail`` expectation failed or an expectation could not be evaluated (after the
+            results are persisted).
+
+    Example:
+        >>> checked = check_batch(customers, "silver.retail_customers", settings=s, run_id=rid, batch_id=0)
+        >>> checked.valid.write.format("delta").mode("append").save(path)
+    """
+    suite = suite or load_suite(settings, table)
+    if materialised:
+        ided = frame.withColumn(ROW_ID, F.monotonically_increasing_id())
+    else:
+        ided = with_row_ids(frame)
+    if rows is None:
+        rows = ided.count()
+    chosen = engine or ("pandas" if rows <= settings.quality.pandas_max_rows else "spark")
+    if chosen not in ("pandas", "spark"):
+        raise DataError(f"engine must be pandas or spark, got {engine!r}")
+    outcome = _validate(ided, suite, chosen)
+    validated_at = datetime.now(UTC)
+    by_rule = {rule_name(e): e for e in suite.expectations}
+    results: list[ResultRow] = []
+    routes: dict[int, list[str]] = {}
+    quarantine_ids: set[int] = set()
+    failures: list[str] = []
+    order = {rule: index for index, rule in enumerate(by_rule)}
+    for result in sorted(
+        outcome.results, key=lambda r: order.get(str(r.expectation_config.meta.get("rule")), 0)
+    ):
+        rule = str(result.expectation_config.meta.get("rule"))
+        expectation = by_rule[rule]
+        action = action_of(expectation)
+        body = result.result or {}
+        errored = bool((result.exception_info or {}).get("raised_exception"))
+        results.append(
+            ResultRow(
+                run_id=run_id,
+                batch_id=int(batch_id),
+                table=table,
+                suite=suite.name,
+                expectation=expectation.expectation_type,
+                rule=rule,
+                column=expectation_column(expectation),
+                action=action,
+                success=bool(result.success),
+                element_count=_int(body.get("element_count", rows if not errored else None)),
+                unexpected_count=_int(body.get("unexpected_count", 0 if result.success else None)),
+                unexpected_percent=_float(body.get("unexpected_percent", 0.0 if result.success else None)),
+                engine=chosen,
+                validated_at=validated_at,
+                details=_details(result),
+            )
+        )
+        if errored:
+            failures.append(
+                f"{rule} could not be evaluated: {result.exception_info.get('exception_message')}"
+            )
+        elif not result.success and action == "fail":
+            failures.append(f"{rule} failed ({body.get('unexpected_count', body.get('observed_value'))})")
+        elif not result.success and action in ROW_ACTIONS:
+            ids = _failing_ids(result)
+            for row_id in ids:
+                routes.setdefault(row_id, []).append(rule)
+            if action == "quarantine":
+                quarantine_ids |= ids
+        elif not result.success:
+            log.warning("%s: %s failed (warn) in batch %s", table, rule, batch_id)
+    spark = ided.sparkSession
+    if persist:
+        from lakehouse.quality.docs import save_validation
+        from lakehouse.quality.results import write_results
+
+        write_results(spark, settings, results)
+        if settings.quality.data_docs:
+            save_validation(settings, table, run_id, batch_id, outcome)
+    if failures:
+        raise QualityError(f"{table} batch {batch_id} failed its quality suite: " + "; ".join(failures))
+    columns = [c for c in ided.columns if c != ROW_ID]
+    valid, quarantined = _route(spark, ided, columns, routes, quarantine_ids)
+    return CheckedBatch(
+        valid=valid,
+        quarantined=quarantined,
+        dropped=len(routes) - len(quarantine_ids),
+        quarantined_count=len(quarantine_ids),
+        results=results,
+        engine=chosen,
+        rows=rows,
+        failures=failures,
+    )
+
+
+def _route(
+    spark: SparkSession,
+    frame: DataFrame,
+    columns: Sequence[str],
+    routes: dict[int, list[str]],
+    quarantine_ids: set[int],
+) -> tuple[DataFrame, DataFrame]:
+    """Join the failing ids (small) back: rows with no route are valid; quarantine wins over drop."""
+    if not routes:
+        empty = frame.limit(0).select(
+            *columns,
+            F.lit(None).cast("string").alias("reason"),
+            F.lit(None).cast("array<string>").alias("failed_rules"),
+        )
+        return frame.select(*columns), empty
+    records = [
+        (row_id, "quarantine" if row_id in quarantine_ids else "drop", rules[0], rules)
+        for row_id, rules in routes.items()
+    ]
+    marks = F.broadcast(spark.createDataFrame(records, _ROUTES))
+    joined = frame.join(marks, ROW_ID, "left")
+    valid = joined.where(F.col("_dq_route").isNull()).select(*columns)
+    quarantined = joined.where(F.col("_dq_route") == "quarantine").select(*columns, "reason", "failed_rules")
+    return valid, quarantined
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def validate_table(
+    settings: Settings,
+    table: str,
+    *,
+    run_id: str,
+    spark: SparkSession | None = None,
+    where: str | None = None,
+    batch_id: int = 0,
+) -> CheckedBatch:
+    """Validate a written table (or the slice ``where`` selects) against its suite; persist the results.
+
+    Meant for warn/fail suites after a write (bronze slices, gold tables): rows are not routed.
+
+    Args:
+        settings: the environment.
+        table: e.g. ``"gold.sessions"``.
+        run_id: the task run.
+        spark: a session (default :func:`lakehouse.spark.get_spark`).
+        where: a SQL filter, e.g. ``"ingested_at >= '2024-11-01T00:00:00Z'"``.
+        batch_id: recorded with the results (0 for a batch job).
+
+    Raises:
+        QualityError: a ``fail`` expectation failed.
+    """
+    if spark is None:
+        from lakehouse.spark import get_spark
+
+        spark = get_spark(settings)
+    layer, _, name = table.partition(".")
+    frame = spark.read.format("delta").load(settings.table_path(layer, name))
+    if where:
+        frame = frame.where(where)
+    return check_batch(frame, table, settings=settings, run_id=run_id, batch_id=batch_id)

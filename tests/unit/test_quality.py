@@ -1,0 +1,236 @@
+"""Quality suites: loading and checking suite files, and routing rows by each rule's action."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError, DataError
+from lakehouse.quality import QualityError, check_batch, list_suites, load_suite, rule_name
+from lakehouse.quality.suites import action_of, parse_suite
+
+pytestmark = pytest.mark.unit
+
+DAG_TABLES = [
+    *(
+        f"bronze.{n}"
+        for n in (
+            "clickstream",
+            "fx_rates",
+            "iot_telemetry",
+            "retail_cdc",
+            "retail_customers",
+            "retail_orders",
+            "retail_order_items",
+            "retail_products",
+        )
+    ),
+    *(
+        f"silver.{n}"
+        for n in (
+            "events",
+            "events_quarantine",
+            "events_reconciliation",
+            "telemetry",
+            "telemetry_quarantine",
+            "telemetry_reconciliation",
+            "device_offline",
+            "fx_rates",
+            "fx_rates_quarantine",
+            "retail_customers",
+            "retail_orders",
+            "retail_order_items",
+            "retail_products",
+            "retail_cdc_quarantine",
+            "retail_merge_log",
+            "dim_customer",
+        )
+    ),
+    *(
+        f"gold.{n}"
+        for n in (
+            "sessions",
+            "daily_kpis",
+            "revenue_daily",
+            "rt_events_per_minute",
+            "rt_sessions_per_minute",
+            "rt_device_minute",
+        )
+    ),
+]
+
+
+def _expectation(type_: str, action: str | None, **kwargs: Any) -> dict[str, Any]:
+    meta = {} if action is None else {"action": action}
+    return {"type": type_, "kwargs": kwargs, "meta": meta}
+
+
+def test_every_dag_table_has_a_valid_suite(settings: Settings) -> None:
+    assert set(DAG_TABLES) <= set(list_suites(settings))
+    for table in DAG_TABLES:
+        suite = load_suite(settings, table)
+        assert suite.name == table and suite.expectations, table
+
+
+def test_bronze_and_gold_suites_only_warn_or_fail(settings: Settings) -> None:
+    for table in list_suites(settings):
+        if table.startswith(("bronze.", "gold.")):
+            actions = {action_of(e) for e in load_suite(settings, table).expectations}
+            assert actions <= {"warn", "fail"}, table
+
+
+def test_silver_events_suite_uses_row_actions(settings: Settings) -> None:
+    suite = load_suite(settings, "silver.events")
+    actions = {rule_name(e): action_of(e) for e in suite.expectations}
+    assert actions["currency_iso4217"] == "quarantine"
+    assert actions["not_internal_test_traffic"] == "drop"
+    assert actions["schema_version_supported"] == "fail"
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        (_expectation("expect_column_values_to_not_be_null", None, column="a"), "meta.action must be one of"),
+        (_expectation("expect_column_values_to_not_be_null", "explode", column="a"), "got 'explode'"),
+        (_expectation("expect_table_row_count_to_be_between", "quarantine", min_value=1), "row-level"),
+        (_expectation("expect_column_mean_to_be_between", "drop", column="a", min_value=0), "row-level"),
+        (_expectation("expect_no_such_thing", "warn", column="a"), "not a valid expectation"),
+    ],
+)
+def test_a_bad_suite_is_a_config_error_naming_file_and_expectation(
+    entry: dict[str, Any], message: str, tmp_path: Path
+) -> None:
+    good = _expectation("expect_column_values_to_not_be_null", "warn", column="b")
+    with pytest.raises(ConfigError, match=message) as raised:
+        parse_suite({"name": "silver.x", "expectations": [good, entry]}, "quality/suites/silver/x.json")
+    assert "quality/suites/silver/x.json: expectation #1" in str(raised.value)
+
+
+def test_duplicate_rule_names_and_missing_suites_are_config_errors(settings: Settings) -> None:
+    entry = _expectation("expect_column_values_to_not_be_null", "warn", column="a")
+    with pytest.raises(ConfigError, match="used twice"):
+        parse_suite({"expectations": [entry, entry]}, "x.json")
+    with pytest.raises(ConfigError, match=r"no expectation suite for silver\.nothing_here"):
+        load_suite(settings, "silver.nothing_here")
+    with pytest.raises(ConfigError, match="layer"):
+        load_suite(settings, "events")
+
+
+def test_bad_json_in_a_suite_file_names_the_file(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "quality" / "suites" / "silver"
+    folder.mkdir(parents=True)
+    (folder / "broken.json").write_text("{ not json")
+    moved = settings.model_copy(update={"root": tmp_path})
+    with pytest.raises(ConfigError, match=r"broken\.json: not valid JSON"):
+        load_suite(moved, "silver.broken")
+
+
+# --- routing on a small Spark frame (the spark fixture: Spark Connect on the test stack) ---------------
+
+_SUITE = parse_suite(
+    {
+        "name": "silver.crafted",
+        "expectations": [
+            {
+                **_expectation("expect_column_values_to_not_be_null", "quarantine", column="id"),
+                "meta": {"action": "quarantine", "rule": "id_present"},
+            },
+            {
+                **_expectation("expect_column_values_to_be_between", "drop", column="amount", min_value=0),
+                "meta": {"action": "drop", "rule": "amount_non_negative"},
+            },
+            {
+                **_expectation(
+                    "expect_column_values_to_match_regex", "warn", column="cc", regex="^[A-Z]{2}$"
+                ),
+                "meta": {"action": "warn", "rule": "cc_format"},
+            },
+            {
+                **_expectation(
+                    "expect_column_values_to_be_in_set", "fail", column="kind", value_set=["a", "b"]
+                ),
+                "meta": {"action": "fail", "rule": "kind_known"},
+            },
+        ],
+    },
+    "crafted",
+)
+_ROWS = [
+    ("1", 5.0, "DE", "a"),
+    (None, 1.0, "FR", "a"),  # quarantine
+    ("3", -2.0, "DE", "b"),  # drop
+    (None, -1.0, "DE", "a"),  # quarantine wins over drop; both rules recorded
+    ("5", 2.0, "germany", "b"),  # warn only: kept
+]
+_SCHEMA = "id string, amount double, cc string, kind string"
+
+
+def _check(spark: Any, settings: Settings, rows: list[tuple[Any, ...]], engine: str) -> Any:
+    frame = spark.createDataFrame(rows, _SCHEMA)
+    return check_batch(
+        frame,
+        "silver.crafted",
+        settings=settings,
+        run_id=str(uuid.uuid4()),
+        batch_id=7,
+        suite=_SUITE,
+        engine=engine,
+        persist=False,
+    )
+
+
+@pytest.mark.parametrize("engine", ["pandas", "spark"])
+def test_each_action_routes_rows(spark: Any, stack: Settings, engine: str) -> None:
+    checked = _check(spark, stack, _ROWS, engine)
+    assert checked.engine == engine
+    assert sorted(r["id"] for r in checked.valid.collect()) == ["1", "5"]
+    assert checked.valid.columns == ["id", "amount", "cc", "kind"]
+    assert checked.dropped == 1 and checked.quarantined_count == 2
+    quarantined = sorted((r["amount"], r["reason"], r["failed_rules"]) for r in checked.quarantined.collect())
+    assert quarantined == [
+        (-1.0, "id_present", ["id_present", "amount_non_negative"]),
+        (1.0, "id_present", ["id_present"]),
+    ]
+    by_rule = {r.rule: r for r in checked.results}
+    assert not by_rule["cc_format"].success and by_rule["cc_format"].unexpected_count == 1
+    assert by_rule["kind_known"].success and by_rule["kind_known"].action == "fail"
+    assert by_rule["amount_non_negative"].unexpected_count == 2
+    assert {r.batch_id for r in checked.results} == {7}
+
+
+def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, stack: Settings) -> None:
+    outcomes = []
+    for engine in ("pandas", "spark"):
+        checked = _check(spark, stack, _ROWS, engine)
+        outcomes.append(
+            (
+                sorted(r["id"] for r in checked.valid.collect()),
+                sorted((r["amount"], r["failed_rules"]) for r in checked.quarantined.collect()),
+                checked.dropped,
+                sorted((r.rule, r.success, r.unexpected_count) for r in checked.results),
+            )
+        )
+    assert outcomes[0] == outcomes[1]
+
+
+def test_fail_action_raises_quality_error(spark: Any, stack: Settings) -> None:
+    with pytest.raises(QualityError, match="kind_known") as raised:
+        _check(spark, stack, [*_ROWS, ("9", 1.0, "DE", "zzz")], "pandas")
+    assert isinstance(raised.value, DataError)
+
+
+def test_a_clean_batch_passes_untouched(spark: Any, stack: Settings) -> None:
+    checked = _check(spark, stack, [_ROWS[0], _ROWS[4]], "pandas")
+    assert checked.dropped == 0 and checked.quarantined.count() == 0 and checked.valid.count() == 2
+    assert "reason" in checked.quarantined.columns and "failed_rules" in checked.quarantined.columns
+
+
+def test_suite_files_are_json_with_names_matching_their_path(settings: Settings) -> None:
+    base = settings.root / settings.quality.suites_dir
+    for path in base.glob("*/*.json"):
+        assert json.loads(path.read_text())["name"] == f"{path.parent.name}.{path.stem}"
