@@ -86,9 +86,7 @@ def main() -> None:
     print(f"DAG, classic Spark per notebook: {classic:6.1f} s")
     print(f"ratio connect / classic = {connect / classic:.2f}  (target <= 0.5)")
     print(f"rebuild with nothing new: {rebuild:.1f} s  (target <= 5 s)")
-    print(
-        f"peak RSS of the local stack during the DAG: {sampler.peak / 2**30:.2f} GiB  (target <= 6 GiB)"
-    )
+    print(f"peak RSS of the local stack during the DAG: {sampler.peak / 2**30:.2f} GiB  (target <= 6 GiB)")
 
 
 if __name__ == "__main__":

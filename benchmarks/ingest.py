@@ -93,9 +93,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
     ours = ingested.rows / seconds
     print(f"Kafka ConsumerPerformance: {baseline:>12,.0f} msg/s")
-    print(
-        f"Kafka → bronze (Delta):    {ours:>12,.0f} events/s  ({ingested.rows} rows in {seconds:.1f}s)"
-    )
+    print(f"Kafka → bronze (Delta):    {ours:>12,.0f} events/s  ({ingested.rows} rows in {seconds:.1f}s)")
     print(f"ratio bronze / consumer-perf = {ours / baseline:.2f}  (target >= 0.3)")
 
 

@@ -237,6 +237,12 @@ def demo(ctx: click.Context, count: int | None) -> None:
     services = {s.name: s for s in manager.services().values()}
     click.echo("")
     click.echo(f"Dashboard:           {services['dashboard'].url}")
+    quality = services["dashboard"].url.rsplit("/", 1)[0]
+    click.echo(
+        f"Quality dashboard:   {quality}/quality   (profiles: {quality}/profiles/index.html, "
+        f"Data Docs: {quality}/data-docs/index.html)"
+    )
+    click.echo(f"Lineage events:      {settings.reports / 'lineage'}")
     click.echo(f"MLflow UI:           {services['mlflow'].url}")
     click.echo(f"Executed notebooks:  {settings.workspace / 'notebooks'}")
     click.echo(f"Lake (Delta tables): {settings.lake}")
@@ -245,12 +251,14 @@ def demo(ctx: click.Context, count: int | None) -> None:
 
 def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
+    from lakehouse.governance.cli import catalog
     from lakehouse.iot.cli import iot
+    from lakehouse.privacy.cli import privacy
     from lakehouse.sources.http_cli import api
     from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 
-    for group in (stream, processor, api, retail, iot):
+    for group in (stream, processor, api, retail, iot, catalog, privacy):
         main.add_command(group)
 
 

@@ -183,6 +183,11 @@ class ServiceManager:
             startup_timeout=60,
         )
         port = s.dashboard.port
+
+        def make_report_dirs() -> None:
+            for folder in ("profiles", "data_docs"):
+                (s.reports / folder).mkdir(parents=True, exist_ok=True)
+
         found["dashboard"] = Service(
             name="dashboard",
             port=port,
@@ -191,6 +196,11 @@ class ServiceManager:
                 _bin("panel"),
                 "serve",
                 str(s.root / "dashboards" / "kpis.py"),
+                str(s.root / "dashboards" / "quality.py"),
+                # The DAG's document products, browsable next to the apps.
+                "--static-dirs",
+                f"profiles={s.reports / 'profiles'}",
+                f"data-docs={s.reports / 'data_docs'}",
                 "--address",
                 "127.0.0.1",
                 "--port",
@@ -206,6 +216,7 @@ class ServiceManager:
             # The liveness endpoint answers without rendering a page (a first render reads gold).
             health=lambda: _http_ok(f"http://127.0.0.1:{port}/liveness"),
             env={"LAKEHOUSE_ENV": s.env_name, "LAKEHOUSE_ROOT": str(s.root)},
+            prepare=make_report_dirs,
             startup_timeout=60,
             cwd=s.root,
         )

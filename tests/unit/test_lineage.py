@@ -341,6 +341,8 @@ def test_sources_are_named_by_their_system(lake: Settings, validator: SpecValida
     events = _events(lake)
     assert [e["inputs"][0]["name"] for e in events] == ["clickstream", "clickstream"]
     graph = lineage_graph(lake)
-    assert ("source.clickstream", "bronze.clickstream") in set(zip(graph["input"], graph["output"], strict=True))
+    assert ("source.clickstream", "bronze.clickstream") in set(
+        zip(graph["input"], graph["output"], strict=True)
+    )
     for event in events:
         assert validator.errors(event) == [], event["eventType"]
