@@ -25,6 +25,8 @@ NOTEBOOKS = [
     "gold/build_daily_kpis",
     "gold/build_revenue",
     "ml/train_conversion",
+    "quality/profile_tables",
+    "quality/check_governance",
 ]
 EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/clean_fx_rates"]
 
@@ -116,3 +118,136 @@ def test_bad_parameters_stop_the_run_with_a_clear_message(
     result = _papermill(stack, tmp_path, *params)
     assert result.returncode != 0
     assert message in result.stderr + (tmp_path / "out.ipynb").read_text()
+
+
+# Every task of pipeline.yaml, and what the DAG must leave behind for quality, lineage and governance.
+TASKS = [
+    "bronze-ingest-events",
+    "bronze-pull-apis",
+    "bronze-extract-retail",
+    "silver-clean-events",
+    "silver-clean-fx-rates",
+    "silver-merge-retail",
+    "silver-clean-telemetry",
+    "gold-build-sessions",
+    "gold-build-daily-kpis",
+    "gold-build-revenue",
+    "ml-train-conversion",
+    "quality-profile-tables",
+    "governance-check-catalog",
+]
+
+
+def _lake_tables(stack: Settings) -> set[str]:
+    return {
+        f"{layer}.{path.name}"
+        for layer in ("bronze", "silver", "gold", "audit")
+        for path in (stack.lake / layer).glob("*")
+        if (path / "_delta_log").is_dir()
+    }
+
+
+def test_every_table_is_catalogued_and_matches_its_contract(stack: Settings, built: dict[str, Any]) -> None:
+    from lakehouse.governance.catalog import check_catalog, load_catalog
+
+    catalog = load_catalog(stack)
+    uncatalogued = _lake_tables(stack) - set(catalog.tables)
+    assert not uncatalogued, f"tables without a contract: {sorted(uncatalogued)}"
+    checked = check_catalog(stack, catalog=catalog)  # raises SchemaDriftError on drift
+    assert {"bronze.clickstream", "silver.events", "gold.sessions", "audit.validation_results"} <= set(
+        checked
+    )
+
+
+def test_every_table_with_a_suite_is_validated_at_its_current_version(
+    stack: Settings, built: dict[str, Any]
+) -> None:
+    from lakehouse.quality import list_suites
+    from lakehouse.quality.coverage import validation_coverage
+
+    coverage = validation_coverage(stack)
+    assert set(list_suites(stack)) >= _lake_tables(stack) - {"audit.validation_results", "audit.erasures"}
+    missing = coverage[coverage["last_validated"].isna()]["table"].tolist()
+    assert not missing, f"never validated: {missing}"
+    stale = coverage[
+        coverage["previous_commit"].notna() & (coverage["last_validated"] <= coverage["previous_commit"])
+    ]["table"].tolist()
+    assert not stale, f"changed since their last validation: {stale}"
+
+
+def test_quarantined_rows_carry_their_reasons_rules_and_run(stack: Settings, built: dict[str, Any]) -> None:
+    from deltalake import DeltaTable
+
+    quarantine = DeltaTable(stack.table_path("silver", "events_quarantine")).to_pandas()
+    assert len(quarantine) > 0
+    assert quarantine["reason"].notna().all()
+    assert quarantine["failed_rules"].map(lambda rules: rules is not None and len(rules) > 0).all()
+    assert quarantine["run_id"].notna().all() and quarantine["batch_id"].notna().all()
+    assert quarantine["quarantined_at"].notna().all()
+
+
+def test_every_task_is_traced_with_openlineage(stack: Settings, built: dict[str, Any]) -> None:
+    from lakehouse.lineage import lineage_graph
+
+    events = [
+        json.loads(line)
+        for line in (stack.reports / "lineage" / "openlineage.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_job.setdefault(event["job"]["name"], []).append(event)
+    assert set(TASKS) <= set(by_job), f"untraced tasks: {sorted(set(TASKS) - set(by_job))}"
+    for job in TASKS:
+        states = [e["eventType"] for e in by_job[job]]
+        assert "START" in states and "COMPLETE" in states and "FAIL" not in states, (job, states)
+    complete = next(e for e in reversed(by_job["silver-clean-events"]) if e["eventType"] == "COMPLETE")
+    silver = next(d for d in complete["outputs"] if d["name"].endswith("/silver/events"))
+    assert silver["facets"]["delta"]["version"] >= 1
+    assert silver["facets"]["dataQualityMetrics"]["rowCount"] > 0
+    assert {f["name"] for f in silver["facets"]["schema"]["fields"]} >= {"event_id", "client_ip"}
+    edges = lineage_graph(stack)
+    pairs = set(zip(edges["input"], edges["output"], strict=True))
+    assert ("source.clickstream", "bronze.clickstream") in pairs
+    assert ("bronze.clickstream", "silver.events") in pairs
+    assert ("silver.events", "gold.sessions") in pairs
+
+
+def test_profiles_and_data_docs_are_products_of_the_dag(stack: Settings, built: dict[str, Any]) -> None:
+    profiles = stack.reports / "profiles"
+    for table in ("bronze.clickstream", "silver.events", "silver.retail_customers"):
+        report = profiles / f"{table}.html"
+        assert report.is_file() and report.stat().st_size < 2_000_000, table
+    docs = (stack.reports / "data_docs" / "index.html").read_text()
+    assert "silver.events" in docs
+
+
+def test_no_clear_pii_in_silver_or_gold(stack: Settings, built: dict[str, Any]) -> None:
+    from lakehouse.governance.catalog import load_catalog
+    from lakehouse.privacy.scanner import scan_tables
+
+    restricted = {name for name, c in load_catalog(stack).tables.items() if c.restricted}
+    bronze = scan_tables(stack, ["bronze"])
+    assert {"email", "ip"} <= set(bronze["kind"]), (
+        "the demo data carries PII in bronze: the scanner must see it"
+    )
+    findings = scan_tables(stack, ["silver", "gold"])
+    # A name alone (a tokenized `email` column) is no leak: values that look like PII are.
+    leaks = findings[(findings["hit_rate"] > 0) & ~findings["table"].isin(restricted)]
+    assert leaks.empty, leaks[["table", "column", "kind", "hit_rate"]].to_string()
+
+
+def test_reports_hold_none_of_the_clear_pii_that_bronze_holds(stack: Settings, built: dict[str, Any]) -> None:
+    from deltalake import DeltaTable
+
+    payloads = DeltaTable(stack.table_path("bronze", "clickstream")).to_pandas(columns=["value"])["value"]
+    ips = {json.loads(v).get("client_ip") for v in payloads.head(3000) if v and v.startswith("{")} - {None}
+    customers = DeltaTable(stack.table_path("bronze", "retail_customers")).to_pandas(columns=["email", "name"])
+    clear = {str(ip) for ip in ips} | set(customers["email"].head(500)) | set(customers["name"].head(500))
+    assert len(clear) > 100, "bronze should hold clear PII to look for"
+    reports = [*stack.reports.glob("profiles/*.html"), *stack.reports.glob("data_docs/**/*.html")]
+    assert len(reports) > 10
+    for report in reports:
+        text = report.read_text(errors="replace")
+        found = [value for value in clear if value in text]
+        assert not found, f"{report.relative_to(stack.reports)} shows clear PII: {found[:3]}"
