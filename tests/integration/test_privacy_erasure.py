@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -86,8 +87,11 @@ def test_untagged_pii_in_a_silver_frame_fails(spark: Any, stack: Settings) -> No
     assert protected.where("customer_id = 3").collect()[0]["email"] == token("person.3@example.com", key)
 
 
-def test_erasure_removes_a_subject_from_every_layer_and_every_version(spark: Any, stack: Settings) -> None:
-    settings = stack
+def test_erasure_removes_a_subject_from_every_layer_and_every_version(
+    spark: Any, stack: Settings, tmp_path: Path
+) -> None:
+    # A private lake: the DAG tests later build the real tables of the test workspace.
+    settings = stack.model_copy(update={"workspace": tmp_path / "ws"})
     key = settings.privacy.tokenization_key
     path = {
         t: settings.table_path(*t.split("."))
