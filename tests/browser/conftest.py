@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import panel_server
 import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
@@ -43,7 +38,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SERVER_START_SECONDS = 90
 PAGE_TIMEOUT_MS = 30_000
 
 SESSIONS_SCHEMA = pa.schema(
@@ -139,7 +133,7 @@ class Dashboard:
     log: Path
 
     def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log, lines)
+        return panel_server.log_tail(self.log, lines)
 
 
 def write_project_root(root: Path) -> Path:
@@ -159,67 +153,11 @@ def gold_project(tmp_path_factory: pytest.TempPathFactory) -> GoldProject:
     return GoldProject(root=root, sessions_path=path, sessions=sessions)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    if not log.exists():
-        return "(no server log)"
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
 @contextmanager
 def serve(root: Path, log: Path) -> Iterator[str]:
     """Run ``panel serve dashboards/kpis.py`` against ``root`` until the generator is closed."""
-    port = free_port()
-    env = {**os.environ, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_ENV": "local", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "panel",
-        "serve",
-        str(DASHBOARD),
-        "--address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--allow-websocket-origin",
-        f"127.0.0.1:{port}",
-        "--allow-websocket-origin",
-        f"localhost:{port}",
-    ]
-    url = f"http://127.0.0.1:{port}/{DASHBOARD.stem}"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + SERVER_START_SECONDS
-            status = None
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    with urllib.request.urlopen(url, timeout=10) as response:
-                        status = response.status
-                    if status == 200:
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                time.sleep(0.25)
-            if status != 200:
-                exit_code = server.poll()
-                pytest.fail(
-                    f"panel serve did not answer 200 at {url} within {SERVER_START_SECONDS}s "
-                    f"(exit code {exit_code}, last status {status}); server log tail:\n{log_tail(log)}"
-                )
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=15)
+    with panel_server.serve(root, log, DASHBOARD) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

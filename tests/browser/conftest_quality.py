@@ -7,13 +7,6 @@ The planted numbers live here as constants so the test states what the page must
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,14 +14,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import panel_server
 import pyarrow as pa
-import pytest
 from deltalake import write_deltalake
 
 from lakehouse.config import Settings, load_settings
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "quality.py"
-SERVER_START_SECONDS = 90
 PLANTED_EMAIL = "planted.victim@example.org"
 PLANTED_NAME = "Ottoline Fairweather-Quist"
 PLANTED_IP = "198.51.100.23"
@@ -204,61 +196,8 @@ def write_quality_project(root: Path, with_data: bool = True) -> QualityProject:
     return QualityProject(root=root, settings=settings)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def log_tail(log: Path, lines: int = 40) -> str:
-    if not log.exists():
-        return "(no server log)"
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
-
-
 @contextmanager
 def serve(root: Path, log: Path, dashboard: Path = DASHBOARD) -> Iterator[str]:
-    """Run ``panel serve <dashboard>`` against ``root`` until the generator is closed (as conftest.serve)."""
-    port = free_port()
-    env = {**os.environ, "LAKEHOUSE_ROOT": str(root), "LAKEHOUSE_ENV": "local", "PYTHONUNBUFFERED": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "panel",
-        "serve",
-        str(dashboard),
-        "--address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--allow-websocket-origin",
-        f"127.0.0.1:{port}",
-    ]
-    url = f"http://127.0.0.1:{port}/{dashboard.stem}"
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, cwd=root, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + SERVER_START_SECONDS
-            status = None
-            while time.monotonic() < deadline and server.poll() is None:
-                try:
-                    with urllib.request.urlopen(url, timeout=10) as response:
-                        status = response.status
-                    if status == 200:
-                        break
-                except (urllib.error.URLError, ConnectionError, TimeoutError):
-                    pass
-                time.sleep(0.25)
-            if status != 200:
-                pytest.fail(
-                    f"panel serve did not answer 200 at {url} within {SERVER_START_SECONDS}s "
-                    f"(exit code {server.poll()}, last status {status}); server log tail:\n{log_tail(log)}"
-                )
-            yield url
-        finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=15)
+    """Run ``panel serve <dashboard>`` (the quality app by default) against ``root``; yields its URL."""
+    with panel_server.serve(root, log, dashboard) as url:
+        yield url
