@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -203,3 +205,63 @@ def write_outcomes(
         reconciliation
     )
     return Row(**counts)
+
+
+class ReconciledTables(Protocol):
+    """Where a silver micro-batch job reads and writes (its tables' paths)."""
+
+    @property
+    def bronze(self) -> str: ...
+    @property
+    def silver(self) -> str: ...
+    @property
+    def quarantine(self) -> str: ...
+    @property
+    def reconciliation(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """Table totals: bronze rows must equal silver + quarantined + duplicates removed + dropped."""
+
+    bronze_rows: int
+    silver_rows: int
+    quarantined: int
+    duplicates: int
+    dropped: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
+
+    def check(self) -> Reconciliation:
+        """Raise :class:`DataError` unless the counts balance."""
+        if not self.balanced:
+            raise DataError(
+                f"counts do not reconcile: bronze {self.bronze_rows} != silver {self.silver_rows} + "
+                f"quarantined {self.quarantined} + duplicates {self.duplicates} + dropped {self.dropped}"
+            )
+        return self
+
+
+def reconcile_totals(spark: SparkSession, tables: ReconciledTables) -> Reconciliation:
+    """Bronze, silver, quarantine, duplicate and dropped totals from the tables themselves (one query)."""
+    audit = delta_ref(tables.reconciliation)
+    row = first_row(
+        spark.sql(
+            f"""
+            SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
+                   (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
+                   (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
+                   (SELECT coalesce(sum(duplicates), 0) FROM {audit}) AS duplicates,
+                   (SELECT coalesce(sum(dropped), 0) FROM {audit}) AS dropped
+            """
+        )
+    )
+    return Reconciliation(
+        bronze_rows=int(row["bronze_rows"]),
+        silver_rows=int(row["silver_rows"]),
+        quarantined=int(row["quarantined"]),
+        duplicates=int(row["duplicates"]),
+        dropped=int(row["dropped"]),
+    )

@@ -38,14 +38,16 @@ from lakehouse.errors import DataError
 from lakehouse.privacy.tokenize import token_column
 from lakehouse.silver.batches import (
     RECONCILIATION,
+    Reconciliation,
     add_missing_columns,
     await_stream,
     first_row,
+    reconcile_totals,
     txn_app_id,
     with_quality_fields,
     write_outcomes,
 )
-from lakehouse.tables import delta_ref, ensure_table
+from lakehouse.tables import ensure_table
 
 log = logging.getLogger(__name__)
 
@@ -72,30 +74,6 @@ class CleanTables:
             reconciliation=settings.table_path("silver", "events_reconciliation"),
             checkpoint=settings.checkpoint_path("silver_events"),
         )
-
-
-@dataclass(frozen=True)
-class Reconciliation:
-    """Table totals: bronze rows must equal silver + quarantined + duplicates removed + dropped."""
-
-    bronze_rows: int
-    silver_rows: int
-    quarantined: int
-    duplicates: int
-    dropped: int = 0
-
-    @property
-    def balanced(self) -> bool:
-        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
-
-    def check(self) -> Reconciliation:
-        """Raise :class:`DataError` unless the counts balance."""
-        if not self.balanced:
-            raise DataError(
-                f"counts do not reconcile: bronze {self.bronze_rows} != silver {self.silver_rows} + "
-                f"quarantined {self.quarantined} + duplicates {self.duplicates} + dropped {self.dropped}"
-            )
-        return self
 
 
 def _reason(parsed: Column, value: Column, event_time: Column, revenue: Column, currency: Column) -> Column:
@@ -282,25 +260,7 @@ class CleanReport:
 
 def reconcile(spark: SparkSession, tables: CleanTables) -> Reconciliation:
     """Bronze, silver, quarantine, duplicate and dropped totals from the tables themselves (one query)."""
-    audit = delta_ref(tables.reconciliation)
-    row = first_row(
-        spark.sql(
-            f"""
-            SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
-                   (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
-                   (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
-                   (SELECT coalesce(sum(duplicates), 0) FROM {audit}) AS duplicates,
-                   (SELECT coalesce(sum(dropped), 0) FROM {audit}) AS dropped
-            """
-        )
-    )
-    return Reconciliation(
-        bronze_rows=int(row["bronze_rows"]),
-        silver_rows=int(row["silver_rows"]),
-        quarantined=int(row["quarantined"]),
-        duplicates=int(row["duplicates"]),
-        dropped=int(row["dropped"]),
-    )
+    return reconcile_totals(spark, tables)
 
 
 def clean_events(

@@ -45,15 +45,16 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.silver.batches import (
     RECONCILIATION,
+    Reconciliation,
     add_missing_columns,
     await_stream,
     first_row,
+    reconcile_totals,
     txn_app_id,
     with_quality_fields,
     write_outcomes,
 )
-from lakehouse.silver.events import Reconciliation
-from lakehouse.tables import delta_ref, ensure_table
+from lakehouse.tables import ensure_table
 
 log = logging.getLogger(__name__)
 
@@ -323,25 +324,7 @@ class TelemetryReport:
 
 def reconcile(spark: SparkSession, tables: TelemetryTables) -> Reconciliation:
     """Bronze, silver, quarantine, duplicate and dropped totals from the tables themselves (one query)."""
-    audit = delta_ref(tables.reconciliation)
-    row = first_row(
-        spark.sql(
-            f"""
-            SELECT (SELECT count(*) FROM {delta_ref(tables.bronze)}) AS bronze_rows,
-                   (SELECT count(*) FROM {delta_ref(tables.silver)}) AS silver_rows,
-                   (SELECT count(*) FROM {delta_ref(tables.quarantine)}) AS quarantined,
-                   (SELECT coalesce(sum(duplicates), 0) FROM {audit}) AS duplicates,
-                   (SELECT coalesce(sum(dropped), 0) FROM {audit}) AS dropped
-            """
-        )
-    )
-    return Reconciliation(
-        bronze_rows=int(row["bronze_rows"]),
-        silver_rows=int(row["silver_rows"]),
-        quarantined=int(row["quarantined"]),
-        duplicates=int(row["duplicates"]),
-        dropped=int(row["dropped"]),
-    )
+    return reconcile_totals(spark, tables)
 
 
 def clean_telemetry(
