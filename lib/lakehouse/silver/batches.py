@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -234,7 +234,7 @@ class Reconciliation:
     def balanced(self) -> bool:
         return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
 
-    def check(self) -> Reconciliation:
+    def check(self) -> Self:
         """Raise :class:`DataError` unless the counts balance."""
         if not self.balanced:
             raise DataError(

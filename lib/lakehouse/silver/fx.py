@@ -25,6 +25,7 @@ from pyspark.sql.types import DateType, DoubleType, StringType, StructField, Str
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.gold.sessions import conform, require_columns
+from lakehouse.silver.batches import Reconciliation
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +77,8 @@ class FxTables:
         )
 
 
-@dataclass(frozen=True)
-class FxCleanReport:
-    """Counts of one run; they must reconcile (see :meth:`check`)."""
-
-    bronze_rows: int
-    silver_rows: int
-    quarantined: int
-    duplicates: int
-    dropped: int = 0
-
-    @property
-    def balanced(self) -> bool:
-        return self.bronze_rows == self.silver_rows + self.quarantined + self.duplicates + self.dropped
-
-    def check(self) -> FxCleanReport:
-        """Raise :class:`DataError` unless bronze = silver + quarantined + duplicates + dropped."""
-        if not self.balanced:
-            raise DataError(
-                f"FX counts do not reconcile: bronze {self.bronze_rows} != silver {self.silver_rows} + "
-                f"quarantined {self.quarantined} + duplicates {self.duplicates} + dropped {self.dropped}"
-            )
-        return self
+class FxCleanReport(Reconciliation):
+    """Counts of one FX run; they must reconcile (bronze = silver + quarantined + duplicates + dropped)."""
 
 
 def _reason(record: Column, day: Column, currency: Column, rate: Column) -> Column:
