@@ -22,13 +22,12 @@ import html
 import io
 import logging
 import os
-import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -38,7 +37,7 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.governance.catalog import catalog_root, load_catalog
+from lakehouse.privacy.mask import PII_MARKER, pii_columns, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -73,19 +72,8 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
         "dim_customer",
     ),
 }
-# Used only while the governance catalog (lakehouse.governance.catalog) is not installed.
-FALLBACK_PII: Final[Mapping[str, tuple[str, ...]]] = {
-    "bronze.retail_customers": ("name", "email"),
-    "silver.retail_customers": ("name", "email"),
-    "silver.dim_customer": ("name", "email"),
-    "bronze.clickstream": ("client_ip",),
-    "silver.events": ("client_ip",),
-}
-PII_MARKER: Final = "<pii masked>"
 DEFAULT_SAMPLE_ROWS: Final = 5000
 DEFAULT_SEED: Final = 20240601
-EMAIL_PATTERN: Final = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}")
-IPV4_PATTERN: Final = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
 _LAYERS: Final = ("bronze", "silver", "gold")
 
 
@@ -179,18 +167,6 @@ def sample_table(
     )
 
 
-def scrub_text(value: Any) -> Any:
-    """Replace e-mail addresses and IPv4 addresses inside a string by placeholders; other values pass.
-
-    Example:
-        >>> scrub_text('{"email": "ann@example.com", "ip": "10.1.2.3"}')
-        '{"email": "<email>", "ip": "<ipv4>"}'
-    """
-    if not isinstance(value, str):
-        return value
-    return IPV4_PATTERN.sub("<ipv4>", EMAIL_PATTERN.sub("<email>", value))
-
-
 def mask_for_profile(frame: pd.DataFrame, pii_columns: Iterable[str]) -> tuple[pd.DataFrame, dict[str, str]]:
     """A copy of ``frame`` safe to profile, and a description per PII column for the report.
 
@@ -214,30 +190,6 @@ def mask_for_profile(frame: pd.DataFrame, pii_columns: Iterable[str]) -> tuple[p
         if masked[column].dtype == object or pd.api.types.is_string_dtype(masked[column].dtype):
             masked[column] = masked[column].map(scrub_text)
     return masked, descriptions
-
-
-def _catalog_pii(settings: Settings) -> Mapping[str, tuple[str, ...]] | None:
-    """PII columns per table from the governance catalog, or None when the project has no catalog folder."""
-    if not catalog_root(settings).is_dir():
-        return None
-    catalog = load_catalog(settings)
-    return {
-        name: tuple(c.name for c in contract.columns if c.pii is not None or c.classification == "pii")
-        for name, contract in catalog.tables.items()
-    }
-
-
-def pii_columns(settings: Settings) -> Mapping[str, tuple[str, ...]]:
-    """The PII columns of every table: the catalog's contracts, or :data:`FALLBACK_PII` without a catalog.
-
-    Raises:
-        ConfigError: the catalog exists but a contract is invalid.
-    """
-    found = _catalog_pii(settings)
-    if found is None:
-        logger.warning("no governance catalog under %s: using the built-in PII column list", settings.root)
-        return FALLBACK_PII
-    return found
 
 
 def _empty_report(frame: pd.DataFrame, output: Path, title: str) -> Path:

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import random
+import shutil
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from faker import Faker
 
+from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 from lakehouse.governance.catalog import ColumnContract, TableContract
 from lakehouse.privacy import PrivacyError
 from lakehouse.privacy.erase import parse_subject, subject_predicate
+from lakehouse.privacy.mask import PII_MARKER, mask_result_body, mask_validation_result, table_pii
 from lakehouse.privacy.scanner import detect_value, name_hint, scan_frame
 from lakehouse.privacy.tokenize import assert_no_untagged_pii, is_token, padded_keys, protect, token
 from lakehouse.simulate.clickstream import client_ip
@@ -228,3 +235,55 @@ def test_subject_parsing_and_predicates() -> None:
     ]
     assert subject_predicate(refs, "1'2", []) == "(CAST(`customer_id` AS STRING) = '1\\'2')"
     assert "IN ('t1')" in (subject_predicate(refs, "1", ["t1"]) or "")
+
+
+# --- masking what reports quote (validation results, Data Docs) ------------------------------------------
+
+
+def _gx_entry(column: str, body: dict[str, object]) -> dict[str, object]:
+    return {"expectation_config": {"type": "x", "kwargs": {"column": column}}, "result": body}
+
+
+def test_results_on_a_pii_column_quote_no_value() -> None:
+    body = {
+        "element_count": 3,
+        "unexpected_count": 2,
+        "unexpected_percent": 66.7,
+        "partial_unexpected_list": ["ann@example.com", "Ann Lee"],
+        "partial_unexpected_counts": [{"value": "ann@example.com", "count": 2}],
+        "partial_unexpected_index_list": [{"email": "ann@example.com", "_dq_row_id": 4}],
+        "unexpected_list": ["ann@example.com"],
+        "observed_value": "Ann Lee",
+    }
+    masked = mask_validation_result({"results": [_gx_entry("email", body)]}, ["email", "name"])
+    result = masked["results"][0]["result"]
+    assert "ann@example.com" not in str(masked) and "Ann Lee" not in str(masked)
+    assert result["partial_unexpected_list"] == [PII_MARKER, PII_MARKER]
+    assert result["partial_unexpected_counts"] == [{"value": PII_MARKER, "count": 2}]
+    assert result["partial_unexpected_index_list"] == [{"email": PII_MARKER, "_dq_row_id": 4}]
+    assert (result["element_count"], result["unexpected_count"], result["unexpected_percent"]) == (3, 2, 66.7)
+    assert body["partial_unexpected_list"] == ["ann@example.com", "Ann Lee"], "the input is not modified"
+
+
+def test_results_on_other_columns_keep_values_but_lose_emails_and_ips() -> None:
+    body = {"partial_unexpected_list": ["germany", "from 10.1.2.3", '{"mail": "bo@example.org"}', None, 7]}
+    result = mask_result_body(body, ["country"], ["email"])
+    assert result["partial_unexpected_list"] == ["germany", "from <ipv4>", '{"mail": "<email>"}', None, 7]
+    both = mask_result_body({"observed_value": ["x@y.io"]}, ["email", "country"], ["email"])
+    assert both == {"observed_value": [PII_MARKER]}, "a rule reading any PII column quotes nothing"
+
+
+def test_table_pii_comes_from_the_catalog_and_follows_its_edits(settings: Settings, tmp_path: Path) -> None:
+    assert set(table_pii(settings, "silver.retail_customers")) >= {"email", "name"}
+    assert table_pii(settings, "gold.daily_kpis") == ()
+    assert table_pii(settings, "silver.no_such_table") == ()
+    copy = settings.model_copy(update={"root": tmp_path})
+    shutil.copytree(settings.root / "catalog", tmp_path / "catalog")
+    assert table_pii(copy, "gold.daily_kpis") == ()
+    contract = tmp_path / "catalog" / "gold" / "daily_kpis.yaml"
+    document = yaml.safe_load(contract.read_text())
+    document["classification"] = "pii"
+    document["columns"][0].update(classification="pii", pii="name", treatment="tokenize")
+    contract.write_text(yaml.safe_dump(document))
+    os.utime(contract, (time.time() + 5, time.time() + 5))
+    assert table_pii(copy, "gold.daily_kpis") == (document["columns"][0]["name"],)

@@ -287,7 +287,15 @@ def load_catalog(settings: Settings, root: Path | None = None) -> Catalog:
     Raises:
         ConfigError: the folder is missing or a contract is invalid (the message names file and field).
     """
-    folder = root or catalog_root(settings)
+    return load_catalog_dir(root or catalog_root(settings))
+
+
+def load_catalog_dir(folder: Path) -> Catalog:
+    """Load every ``<layer>/<name>.yaml`` contract under ``folder`` (see :func:`load_catalog`).
+
+    Raises:
+        ConfigError: the folder is missing or a contract is invalid.
+    """
     if not folder.is_dir():
         raise ConfigError(f"no catalog folder at {folder}: contracts live in catalog/<layer>/<name>.yaml")
     tables: dict[str, TableContract] = {}

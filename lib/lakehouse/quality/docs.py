@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lakehouse.config import Settings
+from lakehouse.privacy.mask import mask_validation_result, table_pii
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +26,16 @@ def pending_dir(settings: Settings) -> Path:
     return settings.workspace / "quality" / "validations"
 
 
-def save_validation(settings: Settings, table: str, run_id: str, batch_id: int, result: Any) -> Path:
-    """Keep one GX validation result (row lists pruned) so :func:`build_data_docs` can render it."""
-    document = result.to_json_dict()
+def save_validation(
+    settings: Settings, table: str, run_id: str, batch_id: int, result: Any, pii: Sequence[str] = ()
+) -> Path:
+    """Keep one GX validation result so :func:`build_data_docs` can render it.
+
+    Full row lists are pruned; the partial lists GX shows are masked: values of the ``pii`` columns become
+    a marker, e-mails and IPs elsewhere are scrubbed (:func:`lakehouse.privacy.mask.mask_validation_result`),
+    so Data Docs never quote the PII that silver tokenizes, even when a rule catches it in clear.
+    """
+    document = mask_validation_result(result.to_json_dict(), pii)
     for entry in document.get("results", []):
         for key in ("unexpected_list", "unexpected_index_list", "unexpected_index_query"):
             (entry.get("result") or {}).pop(key, None)
@@ -75,7 +84,8 @@ def build_data_docs(settings: Settings) -> Path:
         )
         context.suites.add_or_update(copy)
     for path in sorted(pending_dir(settings).glob("*/*.json")):
-        document = json.loads(path.read_text())
+        # Masked again on the way in: validations a workspace kept before masking existed must not leak.
+        document = mask_validation_result(json.loads(path.read_text()), table_pii(settings, path.parent.name))
         run_id, _, batch_id = path.stem.partition("__")
         key = ValidationResultIdentifier(
             expectation_suite_identifier=ExpectationSuiteIdentifier(name=document["suite_name"]),

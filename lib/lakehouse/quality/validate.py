@@ -25,6 +25,7 @@ from pyspark.sql.types import ArrayType, LongType, StringType, StructField, Stru
 
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
+from lakehouse.privacy.mask import mask_result_body, table_pii
 from lakehouse.quality.suites import (
     ROW_ACTIONS,
     action_of,
@@ -161,13 +162,21 @@ def _failing_ids(result: Any) -> set[int]:
     return {int(entry[ROW_ID]) for entry in result.result.get("unexpected_index_list") or []}
 
 
-def _details(result: Any) -> str:
+def _details(result: Any, columns: list[str], pii: tuple[str, ...]) -> str:
+    """The rule's arguments and what it saw, with quoted values masked (:mod:`lakehouse.privacy.mask`)."""
     config = result.expectation_config
-    body = result.result or {}
+    raw = result.result or {}
+    body = mask_result_body(
+        {
+            "observed_value": raw.get("observed_value"),
+            "partial_unexpected_list": (raw.get("partial_unexpected_list") or [])[:20],
+        },
+        columns,
+        pii,
+    )
     payload: dict[str, Any] = {
         "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
-        "observed_value": body.get("observed_value"),
-        "partial_unexpected_list": (body.get("partial_unexpected_list") or [])[:20],
+        **body,
     }
     info = result.exception_info or {}
     if info.get("raised_exception"):
@@ -228,6 +237,7 @@ def check_batch(
     outcome = _validate(ided, suite, chosen)
     validated_at = datetime.now(UTC)
     by_rule = {rule_name(e): e for e in suite.expectations}
+    pii = table_pii(settings, table)
     results: list[ResultRow] = []
     routes: dict[int, list[str]] = {}
     quarantine_ids: set[int] = set()
@@ -257,7 +267,7 @@ def check_batch(
                 unexpected_percent=_float(body.get("unexpected_percent", 0.0 if result.success else None)),
                 engine=chosen,
                 validated_at=validated_at,
-                details=_details(result),
+                details=_details(result, expectation_columns(expectation), pii),
             )
         )
         if errored:
@@ -281,7 +291,7 @@ def check_batch(
 
         write_results(spark, settings, results)
         if settings.quality.data_docs:
-            save_validation(settings, table, run_id, batch_id, outcome)
+            save_validation(settings, table, run_id, batch_id, outcome, pii)
     if failures:
         raise QualityError(f"{table} batch {batch_id} failed its quality suite: " + "; ".join(failures))
     columns = [c for c in ided.columns if c != ROW_ID]

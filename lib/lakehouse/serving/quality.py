@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import networkx as nx
@@ -30,8 +30,8 @@ from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import Catalog, catalog_root, freshness_report, load_catalog
 from lakehouse.lineage.emitter import events_file
 from lakehouse.lineage.graph import EDGE_COLUMNS, lineage_digraph, lineage_graph
+from lakehouse.privacy.mask import PII_MARKER, pii_columns, scrub_text
 from lakehouse.privacy.tokenize import token
-from lakehouse.profiling import FALLBACK_PII, PII_MARKER, scrub_text
 
 logger = logging.getLogger(__name__)
 
@@ -245,17 +245,6 @@ def load_catalog_if_any(settings: Settings) -> Catalog | None:
     if not catalog_root(settings).is_dir():
         return None
     return load_catalog(settings)
-
-
-def pii_columns(settings: Settings, catalog: Catalog | None = None) -> Mapping[str, tuple[str, ...]]:
-    """PII columns per table: the catalog's, or the built-in list when there is no catalog."""
-    catalog = catalog if catalog is not None else load_catalog_if_any(settings)
-    if catalog is None:
-        return FALLBACK_PII
-    return {
-        name: tuple(c.name for c in contract.columns if c.pii is not None or c.classification == "pii")
-        for name, contract in catalog.tables.items()
-    }
 
 
 def mask_frame(frame: pd.DataFrame, pii: Sequence[str], key: str) -> pd.DataFrame:
