@@ -6,19 +6,18 @@ The planted numbers live here as constants so the test states what the page must
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import panel_server
-import pyarrow as pa
 from deltalake import write_deltalake
 
 from lakehouse.config import Settings, load_settings
+from quality_builders import T0, lineage_event, result, write_results
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "dashboards" / "quality.py"
 PLANTED_EMAIL = "planted.victim@example.org"
@@ -33,28 +32,6 @@ OTHER_ROWS = 5
 LATE_TABLE = "silver.events_quarantine"  # SLA 1 s: late by the time the page loads
 FRESH_TABLE = "silver.events"  # SLA 30 d
 LINEAGE_JOB = "silver-clean-events"
-T0 = datetime(2024, 11, 1, 12, tzinfo=UTC)
-
-RESULTS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("batch_id", pa.int64()),
-        ("table", pa.string()),
-        ("suite", pa.string()),
-        ("expectation", pa.string()),
-        ("rule", pa.string()),
-        ("column", pa.string()),
-        ("action", pa.string()),
-        ("success", pa.bool_()),
-        ("element_count", pa.int64()),
-        ("unexpected_count", pa.int64()),
-        ("unexpected_percent", pa.float64()),
-        ("engine", pa.string()),
-        ("validated_at", pa.timestamp("us", tz="UTC")),
-        ("details", pa.string()),
-    ]
-)
-
 CONTRACTS = {
     "silver/events.yaml": """\
 table: silver.events
@@ -90,53 +67,6 @@ class QualityProject:
     settings: Settings
 
 
-def _result(
-    run: str, batch: int, rule: str, success: bool, unexpected: int, minutes: int
-) -> dict[str, object]:
-    expectation, _, column = rule.partition(":")
-    return {
-        "run_id": run,
-        "batch_id": batch,
-        "table": "silver.events",
-        "suite": "silver.events",
-        "expectation": expectation,
-        "rule": rule,
-        "column": column,
-        "action": "quarantine",
-        "success": success,
-        "element_count": 100,
-        "unexpected_count": unexpected,
-        "unexpected_percent": float(unexpected),
-        "engine": "pandas",
-        "validated_at": T0 + timedelta(minutes=minutes),
-        "details": "{}",
-    }
-
-
-def _lineage_line(kind: str, job: str, inputs: list[str], outputs: list[str], minute: int) -> str:
-    def dataset(identity: str) -> dict[str, object]:
-        return {
-            "namespace": "file",
-            "name": f"/lake/{identity.replace('.', '/')}",
-            "facets": {
-                "symlinks": {"identifiers": [{"namespace": "lakehouse", "name": identity, "type": "TABLE"}]}
-            },
-        }
-
-    return json.dumps(
-        {
-            "eventType": kind,
-            "eventTime": (T0 + timedelta(minutes=minute)).isoformat(),
-            "run": {"runId": f"00000000-0000-0000-0000-00000000000{minute}"},
-            "job": {"namespace": "lakehouse", "name": job},
-            "inputs": [dataset(name) for name in inputs],
-            "outputs": [dataset(name) for name in outputs],
-            "producer": "tests",
-            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent",
-        }
-    )
-
-
 def write_quality_project(root: Path, with_data: bool = True) -> QualityProject:
     """A project root (pipeline.yaml marker, env.yaml with a workspace inside ``root``); with data, the
     planted validation results, quarantine, contracts and lineage events."""
@@ -150,16 +80,16 @@ def write_quality_project(root: Path, with_data: bool = True) -> QualityProject:
     if not with_data:
         return QualityProject(root=root, settings=settings)
 
+    in_set = "expect_column_values_to_be_in_set:event_type"
+    events = "silver.events"
     results = [
-        _result("run-old", 0, FAILING_RULE, True, 0, 0),
-        _result("run-old", 0, "expect_column_values_to_be_in_set:event_type", True, 0, 0),
-        _result("run-new", 0, FAILING_RULE, False, 3, 60),
-        _result("run-new", 1, FAILING_RULE, False, 4, 61),
-        _result("run-new", 0, "expect_column_values_to_be_in_set:event_type", True, 0, 60),
+        result("run-old", 0, events, FAILING_RULE, True, 0, 0),
+        result("run-old", 0, events, in_set, True, 0, 0),
+        result("run-new", 0, events, FAILING_RULE, False, 3, 60),
+        result("run-new", 1, events, FAILING_RULE, False, 4, 61),
+        result("run-new", 0, events, in_set, True, 0, 60),
     ]
-    write_deltalake(
-        settings.table_path("audit", "validation_results"), pa.Table.from_pylist(results, RESULTS_SCHEMA)
-    )
+    write_results(settings, results)
 
     rows = QUARANTINE_ROWS + OTHER_ROWS
     quarantine = pd.DataFrame(
@@ -187,10 +117,11 @@ def write_quality_project(root: Path, with_data: bool = True) -> QualityProject:
 
     lineage = settings.reports / "lineage"
     lineage.mkdir(parents=True, exist_ok=True)
+    run = "00000000-0000-0000-0000-00000000000{}".format
     lines = [
-        _lineage_line("START", LINEAGE_JOB, ["bronze.clickstream"], [], 1),
-        _lineage_line("COMPLETE", LINEAGE_JOB, ["bronze.clickstream"], ["silver.events"], 2),
-        _lineage_line("COMPLETE", "gold-build-sessions", ["silver.events"], ["gold.sessions"], 3),
+        lineage_event("START", LINEAGE_JOB, run(1), ["bronze.clickstream"], [], 1),
+        lineage_event("COMPLETE", LINEAGE_JOB, run(2), ["bronze.clickstream"], ["silver.events"], 2),
+        lineage_event("COMPLETE", "gold-build-sessions", run(3), ["silver.events"], ["gold.sessions"], 3),
     ]
     (lineage / "openlineage.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return QualityProject(root=root, settings=settings)

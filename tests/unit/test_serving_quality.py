@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
-import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
@@ -15,55 +13,12 @@ from lakehouse.config import Settings, load_settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.privacy.tokenize import token
 from lakehouse.serving import quality
+from quality_builders import T0, lineage_event, result, write_results
 
 pytestmark = pytest.mark.unit
 
 KEY = "unit-test-key"
 PLANTED_EMAIL = "leaky.customer@example.org"
-T0 = datetime(2024, 11, 1, 12, tzinfo=UTC)
-
-RESULTS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("batch_id", pa.int64()),
-        ("table", pa.string()),
-        ("suite", pa.string()),
-        ("expectation", pa.string()),
-        ("rule", pa.string()),
-        ("column", pa.string()),
-        ("action", pa.string()),
-        ("success", pa.bool_()),
-        ("element_count", pa.int64()),
-        ("unexpected_count", pa.int64()),
-        ("unexpected_percent", pa.float64()),
-        ("engine", pa.string()),
-        ("validated_at", pa.timestamp("us", tz="UTC")),
-        ("details", pa.string()),
-    ]
-)
-
-
-def result(run: str, batch: int, table: str, rule: str, success: bool, unexpected: int, minutes: int) -> dict:
-    expectation, _, column = rule.partition(":")
-    return {
-        "run_id": run,
-        "batch_id": batch,
-        "table": table,
-        "suite": table,
-        "expectation": expectation,
-        "rule": rule,
-        "column": column or None,
-        "action": "quarantine" if "null" in rule else "warn",
-        "success": success,
-        "element_count": 100,
-        "unexpected_count": unexpected,
-        "unexpected_percent": float(unexpected),
-        "engine": "pandas",
-        "validated_at": T0 + timedelta(minutes=minutes),
-        "details": "{}",
-    }
-
-
 NOT_NULL = "expect_column_values_to_not_be_null:event_id"
 IN_SET = "expect_column_values_to_be_in_set:event_type"
 BETWEEN = "expect_column_values_to_be_between:price"
@@ -141,9 +96,7 @@ def write_quarantine(settings: Settings) -> pd.DataFrame:
 
 @pytest.fixture
 def workspace(settings: Settings) -> Settings:
-    write_deltalake(
-        settings.table_path("audit", "validation_results"), pa.Table.from_pylist(RESULTS, RESULTS_SCHEMA)
-    )
+    write_results(settings, RESULTS)
     write_quarantine(settings)
     write_deltalake(settings.table_path("bronze", "odd_quarantine"), pd.DataFrame({"reason": ["schema"] * 2}))
     write_deltalake(settings.table_path("silver", "events"), pd.DataFrame({"event_id": ["e1", "e2"]}))
@@ -244,30 +197,6 @@ def test_freshness_without_catalog_lists_lake_tables(workspace: Settings) -> Non
     report = quality.freshness(workspace)
     assert "audit.validation_results" in set(report["table"])
     assert report["sla_seconds"].isna().all() and report["last_commit"].notna().all()
-
-
-def lineage_event(kind: str, job: str, run: str, inputs: list[str], outputs: list[str], minute: int) -> str:
-    def dataset(identity: str) -> dict:
-        return {
-            "namespace": "file",
-            "name": f"/lake/{identity.replace('.', '/')}",
-            "facets": {
-                "symlinks": {"identifiers": [{"namespace": "lakehouse", "name": identity, "type": "TABLE"}]}
-            },
-        }
-
-    return json.dumps(
-        {
-            "eventType": kind,
-            "eventTime": (T0 + timedelta(minutes=minute)).isoformat(),
-            "run": {"runId": run},
-            "job": {"namespace": "lakehouse", "name": job},
-            "inputs": [dataset(name) for name in inputs],
-            "outputs": [dataset(name) for name in outputs],
-            "producer": "tests",
-            "schemaURL": "https://openlineage.io/spec/2-0-2/OpenLineage.json#/definitions/RunEvent",
-        }
-    )
 
 
 def test_lineage_graph_from_jsonl(workspace: Settings) -> None:
