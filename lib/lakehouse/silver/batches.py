@@ -5,17 +5,19 @@ A job marks each bronze row of a micro-batch with ``outcome`` (``insert``, ``dup
 rows about to be inserted (failing rows are quarantined or dropped by each rule's action, a failed ``fail``
 rule stops the batch), appends the inserts to silver, the quarantined rows (raw payload, reason and failed
 rules) to the quarantine table and one audit row to the reconciliation table — all three with Delta's
-``txnAppId``/``txnVersion``, so a replayed micro-batch is never written twice.
+``txnAppId``/``txnVersion``, so a replayed micro-batch is never written twice. :func:`drain_bronze` runs a
+job's batch handler over everything new in bronze; :func:`run_counts` and :func:`reconcile_totals` say what
+the run did and whether the tables still balance.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol, Self, TypedDict
 
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
@@ -263,5 +265,71 @@ def reconcile_totals(spark: SparkSession, tables: ReconciledTables) -> Reconcili
         silver_rows=int(row["silver_rows"]),
         quarantined=int(row["quarantined"]),
         duplicates=int(row["duplicates"]),
+        dropped=int(row["dropped"]),
+    )
+
+
+class StreamedTables(ReconciledTables, Protocol):
+    """A silver job's tables plus the checkpoint of its bronze stream."""
+
+    @property
+    def checkpoint(self) -> str: ...
+
+
+def drain_bronze(
+    spark: SparkSession, tables: StreamedTables, handle: Callable[[DataFrame, int], None], name: str
+) -> None:
+    """Run ``handle`` on every bronze row the job's checkpoint has not seen (``availableNow``) and wait.
+
+    Args:
+        spark: the session.
+        tables: bronze is read as a Delta stream; the checkpoint remembers how far.
+        handle: the ``foreachBatch`` function (a batch and its id; it must be safe to replay).
+        name: the query's name, also used in errors.
+
+    Raises:
+        QualityError: a ``fail`` rule stopped a micro-batch.
+        DataError: the query failed otherwise.
+    """
+    query = (
+        spark.readStream.format("delta")
+        .load(tables.bronze)
+        .writeStream.foreachBatch(handle)
+        .option("checkpointLocation", tables.checkpoint)
+        .trigger(availableNow=True)
+        .queryName(name)
+        .start()
+    )
+    await_stream(query, name)
+
+
+class RunCounts(TypedDict):
+    """What one run of a silver job did, summed over its micro-batches' audit rows."""
+
+    batches: int
+    bronze_rows: int
+    inserted: int
+    quarantined: int
+    duplicates: int
+    late: int
+    dropped: int
+
+
+def run_counts(spark: SparkSession, reconciliation: str, run_id: str) -> RunCounts:
+    """One run's micro-batch count and its summed per-batch counts (``bronze_rows`` … ``dropped``)."""
+    audit = spark.read.format("delta").load(reconciliation).where(F.col("run_id") == run_id)
+    row = first_row(
+        audit.agg(
+            F.count(F.lit(1)).alias("batches"),
+            *[F.coalesce(F.sum(name), F.lit(0)).alias(name) for name in _COUNTS],
+        )
+    )
+    return RunCounts(
+        batches=int(row["batches"]),
+        bronze_rows=int(row["bronze_rows"]),
+        inserted=int(row["inserted"]),
+        quarantined=int(row["quarantined"]),
+        duplicates=int(row["duplicates"]),
+        late=int(row["late"]),
         dropped=int(row["dropped"]),
     )

@@ -40,9 +40,10 @@ from lakehouse.silver.batches import (
     RECONCILIATION,
     Reconciliation,
     add_missing_columns,
-    await_stream,
+    drain_bronze,
     first_row,
     reconcile_totals,
+    run_counts,
     txn_app_id,
     with_quality_fields,
     write_outcomes,
@@ -306,34 +307,7 @@ def clean_events(
             batch, batch_id, tables=tables, app_id=app_id, run_id=run, delay=delay, settings=checked_by
         )
 
-    query = (
-        spark.readStream.format("delta")
-        .load(tables.bronze)
-        .writeStream.foreachBatch(handle)
-        .option("checkpointLocation", tables.checkpoint)
-        .trigger(availableNow=True)
-        .queryName(f"silver_events_{settings.env_name}")
-        .start()
-    )
-    await_stream(query, "silver clean_events")
-    audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run)
-    row = first_row(
-        audit.agg(
-            F.count(F.lit(1)).alias("batches"),
-            *[
-                F.coalesce(F.sum(name), F.lit(0)).alias(name)
-                for name in ("bronze_rows", "inserted", "quarantined", "duplicates", "late", "dropped")
-            ],
-        )
-    )
+    drain_bronze(spark, tables, handle, f"silver_events_{settings.env_name}")
     return CleanReport(
-        run_id=run,
-        batches=int(row["batches"]),
-        bronze_rows=int(row["bronze_rows"]),
-        inserted=int(row["inserted"]),
-        quarantined=int(row["quarantined"]),
-        duplicates=int(row["duplicates"]),
-        late=int(row["late"]),
-        totals=reconcile(spark, tables),
-        dropped=int(row["dropped"]),
+        run_id=run, totals=reconcile(spark, tables), **run_counts(spark, tables.reconciliation, run)
     )

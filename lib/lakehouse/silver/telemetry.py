@@ -47,9 +47,9 @@ from lakehouse.silver.batches import (
     RECONCILIATION,
     Reconciliation,
     add_missing_columns,
-    await_stream,
-    first_row,
+    drain_bronze,
     reconcile_totals,
+    run_counts,
     txn_app_id,
     with_quality_fields,
     write_outcomes,
@@ -320,6 +320,7 @@ class TelemetryReport:
     late: int
     offline_intervals: int
     totals: Reconciliation
+    dropped: int = 0
 
 
 def reconcile(spark: SparkSession, tables: TelemetryTables) -> Reconciliation:
@@ -374,37 +375,13 @@ def clean_telemetry(
             batch, batch_id, tables=tables, app_id=app_id, run_id=run_id, delay=watermark, settings=checked_by
         )
 
-    query = (
-        spark.readStream.format("delta")
-        .load(tables.bronze)
-        .writeStream.foreachBatch(handle)
-        .option("checkpointLocation", tables.checkpoint)
-        .trigger(availableNow=True)
-        .queryName(f"silver_telemetry_{settings.env_name}")
-        .start()
-    )
-    await_stream(query, "silver clean_telemetry")
+    drain_bronze(spark, tables, handle, f"silver_telemetry_{settings.env_name}")
     silver = spark.read.format("delta").load(tables.silver)
     offline = offline_intervals(silver, gap_factor=gap_factor, expected_interval_s=expected_interval_s)
     offline.write.format("delta").mode("overwrite").save(tables.offline)
-    audit = spark.read.format("delta").load(tables.reconciliation).where(F.col("run_id") == run_id)
-    row = first_row(
-        audit.agg(
-            F.count(F.lit(1)).alias("batches"),
-            *[
-                F.coalesce(F.sum(name), F.lit(0)).alias(name)
-                for name in ("bronze_rows", "inserted", "quarantined", "duplicates", "late")
-            ],
-        )
-    )
     return TelemetryReport(
         run_id=run_id,
-        batches=int(row["batches"]),
-        bronze_rows=int(row["bronze_rows"]),
-        inserted=int(row["inserted"]),
-        quarantined=int(row["quarantined"]),
-        duplicates=int(row["duplicates"]),
-        late=int(row["late"]),
+        **run_counts(spark, tables.reconciliation, run_id),
         offline_intervals=spark.read.format("delta").load(tables.offline).count(),
         totals=reconcile(spark, tables),
     )
