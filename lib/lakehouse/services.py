@@ -120,6 +120,20 @@ def port_owner(port: int) -> str:
     return "another process"
 
 
+def panel_bind_args(port: int) -> list[str]:
+    """``panel serve`` arguments that bind to loopback on ``port`` and accept its browser origins."""
+    return [
+        "--address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--allow-websocket-origin",
+        f"127.0.0.1:{port}",
+        "--allow-websocket-origin",
+        f"localhost:{port}",
+    ]
+
+
 def _http_ok(url: str, timeout: float = 3.0) -> None:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         if response.status >= 400:
@@ -201,14 +215,7 @@ class ServiceManager:
                 "--static-dirs",
                 f"profiles={s.reports / 'profiles'}",
                 f"data-docs={s.reports / 'data_docs'}",
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--allow-websocket-origin",
-                f"127.0.0.1:{port}",
-                "--allow-websocket-origin",
-                f"localhost:{port}",
+                *panel_bind_args(port),
                 "--num-procs",
                 "1",
                 "--liveness",

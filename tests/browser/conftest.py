@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -198,3 +199,13 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object
             yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser_context: Any) -> Iterator[Any]:
+    """A fresh Chromium page in the shared context, closed after the test."""
+    page = browser_context.new_page()
+    try:
+        yield page
+    finally:
+        page.close()

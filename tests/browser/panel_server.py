@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from lakehouse.services import panel_bind_args
+
 SERVER_START_SECONDS = 90
 
 
@@ -41,14 +43,7 @@ def serve(root: Path, log: Path, dashboard: Path) -> Iterator[str]:
         "panel",
         "serve",
         str(dashboard),
-        "--address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--allow-websocket-origin",
-        f"127.0.0.1:{port}",
-        "--allow-websocket-origin",
-        f"localhost:{port}",
+        *panel_bind_args(port),
     ]
     url = f"http://127.0.0.1:{port}/{dashboard.stem}"
     with log.open("wb") as sink:

@@ -7,7 +7,6 @@ them (``kpi-active-users``, ``filter-country``…); Playwright's CSS selectors r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,6 @@ pytestmark = pytest.mark.browser
 
 # the conftest's Dashboard (url, project, log); conftest modules are not importable by name
 Dashboard = Any
-
-
-@pytest.fixture
-def page(browser_context: Any) -> Iterator[Page]:
-    page = browser_context.new_page()
-    try:
-        yield page
-    finally:
-        page.close()
 
 
 def kpi_value(page: Page, name: str) -> Locator:

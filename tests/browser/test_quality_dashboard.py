@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest_quality import (
@@ -71,15 +70,6 @@ def empty_quality_dashboard(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     log = tmp_path_factory.mktemp("empty-quality-server") / "panel.log"
     with serve(project.root, log) as url:
         yield QualityDashboard(url=url, project=project, log=log)
-
-
-@pytest.fixture
-def page(browser_context: Any) -> Iterator[Page]:
-    page = browser_context.new_page()
-    try:
-        yield page
-    finally:
-        page.close()
 
 
 def open_tab(page: Page, title: str) -> None:
