@@ -18,6 +18,9 @@ from lakehouse.errors import ConfigError
 
 ENV_VARIABLE = "LAKEHOUSE_ENV"
 ROOT_VARIABLE = "LAKEHOUSE_ROOT"
+# Shifts every port of the services the project starts, so a second stack (a fresh-machine check, a second
+# developer) runs beside the first without editing an env file.
+PORT_OFFSET_VARIABLE = "LAKEHOUSE_PORT_OFFSET"
 DEFAULT_ENV = "local"
 _MARKER = "pipeline.yaml"
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -313,9 +316,85 @@ def load_settings(name: str | None = None, root: Path | None = None) -> Settings
     raw["workspace"] = (workspace if workspace.is_absolute() else root / workspace).resolve()
     raw.setdefault("env_name", name)
     try:
-        return Settings(root=root, **raw)
+        settings = Settings(root=root, **raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}" for error in exc.errors()
         )
         raise ConfigError(f"{path.name} is invalid: {problems}") from exc
+    return shift_ports(settings, port_offset())
+
+
+def port_offset() -> int:
+    """The port offset from ``$LAKEHOUSE_PORT_OFFSET`` (0 when unset).
+
+    Raises:
+        ConfigError: the value is not a whole number between 0 and 20000.
+    """
+    text = os.environ.get(PORT_OFFSET_VARIABLE, "").strip()
+    if not text:
+        return 0
+    try:
+        offset = int(text)
+    except ValueError:
+        raise ConfigError(f"{PORT_OFFSET_VARIABLE} must be a whole number, not {text!r}") from None
+    if not 0 <= offset <= 20_000:
+        raise ConfigError(f"{PORT_OFFSET_VARIABLE} must be between 0 and 20000, not {offset}")
+    return offset
+
+
+def _shift_address(address: str, old: int, new: int) -> str:
+    # Only the loopback address of a service the project starts moves; a remote cluster's does not.
+    for host in ("127.0.0.1", "localhost"):
+        address = re.sub(rf"\b{re.escape(host)}:{old}\b", f"{host}:{new}", address)
+    return address
+
+
+def shift_ports(settings: Settings, offset: int) -> Settings:
+    """The settings with every port of a managed (project-started) service moved by ``offset``.
+
+    Services the project does not start (``managed: false``) keep their addresses: they are someone else's.
+    """
+    if offset == 0:
+        return settings
+    s = settings
+    update: dict[str, Any] = {}
+    if s.kafka.managed:
+        update["kafka"] = s.kafka.model_copy(
+            update={
+                "port": s.kafka.port + offset,
+                "controller_port": s.kafka.controller_port + offset,
+                "bootstrap_servers": _shift_address(
+                    s.kafka.bootstrap_servers, s.kafka.port, s.kafka.port + offset
+                ),
+            }
+        )
+    if s.spark.managed:
+        url = s.spark.connect_url
+        update["spark"] = s.spark.model_copy(
+            update={
+                "connect_port": s.spark.connect_port + offset,
+                "connect_url": _shift_address(url, s.spark.connect_port, s.spark.connect_port + offset)
+                if url
+                else url,
+            }
+        )
+    update["mlflow"] = s.mlflow.model_copy(update={"port": s.mlflow.port + offset})
+    update["dashboard"] = s.dashboard.model_copy(update={"port": s.dashboard.port + offset})
+    for section in ("postgres", "mqtt", "fx_api"):
+        current = getattr(s, section)
+        if current.managed:
+            update[section] = current.model_copy(update={"port": current.port + offset})
+    if s.influxdb.managed:
+        update["influxdb"] = s.influxdb.model_copy(
+            update={"port": s.influxdb.port + offset, "rpc_port": s.influxdb.rpc_port + offset}
+        )
+    for name, section in update.items():
+        for field_name in ("port", "controller_port", "connect_port", "rpc_port"):
+            value = getattr(section, field_name, None)
+            if value is not None and value > 65535:
+                raise ConfigError(
+                    f"{PORT_OFFSET_VARIABLE}={offset} moves {name}.{field_name} past 65535: "
+                    "choose a smaller one"
+                )
+    return s.model_copy(update=update)

@@ -129,3 +129,56 @@ def test_root_is_found_from_a_subfolder(tmp_path: Path, monkeypatch: pytest.Monk
     assert find_root(root / "notebooks" / "silver") == root.resolve()
     with pytest.raises(ConfigError, match=r"pipeline\.yaml"):
         find_root(Path("/"))
+
+
+def test_a_port_offset_moves_every_service_the_project_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LAKEHOUSE_PORT_OFFSET runs a second stack (the fresh-machine check) beside a first one.
+    monkeypatch.delenv("LAKEHOUSE_PORT_OFFSET", raising=False)
+    monkeypatch.delenv("LAKEHOUSE_KAFKA_BOOTSTRAP", raising=False)
+    monkeypatch.delenv("SPARK_REMOTE", raising=False)
+    base = load_settings("local", root=ROOT)
+    monkeypatch.setenv("LAKEHOUSE_PORT_OFFSET", "300")
+    moved = load_settings("local", root=ROOT)
+    pairs = {
+        "kafka": (base.kafka.port, moved.kafka.port),
+        "controller": (base.kafka.controller_port, moved.kafka.controller_port),
+        "connect": (base.spark.connect_port, moved.spark.connect_port),
+        "mlflow": (base.mlflow.port, moved.mlflow.port),
+        "dashboard": (base.dashboard.port, moved.dashboard.port),
+        "postgres": (base.postgres.port, moved.postgres.port),
+        "mqtt": (base.mqtt.port, moved.mqtt.port),
+        "influxdb": (base.influxdb.port, moved.influxdb.port),
+        "influx rpc": (base.influxdb.rpc_port, moved.influxdb.rpc_port),
+        "fx_api": (base.fx_api.port, moved.fx_api.port),
+    }
+    assert {name: new - old for name, (old, new) in pairs.items()} == dict.fromkeys(pairs, 300)
+    # the addresses clients use move with the ports
+    assert moved.kafka.bootstrap_servers == f"127.0.0.1:{base.kafka.port + 300}"
+    assert moved.spark.connect_url == f"sc://127.0.0.1:{base.spark.connect_port + 300}"
+
+
+def test_a_port_offset_leaves_services_the_project_does_not_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "LAKEHOUSE_WORKSPACE": "/data/lakehouse",
+        "LAKEHOUSE_KAFKA_BOOTSTRAP": "broker:9092",
+        "SPARK_REMOTE": "sc://spark-connect:15002",
+        "LAKEHOUSE_PG_HOST": "orders-db",
+        "LAKEHOUSE_PG_PASSWORD": "x",
+        "LAKEHOUSE_MQTT_HOST": "mqtt",
+        "LAKEHOUSE_INFLUX_HOST": "influx",
+        "LAKEHOUSE_LINEAGE_URL": "http://marquez:5000",
+        "LAKEHOUSE_PII_KEY": "k",
+        "LAKEHOUSE_PORT_OFFSET": "300",
+    }.items():
+        monkeypatch.setenv(name, value)
+    cluster = load_settings("cluster", root=ROOT)
+    assert cluster.kafka.bootstrap_servers == "broker:9092"
+    assert cluster.spark.connect_url == "sc://spark-connect:15002"
+    assert cluster.postgres.host == "orders-db"
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "70000"])
+def test_a_bad_port_offset_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LAKEHOUSE_PORT_OFFSET", value)
+    with pytest.raises(ConfigError, match="LAKEHOUSE_PORT_OFFSET"):
+        load_settings("local", root=ROOT)
