@@ -21,8 +21,8 @@ from pathlib import Path
 import psutil
 
 from lakehouse.config import load_settings
-from lakehouse.services import ServiceManager, ensure_topics, tree_rss
 from lakehouse.simulate import simulate_to_kafka
+from lakehouse.stack import ServiceManager, ensure_topics, tree_rss
 
 LAKEHOUSE = str(Path(sys.executable).parent / "lakehouse")
 

@@ -20,9 +20,9 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from lakehouse.config import load_settings
-from lakehouse.services import ServiceManager, java_executable
 from lakehouse.simulate import Flaws, generate_events, produce
 from lakehouse.spark import get_spark
+from lakehouse.stack import ServiceManager, java_executable
 from lakehouse.streaming.ingest import ingest_available
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,9 @@ os.environ["LAKEHOUSE_ROOT"] = str(ROOT)
 os.environ["PLOOMBER_ENV_FILENAME"] = f"env.{TEST_ENV}.yaml"
 os.environ["PLOOMBER_STATS_ENABLED"] = "false"
 os.environ["PLOOMBER_VERSION_CHECK_DISABLED"] = "true"
+# Every service this run starts is recorded with this id; the run refuses any it did not start (see _Stack).
+RUN_ID = os.environ.setdefault("LAKEHOUSE_RUN_ID", f"pytest-{uuid.uuid4().hex[:12]}")
+RUN_STARTED = time.time()
 
 _LAYER_ORDER = (
     "bronze/ingest_events",
@@ -46,46 +51,67 @@ _TIER_ORDER = ("unit", "integration", "dag", "browser")
 
 
 class _Stack:
-    """Kafka + Spark Connect (and on demand PostgreSQL, Mosquitto, InfluxDB), started once per session."""
+    """Kafka + Spark Connect (and on demand PostgreSQL, Mosquitto, InfluxDB), started once per session.
+
+    The run starts every service itself, from the project's files, in a wiped workspace: a service of an
+    earlier run still alive in the test workspace, or any process on one of the test ports, stops the run with
+    a message naming it (``ServiceManager(fresh=True)``) instead of being talked to.
+    """
+
+    BASE = ("kafka", "spark", "fx_api", "postgres", "mqtt")
 
     def __init__(self) -> None:
         self.started = False
-        self.extra: set[str] = set()
+        self.names: list[str] = []
 
     def start(self) -> Settings:
         settings = load_settings(TEST_ENV, root=ROOT)
         if self.started:
             return settings
+        from lakehouse.errors import ServiceError
         from lakehouse.jvm import fetch_jars
-        from lakehouse.services import ServiceManager, ensure_topics
+        from lakehouse.stack import ServiceManager, ensure_topics
 
         fetch_jars(ROOT)
-        manager = ServiceManager(settings)
-        manager.stop()
+        manager = ServiceManager(settings, fresh=True)
+        leftovers = [name for name in manager.services() if manager.pid(name) is not None]
+        if leftovers:
+            raise ServiceError(
+                f"services of an earlier run are still alive in {settings.workspace}: {leftovers}. "
+                f"The test run starts its own: `.venv/bin/lakehouse --env {TEST_ENV} down`, then run again"
+            )
         for folder in (settings.workspace, *manager.external_dirs()):
             if folder.exists():
                 shutil.rmtree(folder)
-        manager.start(["kafka", "spark", "fx_api", "postgres", "mqtt"])
+        manager.start(self.BASE)
         ensure_topics(settings)
         self.started = True
+        self.names = list(self.BASE)
         return settings
 
     def require(self, *names: str) -> Settings:
         """Start more services of the stack (postgres, mqtt, influxdb) if they are not up yet."""
         settings = self.start()
-        missing = [name for name in names if name not in self.extra]
+        missing = [name for name in names if name not in self.names]
         if missing:
-            from lakehouse.services import ServiceManager
+            from lakehouse.stack import ServiceManager
 
-            ServiceManager(settings).start(missing)
-            self.extra.update(missing)
+            ServiceManager(settings, fresh=True).start(missing)
+            self.names.extend(missing)
         return settings
+
+    def verify(self) -> list[Any]:
+        """The start records of every service of the stack, each proven to be this run's own."""
+        from lakehouse.stack import ServiceManager
+
+        settings = self.start()
+        return ServiceManager(settings, fresh=True).verify_own(self.names, since=RUN_STARTED)
 
     def stop(self) -> None:
         if self.started:
             from pyspark.sql import SparkSession
 
-            from lakehouse.services import ServiceManager
+            from lakehouse.stack import ServiceManager
 
             # Close client sessions first: a Connect client whose server is gone retries for minutes at exit.
             active = SparkSession.getActiveSession()
@@ -93,7 +119,7 @@ class _Stack:
                 active.stop()
             ServiceManager(load_settings(TEST_ENV, root=ROOT)).stop()
             self.started = False
-            self.extra.clear()
+            self.names.clear()
 
 
 _STACK = _Stack()
@@ -116,12 +142,41 @@ def _layer(item: pytest.Item) -> int:
     return len(_LAYER_ORDER)
 
 
+# Fixtures that start services: a unit test may not ask for them (the unit tier runs without services).
+SERVICE_FIXTURES = frozenset({"stack", "stack_records", "postgres", "mqtt", "influxdb"})
+
+
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+    misplaced = [
+        f"{item.nodeid} uses {sorted(SERVICE_FIXTURES & set(getattr(item, 'fixturenames', ())))}"
+        for item in items
+        if item.get_closest_marker("unit") and SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if misplaced:
+        raise pytest.UsageError(
+            "unit tests run without services; move these to tests/integration:\n  " + "\n  ".join(misplaced)
+        )
     # Stable sort: tiers in order, notebooks last and bronze → silver → gold → ml.
     items.sort(key=lambda item: (_tier(item), _layer(item)))
 
 
+def _end_classic_spark() -> None:
+    """Stop the unit tier's classic session: PySpark refuses a Connect client beside a classic session."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    if SparkContext._active_spark_context is None:
+        return
+    classic = SparkSession._instantiatedSession
+    if classic is not None:
+        classic.stop()
+    else:
+        SparkContext._active_spark_context.stop()
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _tier(item) > 0:
+        _end_classic_spark()
     if _tier(item) == len(_TIER_ORDER):
         _STACK.start()
 
@@ -158,6 +213,12 @@ def mqtt(stack: Settings) -> Settings:
 def influxdb(stack: Settings) -> Settings:
     """The stack with InfluxDB running (database created)."""
     return _STACK.require("influxdb")
+
+
+@pytest.fixture(scope="session")
+def stack_records(stack: Settings) -> list[Any]:
+    """Proof that every service of the running stack was started by this run (its start records)."""
+    return _STACK.verify()
 
 
 @pytest.fixture(scope="session")

@@ -8,16 +8,15 @@ new, nothing runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from lakehouse.broker import require_broker
 from lakehouse.config import Settings
 from lakehouse.errors import LakehouseError
+from lakehouse.lag import LagProbe
 
 log = logging.getLogger(__name__)
 
@@ -41,47 +40,10 @@ def ploomber_env(settings: Settings) -> dict[str, str]:
     }
 
 
-def checkpoint_offsets(checkpoint: Path) -> dict[str, int]:
-    """The Kafka offsets a streaming checkpoint has committed up to, per partition ("0" → next offset)."""
-    folder = checkpoint / "offsets"
-    if not folder.is_dir():
-        return {}
-    batches = sorted((int(p.name) for p in folder.iterdir() if p.name.isdigit()), reverse=True)
-    for batch in batches:
-        commit = checkpoint / "commits" / str(batch)
-        if not commit.exists():
-            continue  # planned but not committed: it will be re-run
-        lines = (folder / str(batch)).read_text().splitlines()
-        for line in reversed(lines):
-            if line.startswith("{") and '"' in line:
-                try:
-                    offsets = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(offsets, dict) and all(isinstance(v, dict) for v in offsets.values()):
-                    return {p: int(o) for parts in offsets.values() for p, o in parts.items()}
-    return {}
-
-
-def topic_end_offsets(settings: Settings, topic: str) -> dict[str, int]:
-    """The next offset of each partition of ``topic`` (what a consumer reading to the end would reach)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    require_broker(settings.kafka.bootstrap_servers)
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, client_id="lakehouse-lag")
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        ends = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
-        return {str(tp.partition): int(offset) for tp, offset in ends.items()}
-    finally:
-        consumer.close()
-
-
 def bronze_lag(settings: Settings, topic: str) -> int:
     """Records in Kafka that bronze has not ingested yet (0 when up to date)."""
-    done = checkpoint_offsets(Path(settings.checkpoint_path(f"bronze_{topic}")))
-    ends = topic_end_offsets(settings, topic)
-    return sum(max(0, end - done.get(partition, 0)) for partition, end in ends.items())
+    with LagProbe(settings.kafka.bootstrap_servers) as probe:
+        return probe.lag(topic, settings.checkpoint_path(f"bronze_{topic}"))
 
 
 def _ploomber(args: list[str], settings: Settings) -> None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from lakehouse.config import Settings
 from lakehouse.errors import ServiceError
+from lakehouse.stack.java import lakehouse_command
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def produce_iot(settings: Settings, devices: int = 20, messages: int = 2000) -> 
     """Devices and the UCI replay publish over MQTT while the bridge forwards to Kafka, then it stops."""
     from lakehouse.iot.devices import replay_to_mqtt, simulate_to_mqtt
 
-    command = [sys.executable, "-m", "lakehouse.iot.cli", "--env", settings.env_name, "bridge"]
+    command = lakehouse_command(settings.env_name, "iot", "bridge")
     bridge = subprocess.Popen(
         [*command, "--once-idle-seconds", "8"],
         stdout=subprocess.DEVNULL,

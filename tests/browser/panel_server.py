@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lakehouse.services import panel_bind_args
+from lakehouse.stack import panel_bind_args
 
 SERVER_START_SECONDS = 90
 

@@ -22,7 +22,7 @@ from lakehouse.errors import ServiceError
 from lakehouse.streaming.cli import stream
 from lakehouse.streaming.continuous import (
     QuerySpec,
-    Supervisor,
+    QuerySupervisor,
     SupervisorOptions,
     committed_offsets,
     read_status,
@@ -254,7 +254,7 @@ def test_supervisor_restarts_a_failed_query_with_backoff(settings: Settings) -> 
             return "boom"
 
     spec = QuerySpec("bronze_x", "bronze", "x", "/tmp/none", "/tmp/none-cp")
-    supervisor = Supervisor(settings, [spec], SupervisorOptions(max_backoff=8))
+    supervisor = QuerySupervisor(settings, [spec], SupervisorOptions(max_backoff=8))
     entry = supervisor.running["bronze_x"]
     starts: list[str] = []
     supervisor._start = lambda e: (starts.append(e.spec.name), setattr(e, "query", Broken()))  # type: ignore[method-assign]

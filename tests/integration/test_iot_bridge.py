@@ -139,9 +139,8 @@ def test_bridge_forwards_normalised_records_and_dead_letters(mqtt: Settings, tmp
 def _bridge_process(config: BridgeConfig, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            sys.executable,
-            "-m",
-            "lakehouse.iot.cli",
+            str(Path(sys.executable).parent / "lakehouse"),
+            "iot",
             "bridge",
             "--client-id",
             config.client_id,

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from lakehouse.cli import main
 from lakehouse.config import Settings
 from lakehouse.errors import ServiceError
-from lakehouse.services import Service, ServiceManager, java_executable
 from lakehouse.spark import get_spark
+from lakehouse.stack import Service, ServiceManager, java_executable
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,15 @@ def test_connect_mode_fails_fast_when_the_server_is_down(stack: Settings) -> Non
     )
     with pytest.raises(ServiceError, match="lakehouse up"):
         get_spark(dead, mode="connect")
+
+
+def test_every_service_of_the_stack_was_started_by_this_run(stack: Settings, stack_records: list) -> None:
+    # The run talks only to services it started: each record names this run, its process started after the
+    # run began (RUN_STARTED) and holds the service's port (verify_own checks both and raised otherwise).
+    import os
+
+    names = {record.name for record in stack_records}
+    assert {"kafka", "spark", "postgres", "mqtt", "fx_api"} <= names
+    for record in stack_records:
+        assert record.run_id == os.environ["LAKEHOUSE_RUN_ID"]
+        assert record.command, record

@@ -15,7 +15,7 @@ from kafka import KafkaProducer
 
 from lakehouse.config import Settings
 from lakehouse.dag import ploomber_env
-from lakehouse.services import ensure_topics
+from lakehouse.stack import ensure_topics
 
 pytestmark = pytest.mark.integration
 

@@ -663,7 +663,9 @@ def test_an_unreachable_broker_fails_fast_with_what_to_do() -> None:
 
 def test_the_kafka_client_itself_fails_fast_when_bootstrap_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     # Skip the TCP pre-check so the KafkaProducer constructor meets the closed port itself.
-    monkeypatch.setattr(simulator, "require_broker", lambda servers: None)
+    from lakehouse import kafka_clients
+
+    monkeypatch.setattr(kafka_clients, "require_broker", lambda servers: None)
     monkeypatch.setattr(simulator, "_BOOTSTRAP_TIMEOUT_MS", 500)
     with pytest.raises(ServiceError, match="lakehouse up"):
         produce(generate_events(10), bootstrap_servers="127.0.0.1:1", topic="clicks")

@@ -38,14 +38,13 @@ from types import FrameType
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
-from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from lakehouse.broker import require_broker
-from lakehouse.config import Settings
+from lakehouse import kafka_clients
+from lakehouse.config import Settings, TopicSettings
 from lakehouse.errors import ConfigError, ServiceError
 from lakehouse.iot.devices import iso_millis
 from lakehouse.iot.registry import DeviceRegistry
@@ -268,31 +267,15 @@ class BridgeConfig:
 
 def ensure_bridge_topics(settings: Settings, config: BridgeConfig) -> list[str]:
     """Create the bridge's Kafka topics if missing (the broker does not auto-create topics)."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-
-    require_broker(settings.kafka.bootstrap_servers)
-    admin = KafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+    retention = config.retention_ms
+    return kafka_clients.ensure_topics(
+        settings.kafka.bootstrap_servers,
+        {
+            config.kafka_topic: TopicSettings(partitions=config.partitions, retention_ms=retention),
+            config.dead_letter_topic: TopicSettings(partitions=1, retention_ms=retention),
+        },
         client_id="lakehouse-iot-admin",
-        request_timeout_ms=10000,
     )
-    try:
-        existing = set(admin.list_topics())
-        wanted = {config.kafka_topic: config.partitions, config.dead_letter_topic: 1}
-        missing = [
-            NewTopic(name, partitions, 1, topic_configs={"retention.ms": str(config.retention_ms)})
-            for name, partitions in wanted.items()
-            if name not in existing
-        ]
-        if missing:
-            try:
-                admin.create_topics(missing)
-            except KafkaError as exc:
-                raise ServiceError(f"creating the bridge topics failed: {exc}") from exc
-        return [topic.name for topic in missing]
-    finally:
-        admin.close()
 
 
 # --- the bridge -------------------------------------------------------------------------------------------
@@ -385,22 +368,7 @@ class Bridge:
     def connect(self, timeout: float = 15.0) -> None:
         """Open the Kafka producer and the persistent MQTT session, and wait for the subscription."""
         bootstrap = self.settings.kafka.bootstrap_servers
-        require_broker(bootstrap)
-        try:
-            self._producer = KafkaProducer(
-                bootstrap_servers=bootstrap,
-                client_id=self.config.client_id,
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=5,
-                request_timeout_ms=15_000,
-                max_block_ms=15_000,
-                delivery_timeout_ms=60_000,
-            )
-        except (KafkaError, OSError) as exc:
-            raise ServiceError(
-                f"cannot produce to Kafka at {bootstrap} ({exc}): start it with `lakehouse up`"
-            ) from exc
+        self._producer = kafka_clients.producer(bootstrap, self.config.client_id)
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=self.config.client_id,

@@ -1,28 +1,17 @@
 """``lakehouse iot``: simulate a device fleet, replay the UCI occupancy sensors, run the MQTT → Kafka bridge.
 
-Registered on the main command with ``main.add_command(iot)``; also runs alone:
-``python -m lakehouse.iot.cli --env dev bridge``.
+Registered on the main command with ``main.add_command(iot)``; the environment is the main command's
+``--env`` (``lakehouse --env dev iot bridge``).
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from datetime import UTC, datetime
 
 import click
 
-from lakehouse.config import ENV_VARIABLE, Settings, load_settings
-from lakehouse.errors import LakehouseError
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj if isinstance(ctx.find_root().obj, dict) else {}
-    env = (ctx.obj or {}).get("env") or obj.get("env")
-    try:
-        return load_settings(env)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
 
 
 def _start(value: str) -> datetime:
@@ -35,18 +24,9 @@ def _start(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--env", "env", default=None, help=f"Environment (default ${ENV_VARIABLE} or local).")
-@click.pass_context
-def iot(ctx: click.Context, env: str | None) -> None:
+@click.group(cls=LakehouseGroup)
+def iot() -> None:
     """IoT devices over MQTT: simulator, UCI occupancy replay and the MQTT → Kafka bridge."""
-    parent = ctx.parent.obj if ctx.parent is not None and isinstance(ctx.parent.obj, dict) else {}
-    if env:
-        os.environ[ENV_VARIABLE] = env
-    if ctx.parent is None:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        logging.getLogger("kafka").setLevel(logging.WARNING)
-    ctx.obj = {**parent, "env": env or parent.get("env")}
 
 
 @iot.command()
@@ -59,19 +39,16 @@ def iot(ctx: click.Context, env: str | None) -> None:
 @click.option(
     "--start", default="now", show_default=True, help="Device time of the first reading (ISO-8601)."
 )
-@click.pass_context
+@pass_settings
 def simulate(
-    ctx: click.Context, devices: int, messages: int, rate: float, seed: int | None, start: str
+    settings: Settings, devices: int, messages: int, rate: float, seed: int | None, start: str
 ) -> None:
     """Publish a simulated sensor fleet (with offline devices, skewed clocks, bad payloads) to MQTT."""
     from lakehouse.iot.devices import simulate_to_mqtt
 
-    try:
-        simulation, report = simulate_to_mqtt(
-            _settings(ctx), devices=devices, messages=messages, rate=rate, seed=seed, start=_start(start)
-        )
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    simulation, report = simulate_to_mqtt(
+        settings, devices=devices, messages=messages, rate=rate, seed=seed, start=_start(start)
+    )
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
     click.echo(
         f"published {report.sent} messages from {devices} devices in {report.seconds:.1f}s "
@@ -85,15 +62,12 @@ def simulate(
 )
 @click.option("--speedup", type=click.FloatRange(min=0, min_open=True), default=960.0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N readings.")
-@click.pass_context
-def replay(ctx: click.Context, rate: float | None, speedup: float, limit: int | None) -> None:
+@pass_settings
+def replay(settings: Settings, rate: float | None, speedup: float, limit: int | None) -> None:
     """Replay the real UCI occupancy sensor readings as device uci-occupancy (--speedup or --rate)."""
     from lakehouse.iot.devices import replay_to_mqtt
 
-    try:
-        report = replay_to_mqtt(_settings(ctx), speedup=speedup, rate=rate, limit=limit)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = replay_to_mqtt(settings, speedup=speedup, rate=rate, limit=limit)
     click.echo(f"replayed {report.sent} occupancy readings in {report.seconds:.1f}s")
 
 
@@ -107,9 +81,9 @@ def replay(ctx: click.Context, rate: float | None, speedup: float, limit: int | 
 @click.option("--client-id", default=None, help="MQTT client id (default: stable per environment).")
 @click.option("--kafka-topic", default=None, help="Telemetry topic (default: from sources.yaml).")
 @click.option("--dead-letter-topic", default=None, help="Dead-letter topic (default: from sources.yaml).")
-@click.pass_context
+@pass_settings
 def bridge(
-    ctx: click.Context,
+    settings: Settings,
     once_idle_seconds: float | None,
     client_id: str | None,
     kafka_topic: str | None,
@@ -122,29 +96,21 @@ def bridge(
     """
     from lakehouse.iot.bridge import Bridge, BridgeConfig, ensure_bridge_topics
 
-    settings = _settings(ctx)
     options = {"client_id": client_id, "kafka_topic": kafka_topic, "dead_letter_topic": dead_letter_topic}
-    try:
-        overrides = {key: value for key, value in options.items() if value}
-        config = BridgeConfig.from_settings(settings, **overrides)
-        ensure_bridge_topics(settings, config)
-        runner = Bridge(settings, config)
-        runner.install_signal_handlers()
-        runner.connect()
-        click.echo(
-            f"bridge {config.client_id}: {config.mqtt_topic} → {config.kafka_topic} "
-            f"(dead letters → {config.dead_letter_topic})",
-        )
-        stats = runner.run(idle_seconds=once_idle_seconds)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    overrides = {key: value for key, value in options.items() if value}
+    config = BridgeConfig.from_settings(settings, **overrides)
+    ensure_bridge_topics(settings, config)
+    runner = Bridge(settings, config)
+    runner.install_signal_handlers()
+    runner.connect()
+    click.echo(
+        f"bridge {config.client_id}: {config.mqtt_topic} → {config.kafka_topic} "
+        f"(dead letters → {config.dead_letter_topic})",
+    )
+    stats = runner.run(idle_seconds=once_idle_seconds)
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(stats.reasons.items())) or "none"
     click.echo(
         f"bridged {stats.received} messages: {stats.forwarded} forwarded, "
         f"{stats.dead_lettered} dead-lettered "
         f"({reasons}), {stats.redelivered} redelivered"
     )
-
-
-if __name__ == "__main__":
-    iot()

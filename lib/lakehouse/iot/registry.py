@@ -17,11 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -30,8 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
+from filelock import FileLock
+
 from lakehouse.config import Settings
-from lakehouse.errors import ConfigError
+from lakehouse.errors import ConfigError, DataError
+from lakehouse.state import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +92,14 @@ class DeviceRegistry:
 
     def _read(self) -> dict[str, RegisteredDevice]:
         try:
-            raw = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return {}
-        except ValueError as exc:
+            raw = read_json(self.path)
+        except DataError as exc:
             raise ConfigError(
-                f"the device registry {self.path} is not valid JSON ({exc}): fix or delete it "
+                f"the device registry {self.path} is not valid JSON ({exc.__cause__}): fix or delete it "
                 "(devices re-register themselves; sites must then be assigned again)"
             ) from exc
+        if raw is None:
+            return {}
         try:
             return {key: RegisteredDevice(**entry) for key, entry in raw.get("devices", {}).items()}
         except (AttributeError, TypeError) as exc:
@@ -110,15 +109,11 @@ class DeviceRegistry:
     def _locked(self) -> Iterator[dict[str, RegisteredDevice]]:
         """Merge-on-write: lock, read what is on disk, let the caller update it, write atomically."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_suffix(".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(self.path.with_suffix(".lock")):
             devices = self._read()
             yield devices
             document = {"devices": {key: asdict(devices[key]) for key in sorted(devices)}}
-            handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".devices-", suffix=".json")
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                json.dump(document, out, indent=1)
-            os.replace(temporary, self.path)
+            write_json(self.path, document, indent=1)
             self._devices = devices
             self._mtime = self.path.stat().st_mtime
 

@@ -44,11 +44,10 @@ from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from typing import Any, Final
 
-from kafka import KafkaProducer
 from kafka.errors import KafkaError
 from tqdm import tqdm
 
-from lakehouse.broker import require_broker
+from lakehouse import kafka_clients
 from lakehouse.clickstream import CHANNELS, COUNTRY_CURRENCY, PLATFORMS, TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
@@ -956,21 +955,15 @@ def _send_failed(bootstrap_servers: str, topic: str, why: object) -> ServiceErro
 
 
 def _connect(bootstrap_servers: str) -> Any:
-    require_broker(bootstrap_servers)
     try:
-        return KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id="lakehouse-simulator",
-            acks="all",
-            enable_idempotence=True,
+        return kafka_clients.producer(
+            bootstrap_servers,
+            "lakehouse-simulator",
             linger_ms=20,
             compression_type=None,
             bootstrap_timeout_ms=_BOOTSTRAP_TIMEOUT_MS,
-            request_timeout_ms=15_000,
-            max_block_ms=15_000,
-            delivery_timeout_ms=60_000,
         )
-    except (KafkaError, OSError) as exc:
+    except ServiceError as exc:
         raise _unreachable(bootstrap_servers, exc) from exc
 
 

@@ -33,7 +33,7 @@ import psycopg
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from lakehouse.broker import require_broker
+from lakehouse import kafka_clients
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.sources.postgres import connect
@@ -204,22 +204,7 @@ def advance_slot(conn: psycopg.Connection[Any], slot: str, lsn: str) -> None:
 
 def cdc_producer(bootstrap_servers: str) -> KafkaProducer:
     """An idempotent producer (``acks=all``): retries never duplicate or reorder records of a partition."""
-    require_broker(bootstrap_servers)
-    try:
-        return KafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id="lakehouse-cdc",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=10,
-            request_timeout_ms=15_000,
-            max_block_ms=15_000,
-            delivery_timeout_ms=60_000,
-        )
-    except (KafkaError, OSError) as exc:
-        raise ServiceError(
-            f"cannot produce to Kafka at {bootstrap_servers} ({exc}): start it with `lakehouse up`"
-        ) from exc
+    return kafka_clients.producer(bootstrap_servers, "lakehouse-cdc", linger_ms=10)
 
 
 def publish(producer: KafkaProducer, topic: str, transactions: Sequence[Transaction]) -> int:

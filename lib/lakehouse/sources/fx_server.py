@@ -18,12 +18,11 @@ are published. Every request needs ``Authorization: Bearer <token>`` (``$LAKEHOU
 :class:`Faults` injects the failures a real API has, for tests: HTTP 429 with ``Retry-After`` for the first
 N calls, HTTP 500 on every k-th call, and responses slower than a client's timeout on every m-th call.
 
-Run it with ``python -m lakehouse.sources.fx_server --port 18780``.
+Run it with ``lakehouse api fx-server`` (the stack runs the same command as the ``fx_api`` service).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import bisect
@@ -374,33 +373,3 @@ def serve(port: int, faults: Faults | None = None, host: str = "127.0.0.1") -> N
         pass
     finally:
         server.server_close()
-
-
-def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Serve the ECB reference rates as a paginated HTTP API.")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--host", default="127.0.0.1", help="a loopback address")
-    parser.add_argument("--throttle-first", type=int, default=0, help="answer 429 to the first N calls")
-    parser.add_argument("--retry-after", default="1", help="Retry-After of a 429 (seconds or HTTP date)")
-    parser.add_argument("--fail-every", type=int, default=0, help="answer 500 to every k-th call")
-    parser.add_argument("--slow-every", type=int, default=0, help="delay every m-th call")
-    parser.add_argument("--slow-seconds", type=float, default=2.0)
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lakehouse.sources.fx_server --port P``."""
-    args = _arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    faults = Faults(
-        throttle_first=args.throttle_first,
-        retry_after=args.retry_after,
-        fail_every=args.fail_every,
-        slow_every=args.slow_every,
-        slow_seconds=args.slow_seconds,
-    )
-    serve(args.port, faults, host=args.host)
-
-
-if __name__ == "__main__":
-    main()

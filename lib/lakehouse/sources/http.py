@@ -45,6 +45,7 @@ from lakehouse.config import Settings, expand_variables
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.sources.firehose import DeliveryStream, FlushReport, Writer, delta_append
 from lakehouse.sources.registry import REGISTRY_FILE, HttpSource, Registry, load_registry
+from lakehouse.state import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -419,12 +420,12 @@ def read_cursor(path: Path) -> str | None:
     Raises:
         ConfigError: the state file is not the JSON this module writes.
     """
-    if not path.is_file():
-        return None
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
+        state = read_json(path)
+        if state is None:
+            return None
         cursor = state["cursor"]
-    except (ValueError, KeyError, TypeError) as exc:
+    except (DataError, KeyError, TypeError) as exc:
         raise ConfigError(
             f"the pull state {path} is unreadable ({exc}): delete it to pull from the start"
         ) from exc
@@ -432,12 +433,8 @@ def read_cursor(path: Path) -> str | None:
 
 
 def write_cursor(path: Path, cursor: str, source: str) -> None:
-    """Persist ``cursor`` atomically (write a temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    state = {"source": source, "cursor": cursor, "updated_at": datetime.now(UTC).isoformat()}
-    temporary.write_text(json.dumps(state, indent=2), encoding="utf-8")
-    temporary.replace(path)
+    """Persist ``cursor`` atomically and durably (:func:`lakehouse.state.write_json`)."""
+    write_json(path, {"source": source, "cursor": cursor, "updated_at": datetime.now(UTC).isoformat()})
 
 
 def _newest(current: Any, value: Any, field_name: str) -> Any:

@@ -1,24 +1,18 @@
 """``lakehouse api``: pull the registry's HTTP sources into bronze, and serve the local FX API.
 
-Register with ``main.add_command(api)`` in :mod:`lakehouse.cli`; the group reads the environment chosen by the
-main command's ``--env`` (or ``$LAKEHOUSE_ENV``).
+Registered with ``main.add_command(api)`` in :mod:`lakehouse.cli`; the group reads the environment chosen by
+the main command's ``--env`` (or ``$LAKEHOUSE_ENV``).
 """
 
 from __future__ import annotations
 
 import click
 
-from lakehouse.config import Settings, load_settings
-from lakehouse.errors import LakehouseError
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
 
 
-def _settings(ctx: click.Context) -> Settings:
-    root = ctx.find_root()
-    env = root.obj.get("env") if isinstance(root.obj, dict) else None
-    return load_settings(env)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LakehouseGroup)
 def api() -> None:
     """Third-party HTTP APIs: pull into bronze through buffered delivery; the local FX rates server."""
 
@@ -27,15 +21,12 @@ def api() -> None:
 @click.option(
     "--source", "name", default=None, help="One http source of sources.yaml (default: all of them)."
 )
-@click.pass_context
-def pull(ctx: click.Context, name: str | None) -> None:
+@pass_settings
+def pull(settings: Settings, name: str | None) -> None:
     """Pull what is new from the registry's http sources into their bronze tables."""
     from lakehouse.sources.http import pull_all
 
-    try:
-        reports = pull_all(_settings(ctx), name)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    reports = pull_all(settings, name)
     if not reports:
         click.echo("no http sources in the registry")
     for report in reports:
@@ -47,7 +38,9 @@ def pull(ctx: click.Context, name: str | None) -> None:
 
 
 @api.command("fx-server")
-@click.option("--port", type=click.IntRange(1, 65535), default=18780, show_default=True)
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Default: the environment's fx_api.port."
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
 @click.option(
     "--throttle-first", type=click.IntRange(min=0), default=0, help="Answer 429 to the first N calls."
@@ -58,8 +51,10 @@ def pull(ctx: click.Context, name: str | None) -> None:
 @click.option("--fail-every", type=click.IntRange(min=0), default=0, help="Answer 500 to every k-th call.")
 @click.option("--slow-every", type=click.IntRange(min=0), default=0, help="Delay every m-th call.")
 @click.option("--slow-seconds", type=click.FloatRange(min=0), default=2.0, show_default=True)
+@pass_settings
 def fx_server(
-    port: int,
+    settings: Settings,
+    port: int | None,
     host: str,
     throttle_first: int,
     retry_after: str,
@@ -71,8 +66,6 @@ def fx_server(
     from lakehouse.sources.fx_server import Faults, serve
 
     faults = Faults(throttle_first, retry_after, fail_every, slow_every, slow_seconds)
+    port = port or settings.fx_api.port
     click.echo(f"FX rates API on http://{host}:{port}/v1/rates (Bearer $LAKEHOUSE_FX_TOKEN or demo-token)")
-    try:
-        serve(port, faults, host=host)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    serve(port, faults, host=host)

@@ -22,9 +22,7 @@ it wrote can carry an ``updated_at`` older than a position already extracted, an
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -43,6 +41,7 @@ from pyspark.sql import functions as F
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.sources.registry import PostgresTableSource
+from lakehouse.state import read_json, write_json
 from lakehouse.tables import is_delta_table, table_version
 
 log = logging.getLogger(__name__)
@@ -652,18 +651,16 @@ class ExtractState:
     watermark: str | None = None
     key: tuple[Any, ...] | None = None
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "source": self.source,
-                "app_id": self.app_id,
-                "sequence": self.sequence,
-                "watermark": self.watermark,
-                "key": list(self.key) if self.key is not None else None,
-                "committed_at": datetime.now(UTC).isoformat(),
-            },
-            indent=2,
-        )
+    def to_document(self) -> dict[str, Any]:
+        """The JSON document the state file holds."""
+        return {
+            "source": self.source,
+            "app_id": self.app_id,
+            "sequence": self.sequence,
+            "watermark": self.watermark,
+            "key": list(self.key) if self.key is not None else None,
+            "committed_at": datetime.now(UTC).isoformat(),
+        }
 
     @classmethod
     def fresh(cls, source: str) -> ExtractState:
@@ -707,10 +704,10 @@ def read_state(settings: Settings, source_name: str) -> ExtractState:
         DataError: the state file exists but is not what this module writes.
     """
     path = state_path(settings, source_name)
-    if not path.is_file():
-        return ExtractState.fresh(source_name)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = read_json(path)
+        if raw is None:
+            return ExtractState.fresh(source_name)
         return ExtractState(
             source=str(raw["source"]),
             app_id=str(raw["app_id"]),
@@ -725,14 +722,8 @@ def read_state(settings: Settings, source_name: str) -> ExtractState:
 
 
 def write_state(settings: Settings, state: ExtractState) -> None:
-    """Commit a position atomically (write a temporary file, then rename it over the old one)."""
-    path = state_path(settings, state.source)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(state.to_json(), encoding="utf-8")
-    with temporary.open("rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    """Commit a position atomically and durably (:func:`lakehouse.state.write_json`)."""
+    write_json(state_path(settings, state.source), state.to_document())
 
 
 @dataclass(frozen=True)

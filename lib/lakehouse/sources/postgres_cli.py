@@ -10,22 +10,14 @@ import logging
 
 import click
 
-from lakehouse.config import Settings, load_settings
-from lakehouse.errors import ConfigError, LakehouseError
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def _settings(ctx: click.Context) -> Settings:
-    root = ctx.find_root().obj
-    env = root.get("env") if isinstance(root, dict) else None
-    try:
-        return load_settings(env)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-@click.group()
+@click.group(cls=LakehouseGroup)
 def retail() -> None:
     """The operational retail database (PostgreSQL): seed, changes, CDC to Kafka."""
 
@@ -33,15 +25,12 @@ def retail() -> None:
 @retail.command()
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Load only the first N CDNOW orders.")
 @click.option("--replace", is_flag=True, help="Empty the tables first (refused otherwise when data exists).")
-@click.pass_context
-def seed(ctx: click.Context, limit: int | None, replace: bool) -> None:
+@pass_settings
+def seed(settings: Settings, limit: int | None, replace: bool) -> None:
     """Create the schema and load the real CDNOW purchases (69,659 orders) with generated dimensions."""
     from lakehouse.sources.postgres import seed as seed_database
 
-    try:
-        report = seed_database(_settings(ctx), limit, replace=replace)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = seed_database(settings, limit, replace=replace)
     click.echo(
         f"seeded {report.customers} customers, {report.products} products, {report.orders} orders, "
         f"{report.order_items} order items"
@@ -51,15 +40,12 @@ def seed(ctx: click.Context, limit: int | None, replace: bool) -> None:
 @retail.command()
 @click.option("--count", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--seed", "seed_value", type=int, default=1, show_default=True, help="Random seed.")
-@click.pass_context
-def changes(ctx: click.Context, count: int, seed_value: int) -> None:
+@pass_settings
+def changes(settings: Settings, count: int, seed_value: int) -> None:
     """Apply COUNT changes: new orders, status moves, customer updates, deletes of cancelled orders."""
     from lakehouse.sources.postgres import generate_changes
 
-    try:
-        report = generate_changes(_settings(ctx), count, seed_value)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    report = generate_changes(settings, count, seed_value)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
     click.echo(f"applied {report.total} changes: {kinds}")
 
@@ -74,31 +60,25 @@ def cdc() -> None:
 @click.option(
     "--source", "source_name", default=None, help="The postgres_cdc source (default: the only one)."
 )
-@click.pass_context
-def cdc_run(ctx: click.Context, once: bool, source_name: str | None) -> None:
+@pass_settings
+def cdc_run(settings: Settings, once: bool, source_name: str | None) -> None:
     """Publish the database's changes to the source's Kafka topic (at-least-once, LSN in every record)."""
     from lakehouse.sources.cdc import run_cdc
     from lakehouse.sources.registry import PostgresCdcSource, load_registry
 
-    settings = _settings(ctx)
-    try:
-        registry = load_registry(settings)
-        if source_name:
-            source = registry.get(source_name)
-        else:
-            found = registry.of_kind("postgres_cdc")
-            if len(found) != 1:
-                raise ConfigError(
-                    f"sources.yaml has {len(found)} postgres_cdc sources: name one with --source"
-                )
-            source = found[0]
-        if not isinstance(source, PostgresCdcSource):
-            raise ConfigError(f"source {source_name!r} is not of kind postgres_cdc")
-        if not once:
-            click.echo(f"following slot {source.slot} → topic {source.topic}; Ctrl-C stops")
-        report = run_cdc(settings, source, once=once)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    registry = load_registry(settings)
+    if source_name:
+        source = registry.get(source_name)
+    else:
+        found = registry.of_kind("postgres_cdc")
+        if len(found) != 1:
+            raise ConfigError(f"sources.yaml has {len(found)} postgres_cdc sources: name one with --source")
+        source = found[0]
+    if not isinstance(source, PostgresCdcSource):
+        raise ConfigError(f"source {source_name!r} is not of kind postgres_cdc")
+    if not once:
+        click.echo(f"following slot {source.slot} → topic {source.topic}; Ctrl-C stops")
+    report = run_cdc(settings, source, once=once)
     click.echo(
         f"published {report.changes} changes of {report.transactions} transactions to {report.topic} "
         f"(slot at {report.last_lsn or 'unchanged'}): {report.by_action}"

@@ -12,23 +12,11 @@ from typing import Any
 
 import click
 
-from lakehouse.config import Settings, load_settings
-from lakehouse.errors import LakehouseError
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
 
 
-def _settings(ctx: click.Context) -> Settings:
-    root = ctx.find_root()
-    obj = root.obj if isinstance(root.obj, dict) else {}
-    settings: Settings | None = obj.get("settings")
-    if settings is None:
-        try:
-            settings = load_settings(obj.get("env"))
-        except LakehouseError as exc:
-            raise click.ClickException(str(exc)) from exc
-    return settings
-
-
-@click.group()
+@click.group(cls=LakehouseGroup)
 def stream() -> None:
     """Continuous mode: every Kafka-backed bronze ingest plus the real-time gold rollups, supervised."""
 
@@ -50,42 +38,39 @@ def stream() -> None:
     help="Trigger interval, e.g. '5 seconds' (default: streaming.trigger_interval).",
 )
 @click.option("--lateness", default=None, help="Watermark delay of the real-time windows (default 1 minute).")
-@click.pass_context
+@click.option("--status-interval", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.option("--max-backoff", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@pass_settings
 def start(
-    ctx: click.Context,
+    settings: Settings,
     foreground: bool,
     registry: str | None,
     no_realtime: bool,
     no_influx: bool,
     trigger_interval: str | None,
     lateness: str | None,
+    status_interval: float,
+    max_backoff: float,
 ) -> None:
     """Start continuous mode (safe to run twice: a running supervisor is left alone)."""
-    from lakehouse.streaming.continuous import (
-        SupervisorFiles,
-        SupervisorOptions,
-        plan,
-        run_foreground,
-        start_detached,
-    )
+    from lakehouse.stack.continuous import start as start_detached
+    from lakehouse.streaming.continuous import SupervisorFiles, SupervisorOptions, plan, run_foreground
 
-    settings = _settings(ctx)
     options = SupervisorOptions(
         registry=registry,
         realtime=not no_realtime,
         influx=not no_influx,
         trigger_interval=trigger_interval,
         lateness=lateness,
+        status_interval=status_interval,
+        max_backoff=max_backoff,
     )
-    try:
-        if foreground:
-            click.echo("continuous mode in the foreground; Ctrl-C stops (the checkpoints keep the positions)")
-            run_foreground(settings, options)
-            return
-        pid, started = start_detached(settings, options)
-        names = ", ".join(spec.name for spec in plan(settings, options))
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    if foreground:
+        click.echo("continuous mode in the foreground; Ctrl-C stops (the checkpoints keep the positions)")
+        run_foreground(settings, options)
+        return
+    pid, started = start_detached(settings, options)
+    names = ", ".join(spec.name for spec in plan(settings, options))
     files = SupervisorFiles.of(settings)
     if started:
         click.echo(f"continuous mode started (pid {pid}): {names}")
@@ -95,25 +80,24 @@ def start(
 
 
 @stream.command()
-@click.pass_context
-def stop(ctx: click.Context) -> None:
+@pass_settings
+def stop(settings: Settings) -> None:
     """Stop continuous mode: every query stops cleanly, the checkpoints keep their positions."""
-    from lakehouse.streaming.continuous import stop_supervisor
+    from lakehouse.stack.continuous import stop as stop_supervisor
 
-    pid = stop_supervisor(_settings(ctx))
+    pid = stop_supervisor(settings)
     click.echo(f"continuous mode stopped (pid {pid})" if pid else "continuous mode was not running")
 
 
 @stream.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
-@click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+@pass_settings
+def status(settings: Settings, as_json: bool) -> None:
     """Each query: active, last batch, rows, rates, Kafka lag, restarts, last progress."""
     import json
 
     from lakehouse.streaming.continuous import format_status, read_status, running_pid
 
-    settings = _settings(ctx)
     current = read_status(settings)
     alive = running_pid(settings) is not None
     if as_json:
@@ -122,7 +106,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     click.echo(format_status(current, alive))
 
 
-@click.group()
+@click.group(cls=LakehouseGroup)
 def processor() -> None:
     """Stream processors between Kafka topics (enrich, route, dead-letter)."""
 
@@ -143,9 +127,9 @@ def processor() -> None:
     default=None,
     help="Consumer group (default lakehouse-enrich-clickstream).",
 )
-@click.pass_context
+@pass_settings
 def enrich_clickstream(
-    ctx: click.Context,
+    settings: Settings,
     max_idle_seconds: float | None,
     source_topic: str | None,
     enriched_topic: str | None,
@@ -165,11 +149,8 @@ def enrich_clickstream(
         }.items()
         if value
     }
-    try:
-        config = EnricherConfig.from_settings(_settings(ctx), **overrides)
-        enricher = ClickstreamEnricher(config)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
+    config = EnricherConfig.from_settings(settings, **overrides)
+    enricher = ClickstreamEnricher(config)
     logging.getLogger(__name__).info("enriching %s → %s", config.source_topic, config.enriched_topic)
 
     def on_signal(_signum: int, _frame: Any) -> None:
@@ -178,8 +159,6 @@ def enrich_clickstream(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         report = enricher.run(max_idle_seconds=max_idle_seconds)
-    except LakehouseError as exc:
-        raise click.ClickException(str(exc)) from exc
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -19,30 +19,30 @@ the guarantee that only one supervisor runs per environment), ``run/stream-statu
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
-from lakehouse.config import ENV_VARIABLE, ROOT_VARIABLE, Settings, load_settings
-from lakehouse.errors import LakehouseError, ServiceError
+from filelock import FileLock, Timeout
+
+from lakehouse import lag as lag_module
+from lakehouse.config import Settings
+from lakehouse.errors import ServiceError
+from lakehouse.lag import LagProbe
+from lakehouse.state import write_json
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["bronze", "rt_events", "rt_device"]
-_MODULE = "lakehouse.streaming.continuous"
 
 
 # -- what to run --------------------------------------------------------------------------------------------
@@ -193,104 +193,28 @@ def running_topics(settings: Settings) -> set[str]:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[IO[str]]:
+def _exclusive(path: Path) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = path.open("a+")
+    lock = FileLock(path)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise ServiceError(
-                f"continuous mode already runs in this environment (lock {path} is held): "
-                "see `lakehouse stream status`, stop it with `lakehouse stream stop`"
-            ) from exc
-        yield handle
+        lock.acquire(timeout=0)
+    except Timeout as exc:
+        raise ServiceError(
+            f"continuous mode already runs in this environment (lock {path} is held): "
+            "see `lakehouse stream status`, stop it with `lakehouse stream stop`"
+        ) from exc
+    try:
+        yield
     finally:
-        handle.close()
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".tmp")
-    partial.write_text(json.dumps(data, indent=2, default=str))
-    partial.replace(path)
+        lock.release()
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-# -- offsets and lag ----------------------------------------------------------------------------------------
-def committed_offsets(checkpoint: str) -> dict[str, dict[int, int]]:
-    """The Kafka offsets a query committed last, from its (local) checkpoint: {topic: {partition: offset}}.
-
-    A micro-batch is committed when ``commits/<id>`` exists; ``offsets/<id>`` then holds, after a version line
-    and a metadata line, one JSON line per source with the next offsets to read. Empty when nothing committed.
-    """
-    commits = Path(checkpoint) / "commits"
-    try:
-        ids = [int(p.name) for p in commits.iterdir() if p.name.isdigit()]
-    except OSError:
-        return {}
-    if not ids:
-        return {}
-    try:
-        lines = (Path(checkpoint) / "offsets" / str(max(ids))).read_text().splitlines()
-    except OSError:
-        return {}
-    found: dict[str, dict[int, int]] = {}
-    for line in lines[2:]:
-        try:
-            source = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(source, dict):
-            continue
-        for topic, partitions in source.items():
-            if isinstance(partitions, dict):
-                found.setdefault(topic, {}).update({int(p): int(o) for p, o in partitions.items()})
-    return found
-
-
-class LagProbe:
-    """Kafka end offsets per topic, with one long-lived metadata consumer."""
-
-    def __init__(self, bootstrap_servers: str) -> None:
-        self.bootstrap_servers = bootstrap_servers
-        self._consumer: Any = None
-
-    def end_offsets(self, topic: str) -> dict[int, int] | None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        try:
-            if self._consumer is None:
-                self._consumer = KafkaConsumer(
-                    bootstrap_servers=self.bootstrap_servers,
-                    client_id="lakehouse-stream-lag",
-                    enable_auto_commit=False,
-                    request_timeout_ms=10000,
-                )
-            partitions = self._consumer.partitions_for_topic(topic) or set()
-            ends = self._consumer.end_offsets([TopicPartition(topic, p) for p in sorted(partitions)])
-            return {tp.partition: int(offset) for tp, offset in ends.items()}
-        except Exception as exc:
-            log.warning("could not read end offsets of %s: %s", topic, exc)
-            self.close()
-            return None
-
-    def lag(self, topic: str, checkpoint: str) -> int | None:
-        """End offsets − committed offsets, summed over partitions (None when Kafka does not answer)."""
-        ends = self.end_offsets(topic)
-        if ends is None:
-            return None
-        committed = committed_offsets(checkpoint).get(topic, {})
-        return sum(max(0, end - committed.get(partition, 0)) for partition, end in ends.items())
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                self._consumer.close()
-            self._consumer = None
+# -- offsets and lag: lakehouse.lag (shared with the DAG) ---------------------------------------------------
+committed_offsets = lag_module.committed_offsets
 
 
 # -- the supervisor -----------------------------------------------------------------------------------------
@@ -315,7 +239,7 @@ def _progress_value(progress: Any, name: str) -> Any:
     return value
 
 
-class Supervisor:
+class QuerySupervisor:
     """Starts the planned queries, watches them, restarts failures with backoff, writes the status JSON."""
 
     def __init__(
@@ -458,7 +382,7 @@ class Supervisor:
             "processedRowsPerSecond": _progress_value(progress, "processedRowsPerSecond"),
             "lastProgressTime": _progress_value(progress, "timestamp"),
             "lastDataBatch": entry.last_data or None,
-            "lag": self._probe.lag(spec.topic, spec.checkpoint),
+            "lag": self._probe.try_lag(spec.topic, spec.checkpoint),
             "restarts": entry.restarts,
             "lastError": entry.last_error,
         }
@@ -473,7 +397,7 @@ class Supervisor:
             "options": asdict(self.options),
             "queries": [self._row(entry) for entry in self.running.values()],
         }
-        _write_json(self.files.status, status)
+        write_json(self.files.status, status)
         return status
 
     # the loop -----------------------------------------------------------------------------------------------
@@ -536,7 +460,7 @@ def run_foreground(settings: Settings, options: SupervisorOptions | None = None)
             from lakehouse.streaming.realtime import InfluxTarget
 
             InfluxTarget.from_settings(settings).ping()
-        supervisor = Supervisor(settings, specs, options)
+        supervisor = QuerySupervisor(settings, specs, options)
         files.pid.write_text(str(os.getpid()))
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -551,77 +475,6 @@ def run_foreground(settings: Settings, options: SupervisorOptions | None = None)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             files.pid.unlink(missing_ok=True)
-
-
-def start_detached(
-    settings: Settings, options: SupervisorOptions | None = None, *, timeout: float = 120.0
-) -> tuple[int, bool]:
-    """Start the supervisor as a detached process and wait until its queries are started.
-
-    Returns:
-        (pid, started): ``started`` is False when one was already running (nothing else happens then).
-
-    Raises:
-        ServiceError: it exited or did not report running within ``timeout`` (with its log tail).
-    """
-    pid = running_pid(settings)
-    if pid is not None:
-        return pid, False
-    options = options or SupervisorOptions()
-    files = SupervisorFiles.of(settings)
-    files.log.parent.mkdir(parents=True, exist_ok=True)
-    files.status.unlink(missing_ok=True)
-    env = {**os.environ, ENV_VARIABLE: settings.env_name, ROOT_VARIABLE: str(settings.root)}
-    command = [sys.executable, "-m", _MODULE, "--env", settings.env_name, *options.to_args()]
-    with files.log.open("ab") as out:
-        out.write(f"\n=== {_now()} starting continuous mode\n".encode())
-        out.flush()
-        proc = subprocess.Popen(
-            command,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            cwd=settings.root,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ServiceError(
-                f"continuous mode exited with code {proc.returncode} while starting. "
-                f"Log tail ({files.log}):\n{_tail(files.log)}"
-            )
-        status = read_status(settings)
-        if status and status.get("pid") == proc.pid and status.get("state") == "running":
-            return proc.pid, True
-        time.sleep(0.5)
-    stop_supervisor(settings)
-    raise ServiceError(
-        f"continuous mode did not report running within {timeout:.0f}s. Log tail ({files.log}):\n"
-        f"{_tail(files.log)}"
-    )
-
-
-def stop_supervisor(settings: Settings, timeout: float = 90.0) -> int | None:
-    """Signal the supervisor (SIGTERM), wait for it to stop its queries and exit. Returns its pid, if any."""
-    import psutil
-
-    pid = running_pid(settings)
-    if pid is None:
-        return None
-    try:
-        proc = psutil.Process(pid)
-        proc.terminate()
-        proc.wait(timeout=timeout)
-    except psutil.NoSuchProcess:
-        pass
-    except psutil.TimeoutExpired:
-        log.warning("continuous mode (pid %d) did not stop in %.0fs: killing it", pid, timeout)
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    SupervisorFiles.of(settings).pid.unlink(missing_ok=True)
-    return pid
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -660,43 +513,3 @@ def format_status(status: dict[str, Any] | None, alive: bool) -> str:
         if q.get("lastError") and not q["isActive"]:
             rows.append(f"    last error: {q['lastError'].splitlines()[0][:200]}")
     return "\n".join(rows)
-
-
-def _parse(argv: Sequence[str]) -> tuple[str | None, SupervisorOptions]:
-    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
-    parser.add_argument("--env", default=None)
-    parser.add_argument("--registry", default=None)
-    parser.add_argument("--no-realtime", action="store_true")
-    parser.add_argument("--no-influx", action="store_true")
-    parser.add_argument("--trigger", default=None)
-    parser.add_argument("--lateness", default=None)
-    parser.add_argument("--status-interval", type=float, default=3.0)
-    parser.add_argument("--max-backoff", type=float, default=60.0)
-    args = parser.parse_args(list(argv))
-    return args.env, SupervisorOptions(
-        registry=args.registry,
-        realtime=not args.no_realtime,
-        influx=not args.no_influx,
-        trigger_interval=args.trigger,
-        lateness=args.lateness,
-        status_interval=args.status_interval,
-        max_backoff=args.max_backoff,
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the detached supervisor process."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("kafka", "py4j", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    env, options = _parse(sys.argv[1:] if argv is None else argv)
-    try:
-        run_foreground(load_settings(env), options)
-    except LakehouseError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

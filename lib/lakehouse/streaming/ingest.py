@@ -19,10 +19,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 
-from lakehouse.broker import require_broker
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
+from lakehouse.kafka_clients import require_broker
 from lakehouse.tables import ensure_table, table_version
 
 log = logging.getLogger(__name__)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from lakehouse.broker import require_broker
+from lakehouse import kafka_clients
 from lakehouse.clickstream import EVENT_TYPES, SUPPORTED_SCHEMA_VERSIONS
 from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
-from lakehouse.config import Settings
+from lakehouse.config import Settings, TopicSettings
 from lakehouse.errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -152,37 +152,20 @@ class EnricherConfig:
 
 
 def ensure_output_topics(config: EnricherConfig) -> list[str]:
-    """Create the enriched (as many partitions as the source) and dead-letter topics if missing."""
-    from kafka import KafkaAdminClient
-    from kafka.admin import NewTopic
-    from kafka.errors import KafkaError, TopicAlreadyExistsError
+    """Create the enriched (as many partitions as the source) and dead-letter topics if missing.
 
-    admin = KafkaAdminClient(bootstrap_servers=config.bootstrap_servers, client_id="lakehouse-processor")
-    try:
-        existing = set(admin.list_topics())
-        if config.source_topic not in existing:
-            raise ServiceError(
-                f"topic {config.source_topic!r} does not exist: "
-                "create it (`lakehouse up`) or pass --source-topic"
-            )
-        (described,) = admin.describe_topics([config.source_topic])
-        partitions = max(1, len(described["partitions"]))
-        wanted = {config.enriched_topic: partitions, config.dlq_topic: 1}
-        missing = [
-            NewTopic(name=name, num_partitions=count, replication_factor=1)
-            for name, count in wanted.items()
-            if name not in existing
-        ]
-        if missing:
-            try:
-                admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
-            except KafkaError as exc:
-                raise ServiceError(f"creating {[t.name for t in missing]} failed: {exc}") from exc
-        return [topic.name for topic in missing]
-    finally:
-        admin.close()
+    Raises:
+        ServiceError: the source topic does not exist, or no broker answers.
+    """
+    partitions = kafka_clients.partition_count(config.bootstrap_servers, config.source_topic)
+    return kafka_clients.ensure_topics(
+        config.bootstrap_servers,
+        {
+            config.enriched_topic: TopicSettings(partitions=partitions),
+            config.dlq_topic: TopicSettings(partitions=1),
+        },
+        client_id="lakehouse-processor",
+    )
 
 
 class ClickstreamEnricher:
@@ -194,28 +177,18 @@ class ClickstreamEnricher:
     """
 
     def __init__(self, config: EnricherConfig) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
-
-        require_broker(config.bootstrap_servers)
         ensure_output_topics(config)
         self.config = config
         self._stop = threading.Event()
-        self.consumer = KafkaConsumer(
+        self.consumer = kafka_clients.consumer(
+            config.bootstrap_servers,
+            f"{config.group_id}-consumer",
             config.source_topic,
-            bootstrap_servers=config.bootstrap_servers,
             group_id=config.group_id,
-            client_id=f"{config.group_id}-consumer",
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=config.max_poll_records,
         )
-        self.producer = KafkaProducer(
-            bootstrap_servers=config.bootstrap_servers,
-            client_id=f"{config.group_id}-producer",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-        )
+        self.producer = kafka_clients.producer(config.bootstrap_servers, f"{config.group_id}-producer")
 
     def stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit it and return (safe from a signal handler)."""

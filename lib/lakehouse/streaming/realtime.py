@@ -42,11 +42,11 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from lakehouse.broker import require_broker
 from lakehouse.clickstream import RAW_EVENT
 from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, ServiceError
+from lakehouse.kafka_clients import require_broker
 from lakehouse.silver.telemetry import TELEMETRY_RECORD
 from lakehouse.streaming.ingest import kafka_source
 from lakehouse.tables import ensure_table

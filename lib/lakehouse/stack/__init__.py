@@ -1,0 +1,81 @@
+"""The local stack: every service the project starts, through one supervisor.
+
+:class:`ServiceManager` is the supervisor (:mod:`lakehouse.stack.supervisor`) loaded with the recipes of one
+environment's managed services, in start order: Kafka, Spark Connect, PostgreSQL, Mosquitto, InfluxDB, the FX
+API, MLflow and the dashboard (one small module each). Continuous mode (:mod:`lakehouse.stack.continuous`) is
+started through the same supervisor by ``lakehouse stream start``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from lakehouse.config import Settings
+from lakehouse.stack import dashboard, fx_api, influxdb, kafka, mlflow, mosquitto, postgres, spark
+from lakehouse.stack.java import java_executable
+from lakehouse.stack.supervisor import (
+    RUN_ID_VARIABLE,
+    Service,
+    ServiceStatus,
+    StartRecord,
+    Supervisor,
+    port_open,
+    port_owner,
+    tree_rss,
+)
+from lakehouse.stack.topics import ensure_topics, topic_plan
+from lakehouse.stack.web import panel_bind_args
+
+__all__ = [
+    "RUN_ID_VARIABLE",
+    "SERVICE_ORDER",
+    "Service",
+    "ServiceManager",
+    "ServiceStatus",
+    "StartRecord",
+    "ensure_topics",
+    "java_executable",
+    "panel_bind_args",
+    "port_open",
+    "port_owner",
+    "topic_plan",
+    "tree_rss",
+]
+
+# name → (recipe, is it managed in this environment?)
+_RECIPES: dict[str, tuple[Callable[[Settings], Service], Callable[[Settings], bool]]] = {
+    "kafka": (kafka.recipe, lambda s: s.kafka.managed),
+    "spark": (spark.recipe, lambda s: s.spark.managed),
+    "postgres": (postgres.recipe, lambda s: s.postgres.managed),
+    "mqtt": (mosquitto.recipe, lambda s: s.mqtt.managed),
+    "influxdb": (influxdb.recipe, lambda s: s.influxdb.managed),
+    "fx_api": (fx_api.recipe, lambda s: s.fx_api.managed),
+    "mlflow": (mlflow.recipe, lambda s: True),
+    "dashboard": (dashboard.recipe, lambda s: True),
+}
+SERVICE_ORDER = tuple(_RECIPES)
+
+
+class ServiceManager(Supervisor):
+    """Start, stop and report the local services of one environment.
+
+    Args:
+        settings: the environment.
+        fresh: refuse to adopt anything already running (a live pid file of an earlier run, or any process
+            on a service's port): the test run uses this so that every service it talks to is one it started.
+    """
+
+    def __init__(self, settings: Settings, fresh: bool = False) -> None:
+        self.settings = settings
+        recipes = {name: make(settings) for name, (make, managed) in _RECIPES.items() if managed(settings)}
+        super().__init__(recipes, settings.run_dir, settings.logs, settings.env_name, fresh=fresh)
+
+    def services(self) -> dict[str, Service]:
+        """The recipes of this environment's managed services, in start order."""
+        return dict(self.recipes)
+
+    def external_dirs(self) -> list[Path]:
+        """Service data kept outside the workspace (PostgreSQL's, when running as root)."""
+        return [postgres.home(self.settings)] if os.geteuid() == 0 else []
