@@ -2,47 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
 
 import click
 
-from lakehouse.config import ENV_VARIABLE, Settings, load_settings
-from lakehouse.errors import LakehouseError
-
-F = TypeVar("F", bound=Callable[..., Any])
+from lakehouse.cli_kit import LakehouseGroup, pass_settings, setup_logging
+from lakehouse.config import ENV_VARIABLE, Settings
 
 
-def _friendly(func: F) -> F:
-    """Turn the package's own errors into a one-line message and exit code 1 (no traceback)."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except LakehouseError as exc:
-            raise click.ClickException(str(exc)) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _settings(ctx: click.Context) -> Settings:
-    settings: Settings | None = ctx.obj.get("settings")
-    if settings is None:
-        try:
-            settings = load_settings(ctx.obj.get("env"))
-        except LakehouseError as exc:
-            raise click.ClickException(str(exc)) from exc
-        ctx.obj["settings"] = settings
-    return settings
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LakehouseGroup)
 @click.option(
     "--env",
     "env",
@@ -53,31 +23,24 @@ def _settings(ctx: click.Context) -> Settings:
 @click.pass_context
 def main(ctx: click.Context, env: str | None, verbose: bool) -> None:
     """Lakehouse Workbench: Kafka → bronze/silver/gold Delta → dashboards and models, on one laptop."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
-    )
-    for noisy in ("kafka", "py4j", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    if env:
-        os.environ[ENV_VARIABLE] = env
-    ctx.obj = {"env": env}
+    setup_logging(verbose)
+    ctx.ensure_object(dict)["env"] = env  # every command reads it through the CLI kit, never os.environ
 
 
 @main.command()
 @click.option("--force", is_flag=True, help="Fetch again even if the poms did not change.")
-@click.pass_context
-@_friendly
-def jars(ctx: click.Context, force: bool) -> None:
+@pass_settings
+def jars(settings: Settings, force: bool) -> None:
     """Fetch the JVM artifacts (Delta, Kafka source, Kafka broker, JDBC) with Maven into jvm/target."""
     from lakehouse.jvm import fetch_jars
 
-    counts = fetch_jars(_settings(ctx).root, force=force)
+    counts = fetch_jars(settings.root, force=force)
     for folder, count in counts.items():
         click.echo(f"{folder}: {count} jars")
 
 
 def _print_status(settings: Settings, names: list[str] | None = None) -> None:
-    from lakehouse.services import ServiceManager
+    from lakehouse.stack import ServiceManager
 
     rows = ServiceManager(settings).status(names)
     click.echo(f"environment {settings.env_name} (workspace {settings.workspace})")
@@ -85,21 +48,23 @@ def _print_status(settings: Settings, names: list[str] | None = None) -> None:
     for row in rows:
         memory = f"{row.rss_bytes / 2**20:.0f} MiB" if row.rss_bytes else "-"
         click.echo(
-            f"{row.name:<10} {row.state:<10} {row.pid or '-':>7} {row.port:>6} {memory:>9}  {row.url}"
+            f"{row.name:<10} {row.state:<10} {row.pid or '-':>7} {row.port or '-':>6} {memory:>9}  {row.url}"
             + (f"  ({row.detail})" if row.detail else "")
         )
 
 
 @main.command()
-@click.option("--only", default=None, help="Comma-separated services: kafka,spark,mlflow,dashboard.")
-@click.pass_context
-@_friendly
-def up(ctx: click.Context, only: str | None) -> None:
+@click.option(
+    "--only",
+    default=None,
+    help="Comma-separated services: kafka,spark,postgres,mqtt,influxdb,fx_api,mlflow,dashboard.",
+)
+@pass_settings
+def up(settings: Settings, only: str | None) -> None:
     """Start the local services (safe to run twice) and create the Kafka topics."""
     from lakehouse.jvm import fetch_jars
-    from lakehouse.services import ServiceManager, ensure_topics
+    from lakehouse.stack import ServiceManager, ensure_topics
 
-    settings = _settings(ctx)
     fetch_jars(settings.root)
     names = [n.strip() for n in only.split(",")] if only else None
     ServiceManager(settings).start(names)
@@ -112,23 +77,21 @@ def up(ctx: click.Context, only: str | None) -> None:
 
 @main.command()
 @click.option("--only", default=None, help="Comma-separated services to stop.")
-@click.pass_context
-@_friendly
-def down(ctx: click.Context, only: str | None) -> None:
+@pass_settings
+def down(settings: Settings, only: str | None) -> None:
     """Stop the local services cleanly."""
-    from lakehouse.services import ServiceManager
+    from lakehouse.stack import ServiceManager
 
     names = [n.strip() for n in only.split(",")] if only else None
-    stopped = ServiceManager(_settings(ctx)).stop(names)
+    stopped = ServiceManager(settings).stop(names)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
 
 
 @main.command()
-@click.pass_context
-@_friendly
-def status(ctx: click.Context) -> None:
+@pass_settings
+def status(settings: Settings) -> None:
     """Show each service, its port, health and memory."""
-    _print_status(_settings(ctx))
+    _print_status(settings)
 
 
 @main.command()
@@ -141,16 +104,15 @@ def status(ctx: click.Context) -> None:
     "--run", "run", type=int, default=0, help="A new run number gives new events for the same seed."
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.pass_context
-@_friendly
+@pass_settings
 def simulate(
-    ctx: click.Context, count: int | None, rate: float | None, seed: int | None, run: int, quiet: bool
+    settings: Settings, count: int | None, rate: float | None, seed: int | None, run: int, quiet: bool
 ) -> None:
     """Produce simulated web and mobile clickstream events (with real-world flaws) to Kafka."""
     from lakehouse.simulate import simulate_to_kafka
 
     report = simulate_to_kafka(
-        _settings(ctx), count=count, rate=rate, seed=seed, run=run, progress=not quiet and sys.stderr.isatty()
+        settings, count=count, rate=rate, seed=seed, run=run, progress=not quiet and sys.stderr.isatty()
     )
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
     click.echo(
@@ -164,15 +126,13 @@ def simulate(
     "--continuous", is_flag=True, help="Keep running with a processing-time trigger (Ctrl-C stops)."
 )
 @click.option("--trigger", "trigger_interval", default=None, help="Trigger interval, e.g. '5 seconds'.")
-@click.pass_context
-@_friendly
-def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: str | None) -> None:
+@pass_settings
+def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: str | None) -> None:
     """Kafka → bronze: drain what is there (default) or keep streaming (--continuous)."""
     from lakehouse.sources.registry import load_registry
     from lakehouse.spark import get_spark
     from lakehouse.streaming.ingest import ingest_available, start_ingest
 
-    settings = _settings(ctx)
     bronze = load_registry(settings).kafka_ingest().get(topic, topic.replace(".", "_"))
     table = settings.table_path("bronze", bronze)
     spark = get_spark(settings)
@@ -199,29 +159,26 @@ def ingest(ctx: click.Context, topic: str, continuous: bool, trigger_interval: s
 
 @main.command()
 @click.option("--force", is_flag=True, help="Re-run every task.")
-@click.pass_context
-@_friendly
-def build(ctx: click.Context, force: bool) -> None:
+@pass_settings
+def build(settings: Settings, force: bool) -> None:
     """Build the DAG (pipeline.yaml); bronze re-runs only when Kafka has new records."""
     from lakehouse.dag import build as build_dag
 
-    forced = build_dag(_settings(ctx), force=force)
+    forced = build_dag(settings, force=force)
     if forced:
         click.echo(f"new data in Kafka: re-ran {', '.join(forced)} and what depends on it")
 
 
 @main.command()
 @click.option("--events", "count", type=click.IntRange(min=0), default=None, help="Events to simulate first.")
-@click.pass_context
-@_friendly
-def demo(ctx: click.Context, count: int | None) -> None:
+@pass_settings
+def demo(settings: Settings, count: int | None) -> None:
     """The main job: services up, events produced (first run only), DAG built, where to look printed."""
     from lakehouse.dag import build as build_dag
     from lakehouse.demo import produce_all
     from lakehouse.jvm import fetch_jars
-    from lakehouse.services import ServiceManager, ensure_topics
+    from lakehouse.stack import ServiceManager, ensure_topics
 
-    settings = _settings(ctx)
     fetch_jars(settings.root)
     manager = ServiceManager(settings)
     manager.start(["kafka", "spark", "postgres", "mqtt", "influxdb", "fx_api", "mlflow"])
@@ -247,6 +204,45 @@ def demo(ctx: click.Context, count: int | None) -> None:
     click.echo(f"Executed notebooks:  {settings.workspace / 'notebooks'}")
     click.echo(f"Lake (Delta tables): {settings.lake}")
     click.echo("Stop everything with: make down")
+
+
+def lab_command(settings: Settings, port: int, token: str | None = None) -> tuple[list[str], dict[str, str]]:
+    """The JupyterLab command line and environment for ``settings``: the project's Jupyter config
+    (``jupyter/``: Ploomber's broken contents manager off, loopback, root allowed), ``notebooks/`` as the
+    root, and kernels that inherit the environment, so notebooks attach to its running services."""
+    config_path = os.pathsep.join(
+        p for p in (str(settings.root / "jupyter"), os.environ.get("JUPYTER_CONFIG_PATH", "")) if p
+    )
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_PATH": config_path,
+        ENV_VARIABLE: settings.env_name,
+        "LAKEHOUSE_ROOT": str(settings.root),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterlab",
+        "--port",
+        str(port),
+        "--port-retries=0",
+        f"--ServerApp.root_dir={settings.root / 'notebooks'}",
+    ]
+    if token is not None:
+        command.append(f"--IdentityProvider.token={token}")
+    return command, env
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=8888, show_default=True)
+@click.option(
+    "--token", default=None, help="Access token (default: JupyterLab makes one and prints the URL)."
+)
+@pass_settings
+def lab(settings: Settings, port: int, token: str | None) -> None:
+    """JupyterLab on notebooks/, attached to this environment's services (as root too)."""
+    command, env = lab_command(settings, port, token)
+    os.execve(command[0], command, env)
 
 
 def _register_groups() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from lakehouse.cli import _friendly, _settings
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
 from lakehouse.governance.catalog import (
     catalog_root,
     check_catalog,
@@ -14,17 +15,16 @@ from lakehouse.governance.catalog import (
 )
 
 
-@click.group()
+@click.group(cls=LakehouseGroup)
 def catalog() -> None:
     """Table contracts: owner, columns, classification, retention, freshness SLA."""
 
 
 @catalog.command("list")
-@click.pass_context
-@_friendly
-def list_tables(ctx: click.Context) -> None:
+@pass_settings
+def list_tables(settings: Settings) -> None:
     """Every contract: table, owner, classification, SLA."""
-    for name, contract in sorted(load_catalog(_settings(ctx)).tables.items()):
+    for name, contract in sorted(load_catalog(settings).tables.items()):
         pii = ",".join(c.name for c in contract.pii_columns()) or "-"
         click.echo(
             f"{name:34} {contract.owner:14} {contract.classification:12} "
@@ -34,11 +34,10 @@ def list_tables(ctx: click.Context) -> None:
 
 @catalog.command()
 @click.argument("table")
-@click.pass_context
-@_friendly
-def show(ctx: click.Context, table: str) -> None:
+@pass_settings
+def show(settings: Settings, table: str) -> None:
     """One contract with its columns."""
-    contract = load_catalog(_settings(ctx)).contract(table)
+    contract = load_catalog(settings).contract(table)
     click.echo(f"{contract.table} — {contract.description}")
     click.echo(
         f"owner {contract.owner}; {contract.classification}; retention {contract.retention_days} days; "
@@ -56,11 +55,9 @@ def show(ctx: click.Context, table: str) -> None:
 @catalog.command()
 @click.argument("tables", nargs=-1)
 @click.option("--freshness/--no-freshness", default=True, help="Also check last commits against the SLA.")
-@click.pass_context
-@_friendly
-def check(ctx: click.Context, tables: tuple[str, ...], freshness: bool) -> None:
+@pass_settings
+def check(settings: Settings, tables: tuple[str, ...], freshness: bool) -> None:
     """Check contracts against the Delta schemas (drift fails) and, optionally, freshness."""
-    settings = _settings(ctx)
     checked = check_catalog(settings, list(tables) or None)
     click.echo(f"schema: {len(checked)} tables match their contracts")
     if freshness:
@@ -80,11 +77,9 @@ def check(ctx: click.Context, tables: tuple[str, ...], freshness: bool) -> None:
 @catalog.command()
 @click.argument("table")
 @click.option("--write", is_flag=True, help="Write catalog/<layer>/<name>.yaml (refuses to overwrite).")
-@click.pass_context
-@_friendly
-def scaffold(ctx: click.Context, table: str, write: bool) -> None:
+@pass_settings
+def scaffold(settings: Settings, table: str, write: bool) -> None:
     """Draft a contract from the table's Delta schema (PII proposed by the scanner)."""
-    settings = _settings(ctx)
     text = scaffold_contract(settings, table)
     if not write:
         click.echo(text)

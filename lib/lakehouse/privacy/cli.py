@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from lakehouse.cli import _friendly, _settings
+from lakehouse.cli_kit import LakehouseGroup, pass_settings
+from lakehouse.config import Settings
 from lakehouse.privacy.erase import erase_subject, parse_subject
 from lakehouse.privacy.scanner import scan_tables
 
 
-@click.group()
+@click.group(cls=LakehouseGroup)
 def privacy() -> None:
     """PII: scanning, tokenization in silver, data-subject erasure."""
 
@@ -25,24 +26,21 @@ def privacy() -> None:
     help="Layers to scan (repeatable).",
 )
 @click.option("--rows", default=2000, show_default=True, help="Rows sampled per table.")
-@click.pass_context
-@_friendly
-def scan(ctx: click.Context, layers: tuple[str, ...], rows: int) -> None:
+@pass_settings
+def scan(settings: Settings, layers: tuple[str, ...], rows: int) -> None:
     """Sample tables and propose PII classifications (compare with the catalog's `declared`)."""
-    report = scan_tables(_settings(ctx), layers, rows=rows)
+    report = scan_tables(settings, layers, rows=rows)
     click.echo(report.to_string(index=False) if len(report) else "no PII found")
 
 
 @privacy.command()
 @click.option("--subject", required=True, help="<kind>:<id>, e.g. customer:123 or user:u-000042.")
 @click.option("--reason", default="data subject request", show_default=True, help="Kept in audit.erasures.")
-@click.pass_context
-@_friendly
-def erase(ctx: click.Context, subject: str, reason: str) -> None:
+@pass_settings
+def erase(settings: Settings, subject: str, reason: str) -> None:
     """Delete a data subject from every layer (DELETE, purge, VACUUM) and write audit.erasures."""
     from lakehouse.spark import get_spark
 
-    settings = _settings(ctx)
     kind, subject_id = parse_subject(subject)
     report = erase_subject(get_spark(settings), settings, kind, subject_id, reason)
     for table in report.tables:
