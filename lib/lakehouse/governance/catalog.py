@@ -476,7 +476,7 @@ def scaffold_contract(settings: Settings, table: str, *, owner: str = "data-plat
     """
     from deltalake import DeltaTable
 
-    from lakehouse.privacy.scanner import scan_frame
+    from lakehouse.privacy.detectors import scan_frame
 
     path = _table_path(settings, table)
     fields = delta_schema(path)

@@ -154,7 +154,7 @@ def assert_no_untagged_pii(frame_sample: Any, contract: TableContract, *, min_hi
     Raises:
         PrivacyError: naming the table, the column and the kind of PII found.
     """
-    from lakehouse.privacy.scanner import scan_frame
+    from lakehouse.privacy.detectors import scan_frame
 
     sample = frame_sample if _is_pandas(frame_sample) else frame_sample.limit(1000).toPandas()
     declared = {c.name: c for c in contract.columns}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Final
 
 import pandas as pd
 from pyspark.sql import SparkSession
@@ -18,9 +20,6 @@ from pyspark.sql.types import (
 )
 
 from lakehouse.config import Settings
-
-if TYPE_CHECKING:
-    from lakehouse.quality.validate import ResultRow
 
 RESULTS_SCHEMA: Final = StructType(
     [
@@ -41,6 +40,31 @@ RESULTS_SCHEMA: Final = StructType(
         StructField("details", StringType(), True),
     ]
 )
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One expectation's outcome on one batch: a row of ``audit.validation_results``."""
+
+    run_id: str
+    batch_id: int
+    table: str
+    suite: str
+    expectation: str
+    rule: str
+    column: str | None
+    action: str
+    success: bool
+    element_count: int | None
+    unexpected_count: int | None
+    unexpected_percent: float | None
+    engine: str
+    validated_at: datetime
+    details: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as a dict keyed by the results table's column names."""
+        return asdict(self)
 
 
 def results_path(settings: Settings) -> str:

@@ -14,7 +14,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -29,6 +29,7 @@ from pyspark.sql.types import ArrayType, LongType, StringType, StructField, Stru
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.privacy.mask import mask_result_body, table_pii
+from lakehouse.quality.results import ResultRow
 from lakehouse.quality.suites import (
     ROW_ACTIONS,
     action_of,
@@ -71,31 +72,6 @@ _CONTEXT: dict[str, Any] = {}
 
 class QualityError(DataError):
     """An expectation whose action is ``fail`` failed (its results are already persisted)."""
-
-
-@dataclass(frozen=True)
-class ResultRow:
-    """One expectation's outcome on one batch: a row of ``audit.validation_results``."""
-
-    run_id: str
-    batch_id: int
-    table: str
-    suite: str
-    expectation: str
-    rule: str
-    column: str | None
-    action: str
-    success: bool
-    element_count: int | None
-    unexpected_count: int | None
-    unexpected_percent: float | None
-    engine: str
-    validated_at: datetime
-    details: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as a dict keyed by the results table's column names."""
-        return asdict(self)
 
 
 @dataclass
