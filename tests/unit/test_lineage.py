@@ -182,6 +182,16 @@ def test_parent_run_facet_from_the_environment(lake: Settings, monkeypatch: pyte
     assert (facet["job"]["namespace"], facet["job"]["name"]) == (lake.lineage.namespace, "lakehouse-dag")
 
 
+def test_events_name_the_installed_version_of_the_workbench(lake: Settings) -> None:
+    # The distribution is lakehouse-workbench (the import package is lakehouse): every event used to say "0".
+    from importlib.metadata import version
+
+    track_run(lake, "bronze-ingest-events", [], ["bronze.clickstream"]).complete()
+    engine = _events(lake)[0]["run"]["facets"]["processing_engine"]
+    assert engine["version"] == version("lakehouse-workbench") != "0"
+    assert engine["name"] == "lakehouse"
+
+
 def test_a_malformed_table_identity_is_refused(lake: Settings) -> None:
     with pytest.raises(ConfigError, match="layer"):
         track_run(lake, "job", ["clickstream"], [])

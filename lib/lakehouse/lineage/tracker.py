@@ -53,13 +53,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _package_version() -> str:
-    try:
-        from importlib.metadata import version
+DISTRIBUTION = "lakehouse-workbench"  # the installed distribution (the import package is `lakehouse`)
 
-        return version("lakehouse")
-    except Exception:
-        return "0"
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(DISTRIBUTION)
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
 
 
 class LineageRun:
