@@ -69,19 +69,30 @@ status: ## Show the local services
 build: ## Build the DAG (only what is outdated)
 	$(LAKEHOUSE) build
 
+LAB_PORT ?= 8888
 .PHONY: lab
-lab: setup ## Open JupyterLab on the notebooks (attach to the running services)
-	$(BIN)/jupyter lab --ip 127.0.0.1 --no-browser notebooks
+lab: setup ## JupyterLab on the notebooks, 127.0.0.1:8888 or LAB_PORT (attaches to the running services)
+	$(LAKEHOUSE) lab --port $(LAB_PORT)
 
 .PHONY: lint
-lint: $(STAMP) ## ruff + mypy on lib
+lint: $(STAMP) ## ruff (lint + format) on the code, pyflakes on notebooks, notebooks without outputs, mypy
 	$(BIN)/ruff check lib tests dashboards benchmarks
 	$(BIN)/ruff format --check lib tests dashboards benchmarks
+	$(BIN)/ruff check --select F notebooks
+	$(BIN)/nbstripout --verify notebooks/*/*.ipynb
 	$(BIN)/mypy
 
+.PHONY: test-unit
+test-unit: venv jars ## The fast tier: lib functions on small data, no service started (a few minutes)
+	$(BIN)/pytest -m unit tests -p no:cacheprovider
+
 .PHONY: test
-test: setup ## Every test: unit, integration (real Kafka + Spark Connect), DAG, nbval, browser
+test: setup ## Every test: unit, integration (the real services, started by the run), DAG, nbval, browser
 	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+.PHONY: fresh-check
+fresh-check: ## Before a stop: the two README commands in a clean clone (own workspace, HOME, ports)
+	bash .ci/fresh-check
 
 .PHONY: bench
 bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md

@@ -139,7 +139,7 @@ def test_bad_json_in_a_suite_file_names_the_file(settings: Settings, tmp_path: P
         load_suite(moved, "silver.broken")
 
 
-# --- routing on a small Spark frame (the spark fixture: Spark Connect on the test stack) ---------------
+# --- routing on a small Spark frame (the unit tier's classic local Spark session) -------------------------
 
 _SUITE = parse_suite(
     {
@@ -194,8 +194,8 @@ def _check(spark: Any, settings: Settings, rows: list[tuple[Any, ...]], engine: 
 
 
 @pytest.mark.parametrize("engine", ["pandas", "spark"])
-def test_each_action_routes_rows(spark: Any, stack: Settings, engine: str) -> None:
-    checked = _check(spark, stack, _ROWS, engine)
+def test_each_action_routes_rows(spark: Any, settings: Settings, engine: str) -> None:
+    checked = _check(spark, settings, _ROWS, engine)
     assert checked.engine == engine
     assert sorted(r["id"] for r in checked.valid.collect()) == ["1", "5"]
     assert checked.valid.columns == ["id", "amount", "cc", "kind"]
@@ -212,10 +212,10 @@ def test_each_action_routes_rows(spark: Any, stack: Settings, engine: str) -> No
     assert {r.batch_id for r in checked.results} == {7}
 
 
-def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, stack: Settings) -> None:
+def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, settings: Settings) -> None:
     outcomes = []
     for engine in ("pandas", "spark"):
-        checked = _check(spark, stack, _ROWS, engine)
+        checked = _check(spark, settings, _ROWS, engine)
         outcomes.append(
             (
                 sorted(r["id"] for r in checked.valid.collect()),
@@ -227,14 +227,14 @@ def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, stack: Setting
     assert outcomes[0] == outcomes[1]
 
 
-def test_fail_action_raises_quality_error(spark: Any, stack: Settings) -> None:
+def test_fail_action_raises_quality_error(spark: Any, settings: Settings) -> None:
     with pytest.raises(QualityError, match="kind_known") as raised:
-        _check(spark, stack, [*_ROWS, ("9", 1.0, "DE", "zzz")], "pandas")
+        _check(spark, settings, [*_ROWS, ("9", 1.0, "DE", "zzz")], "pandas")
     assert isinstance(raised.value, DataError)
 
 
-def test_a_clean_batch_passes_untouched(spark: Any, stack: Settings) -> None:
-    checked = _check(spark, stack, [_ROWS[0], _ROWS[4]], "pandas")
+def test_a_clean_batch_passes_untouched(spark: Any, settings: Settings) -> None:
+    checked = _check(spark, settings, [_ROWS[0], _ROWS[4]], "pandas")
     assert checked.dropped == 0 and checked.quarantined.count() == 0 and checked.valid.count() == 2
     assert "reason" in checked.quarantined.columns and "failed_rules" in checked.quarantined.columns
 
@@ -246,10 +246,10 @@ def test_suite_files_are_json_with_names_matching_their_path(settings: Settings)
 
 
 def test_clear_pii_caught_by_a_rule_is_not_quoted_in_results_or_data_docs(
-    spark: Any, stack: Settings, tmp_path: Path
+    spark: Any, settings: Settings, tmp_path: Path
 ) -> None:
     """The customers suite stops clear e-mails; what it records about them must not repeat them."""
-    private = stack.model_copy(update={"workspace": tmp_path / "ws"})
+    private = settings.model_copy(update={"workspace": tmp_path / "ws"})
     clear = [("ann.lee@example.com", "Ann Lee"), ("bo.kim@example.org", "Bo Kim")]
     frame = spark.createDataFrame(
         [(1, email, name, f"mailed {email} from 10.9.8.7") for email, name in clear],

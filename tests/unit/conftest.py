@@ -1,0 +1,27 @@
+"""The unit tier: no service runs. Spark transforms get a classic local session (the factory's classic path).
+
+``spark`` here shadows the root conftest's Spark Connect fixture, so a transform test reads the same in both
+tiers; the root conftest refuses a unit test that asks for a service fixture (``stack``, ``postgres``…).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lakehouse.config import Settings
+
+
+@pytest.fixture(scope="session")
+def spark(settings: Settings) -> Iterator[Any]:
+    """A classic local Spark session with the project's Delta configuration; no Spark Connect server."""
+    from lakehouse.spark import get_spark
+
+    local = settings.spark.model_copy(update={"master": "local[2]", "driver_memory": "1g"})
+    session = get_spark(
+        settings.model_copy(update={"spark": local}), mode="classic", app_name="lakehouse-unit"
+    )
+    yield session
+    session.stop()
