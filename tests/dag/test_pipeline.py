@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -105,6 +106,52 @@ def test_a_notebook_runs_alone_with_papermill(stack: Settings, built: dict[str, 
     executed = json.loads((tmp_path / "out.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
     assert "gap_minutes = 45" in "".join(injected[0]["source"])
+
+
+def _ploomber(stack: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    ploomber = str(Path(sys.executable).parent / "ploomber")
+    command = [ploomber, *args, "--entry-point", str(stack.root / "pipeline.yaml")]
+    env = {**ploomber_env(stack), "COLUMNS": "2000"}  # a table as wide as it needs: no wrapped names
+    return subprocess.run(
+        command, cwd=cwd or stack.root, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def _task_names(stack: Settings) -> list[str]:
+    import yaml
+
+    spec = yaml.safe_load((stack.root / "pipeline.yaml").read_text())
+    return [task["name"] for task in spec["tasks"]]
+
+
+def test_ploomber_status_reports_every_task_built(stack: Settings, built: dict[str, Any]) -> None:
+    result = _ploomber(stack, "status")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    for name in _task_names(stack):
+        assert name in rows, f"{name} missing from `ploomber status`:\n{result.stdout[-3000:]}"
+        assert "Has not been run" not in rows[name], rows[name]
+
+
+def test_ploomber_plot_draws_every_task_and_edge(stack: Settings, tmp_path: Path) -> None:
+    # networkx 3.6 renamed the key Ploomber 0.23.3 reads (KeyError: 'links'): networkx stays pinned below it.
+    import yaml
+
+    output = tmp_path / "dag.html"
+    result = _ploomber(stack, "plot", "--backend", "d3", "--output", str(output), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = output.read_text()
+    # the d3 page embeds each node as {..., "id": name, ..., "parentIds": [upstream, ...]}
+    drawn = {
+        match.group(1): set(re.findall(r'"([^"]+)"', match.group(2) or ""))
+        for match in re.finditer(r'"id": "([^"]+)", "label": [^{}]*?(?:"parentIds": \[([^\]]*)\])?\}', html)
+    }
+    spec = yaml.safe_load((stack.root / "pipeline.yaml").read_text())
+    expected = {task["name"]: set(task.get("upstream", [])) for task in spec["tasks"]}
+    assert drawn == expected
+    default = _ploomber(stack, "plot", cwd=tmp_path)  # the README's form: the default backend
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert (tmp_path / "pipeline.html").stat().st_size > 1000
 
 
 @pytest.mark.parametrize(
