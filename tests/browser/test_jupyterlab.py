@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
-from panel_server import free_port, log_tail
+from panel_server import free_port, log_tail, stop_process
 from playwright.sync_api import Page, expect
 
 from lakehouse.config import Settings
@@ -81,12 +81,7 @@ def lab(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[L
             pytest.fail(f"`lakehouse lab` did not answer within {START_SECONDS}s:\n{log_tail(log)}")
         yield Lab(url, log)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=20)
+        stop_process(server, timeout=20)
 
 
 def test_the_contents_api_answers_for_every_notebook(stack: Settings, lab: Lab) -> None:
