@@ -43,7 +43,8 @@ def test_environment_yml_agrees_with_pyproject() -> None:
     deps = env["dependencies"]
     python = next(d for d in deps if isinstance(d, str) and d.startswith("python="))
     assert python == "python=3.11"
-    assert _pyproject()["project"]["requires-python"] == ">=3.11,<3.12"
+    # conda's python=3.11 is the newest 3.11; pip needs 3.11.5 or newer (the pinned soupsieve 4.1 requires it)
+    assert _pyproject()["project"]["requires-python"] == ">=3.11.5,<3.12"
     assert any(isinstance(d, str) and d.startswith("openjdk=17") for d in deps)
     assert "maven" in deps
     pip_section = next(d["pip"] for d in deps if isinstance(d, dict))
