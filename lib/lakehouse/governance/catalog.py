@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakehouse.config import Settings
+from lakehouse.contracts.build import BuildSpec
 from lakehouse.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class ColumnContract(_Model):
     pii: str | None = None  # email | phone | ip | name | address | credit_card | iban | birth_date …
     treatment: Treatment | None = None
     nullable: bool = True
+    # How a built (silver) table computes the column: Spark SQL over the parsed input (default: the input's
+    # field or column of the same name). See lakehouse.contracts.build.
+    expr: str | None = None
 
     @field_validator("type")
     @classmethod
@@ -152,6 +156,7 @@ class TableContract(_Model):
     optional: bool = False  # built only in some modes (continuous): a missing table is not an error
     subjects: tuple[SubjectRef, ...] = ()
     columns: tuple[ColumnContract, ...] = Field(min_length=1)
+    build: BuildSpec | None = None
 
     @field_validator("freshness_sla")
     @classmethod
@@ -180,7 +185,36 @@ class TableContract(_Model):
         for subject in self.subjects:
             if subject.column is not None and subject.column not in names:
                 raise ValueError(f"subject column {subject.column!r} is not a column of the table")
+        if self.build is not None:
+            self._check_build(self.build, names)
         return self
+
+    def _check_build(self, build: BuildSpec, names: list[str]) -> None:
+        if self.layer != "silver":
+            raise ValueError(f"build is declared for silver tables; {self.table} is {self.layer}")
+        declared = {
+            "key": build.key,
+            "sequence": build.sequence,
+            "partition_by": build.partition_by,
+            **({"scd2.track": build.scd2.track} if build.scd2 else {}),
+            **({"references.columns": [c for r in build.references for c in r.columns]}),
+        }
+        extra = set(build.sequence) & {"_lsn", "_commit_lsn"}  # CDC positions may order without a column
+        for field_name, columns in declared.items():
+            unknown = [c for c in columns if c not in names and c not in extra]
+            if unknown:
+                raise ValueError(f"build.{field_name} names {unknown}, which are not columns of the table")
+        if build.event_time and build.event_time.column not in names:
+            raise ValueError(f"build.event_time.column {build.event_time.column!r} is not a column")
+        if build.scd2:
+            for role in ("valid_from", "valid_to", "is_current"):
+                column = getattr(build.scd2, role)
+                if column not in names:
+                    raise ValueError(f"build.scd2.{role} {column!r} is not a column of the table")
+        for index, spec in enumerate(build.inputs):
+            unknown = sorted(set(spec.columns) - set(names))
+            if unknown:
+                raise ValueError(f"build.inputs[{index}].columns names {unknown}: not columns of the table")
 
     @property
     def layer(self) -> str:

@@ -1,0 +1,213 @@
+"""How a silver table is built, declared in its contract (``catalog/silver/<name>.yaml``, section ``build``).
+
+The contract already says what the table *is* — its columns, types, PII treatment. The ``build`` section says
+where its rows come from and how they are applied; a column's ``expr`` (Spark SQL) says how it is computed
+from the parsed input. One engine (:mod:`lakehouse.silver.engine`) runs any declaration, in the DAG and in
+continuous mode. Example (a device fleet's readings, deduplicated by device and sequence number)::
+
+    build:
+      inputs:
+        - table: bronze.glucose
+          format: json                 # the payload is JSON text in column `value`
+          fields:                      # payload fields (Spark types; nested objects as struct<...>)
+            device: string
+            seq: bigint
+            reading: struct<mg_dl:double, at:string>
+      key: [device_id, seq]
+      sequence: [ingested_at]
+      apply: append                    # append | upsert | scd2
+      event_time: {column: measured_at, watermark: 1 hour, partition_by: [device_id]}
+      reject:                          # first match is the quarantine reason
+        - {reason: implausible_glucose, when: "glucose_mg_dl NOT BETWEEN 10 AND 1000"}
+      references:
+        - {columns: [device_id], table: silver.devices, action: warn}
+    columns:
+      - {name: device_id, type: string, expr: payload.device}
+      - {name: glucose_mg_dl, type: double, expr: payload.reading.mg_dl}
+      - {name: measured_at, type: timestamp, expr: try_to_timestamp(payload.reading.at)}
+
+Nothing here imports Spark: configuration is checked (and errors name the file and field) without a session.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_TABLE = r"^(bronze|silver|gold)\.[a-z0-9_]+$"
+_INTERVAL = re.compile(r"^\d+\s+(second|minute|hour|day)s?$")
+_REASON = re.compile(r"^[a-z][a-z0-9_:.-]*$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Model):
+    """One table whose new rows feed the silver table (read as a Delta stream, remembered by a checkpoint).
+
+    ``format`` says how its rows become columns:
+
+    * ``columns`` — the input rows are already columns (an extract, a typed upstream table);
+    * ``json`` — column ``column`` holds JSON text, parsed with ``fields`` (field → Spark type; a contract
+      column without ``fields`` is read as text and cast, so a bad value is quarantined, not nulled); the
+      parsed payload is ``payload`` in expressions, the input's own columns keep their names;
+    * ``wal2json`` — change records (format 2) of ``cdc_table`` (``schema.table``): each change becomes the
+      contract's columns (cast from wal2json's text), plus ``_op`` (``I``/``U``/``D``), ``_lsn`` and
+      ``_commit_lsn`` (comparable numbers) and ``_committed_at``.
+
+    ``columns`` overrides a contract column's ``expr`` for this input only (CDC and an extract may feed one
+    table from different shapes). ``where`` filters the input's rows (Spark SQL). ``keep`` names input columns
+    stored with a quarantined row (besides the raw record).
+    """
+
+    table: str = Field(pattern=_TABLE)
+    format: Literal["columns", "json", "wal2json"] = "columns"
+    column: str = "value"
+    fields: dict[str, str] = Field(default_factory=dict)
+    cdc_table: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    where: str | None = None
+    keep: list[str] = Field(default_factory=list)
+    name: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
+
+    @model_validator(mode="after")
+    def _cdc_needs_table(self) -> InputSpec:
+        if self.format == "wal2json" and not self.cdc_table:
+            raise ValueError("a wal2json input needs cdc_table: the schema.table whose changes it carries")
+        if self.format != "wal2json" and self.cdc_table:
+            raise ValueError("cdc_table is only for format: wal2json")
+        if self.fields and self.format != "json":
+            raise ValueError("fields are only for format: json")
+        return self
+
+    @property
+    def label(self) -> str:
+        """The input's name in checkpoints and audit rows (default: its table's name)."""
+        if self.name:
+            return self.name
+        suffix = f"_{self.cdc_table.rsplit('.', 1)[-1]}" if self.cdc_table else ""
+        return self.table.split(".", 1)[1] + suffix
+
+
+class EventTimeSpec(_Model):
+    """Bounded lateness: a row older than the newest event seen before it, minus ``watermark``, is late.
+
+    "Seen before it" is per ``partition_by`` group (e.g. a Kafka partition or a device) in ``order_by`` order
+    within a batch, and the newest ``column`` already in silver across batches. Late rows are quarantined
+    with reason ``late_beyond_watermark``.
+    """
+
+    column: str
+    watermark: str
+    partition_by: list[str] = Field(default_factory=list)
+    order_by: list[str] = Field(default_factory=list)
+
+    @field_validator("watermark")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if not _INTERVAL.match(value.strip()):
+            raise ValueError(f"watermark {value!r} is not an interval like '15 minutes' or '1 hour'")
+        return value.strip()
+
+
+class RejectRule(_Model):
+    """A parse-time rule: rows where ``when`` (Spark SQL over the typed columns) is true are quarantined."""
+
+    reason: str
+    when: str
+
+    @field_validator("reason")
+    @classmethod
+    def _reason(cls, value: str) -> str:
+        if not _REASON.match(value):
+            raise ValueError(f"reason {value!r} must be lower_snake_case")
+        return value
+
+
+class Reference(_Model):
+    """A foreign key: ``columns`` must match ``to`` (default the same names) of a row of ``table``."""
+
+    columns: list[str] = Field(min_length=1)
+    table: str = Field(pattern=_TABLE)
+    to: list[str] = Field(default_factory=list)
+    action: Literal["warn", "quarantine"] = "warn"
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _same_arity(self) -> Reference:
+        if self.to and len(self.to) != len(self.columns):
+            raise ValueError(f"references {self.columns} -> {self.to}: the column lists differ in length")
+        return self
+
+    @property
+    def target_columns(self) -> list[str]:
+        return self.to or self.columns
+
+    @property
+    def rule(self) -> str:
+        """The quarantine reason / result rule: ``orphan_<table name>`` unless named."""
+        return self.name or f"orphan_{self.table.split('.', 1)[1]}"
+
+
+class Scd2Spec(_Model):
+    """SCD Type 2 history: a new version opens when a ``track`` column changes.
+
+    Output columns (declared in the contract): the key, the tracked columns, ``valid_from`` (the version's
+    sequence value), ``valid_to`` (null while current), ``is_current`` and, optionally, ``surrogate_key``
+    (a stable hash of key and ``valid_from``).
+    """
+
+    track: list[str] = Field(min_length=1)
+    valid_from: str = "valid_from"
+    valid_to: str = "valid_to"
+    is_current: str = "is_current"
+    surrogate_key: str | None = None
+
+
+class BuildSpec(_Model):
+    """The ``build`` section of a silver contract: inputs, keys and how rows are applied."""
+
+    inputs: list[InputSpec] = Field(min_length=1)
+    key: list[str] = Field(default_factory=list)
+    sequence: list[str] = Field(default_factory=list)
+    apply: Literal["append", "upsert", "scd2"] = "append"
+    dedupe: bool = True
+    deletes: str | None = None
+    event_time: EventTimeSpec | None = None
+    reject: list[RejectRule] = Field(default_factory=list)
+    references: list[Reference] = Field(default_factory=list)
+    scd2: Scd2Spec | None = None
+    partition_by: list[str] = Field(default_factory=list)
+    quality: bool = True
+    quarantine: str | None = Field(None, pattern=_TABLE)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BuildSpec:
+        if self.apply in ("upsert", "scd2") and not self.key:
+            raise ValueError(f"apply: {self.apply} needs key (the columns that identify a row)")
+        if self.apply in ("upsert", "scd2") and not self.sequence:
+            raise ValueError(f"apply: {self.apply} needs sequence (the columns whose latest value wins)")
+        if self.apply == "scd2" and self.scd2 is None:
+            raise ValueError("apply: scd2 needs an scd2 section (track, valid_from …)")
+        if self.apply != "scd2" and self.scd2 is not None:
+            raise ValueError("an scd2 section needs apply: scd2")
+        if self.deletes and self.apply == "append":
+            raise ValueError("deletes needs apply: upsert or scd2 (an append-only table keeps every row)")
+        labels = [i.label for i in self.inputs]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"inputs must have distinct names; give them `name:` ({labels})")
+        reasons = [r.reason for r in self.reject]
+        if len(set(reasons)) != len(reasons):
+            raise ValueError(f"duplicate reject reasons {reasons}")
+        return self
+
+    def upstream_tables(self) -> list[str]:
+        """Every table this one reads: inputs and references (``layer.name``), in order, once each."""
+        seen: list[str] = []
+        for table in [*(i.table for i in self.inputs), *(r.table for r in self.references)]:
+            if table not in seen:
+                seen.append(table)
+        return seen

@@ -1,0 +1,388 @@
+"""A suite's rules compiled into Spark predicates: validate and route a batch in one pass over its rows.
+
+GX stays the suite format, the results store and Data Docs; what changes is who evaluates the rules. Each
+row-level expectation GX's column-map family defines the same way everywhere (not null, between, in set,
+regex, unique, column pair) becomes a boolean Spark column that is true on a *failing* row, with GX's
+semantics: nulls are not judged except by ``not_be_null``, ``mostly`` sets the share of non-null rows that
+must pass, and a rule that fails routes its failing rows by its action. Table-level row counts and column
+sets come from the batch's count and schema. One aggregate over the (materialised) batch counts every
+rule's failures; the routing is then a projection the write itself evaluates — no join, no copy of the
+batch to the driver. Expectations this module does not know (other aggregates, custom ones) are handed to
+GX's own engine (:func:`lakehouse.quality.validate.check_batch`) on a suite of just those.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import reduce
+from typing import Any, Final
+
+import great_expectations as gx
+from great_expectations.expectations.expectation import Expectation
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from lakehouse.quality.results import ResultRow
+from lakehouse.quality.suites import (
+    ROW_ACTIONS,
+    action_of,
+    expectation_column,
+    rule_name,
+)
+
+log = logging.getLogger(__name__)
+
+ENGINE: Final = "compiled"
+_Predicate = Callable[[dict[str, Any]], Column]
+
+
+def _col(name: str) -> Column:
+    return F.col(f"`{name}`")
+
+
+def _not_null(kw: dict[str, Any]) -> Column:
+    return _col(kw["column"]).isNull()
+
+
+def _between(kw: dict[str, Any]) -> Column:
+    column = _col(kw["column"])
+    failing = F.lit(False)
+    low, high = kw.get("min_value"), kw.get("max_value")
+    if low is not None:
+        failing = failing | (column <= F.lit(low) if kw.get("strict_min") else column < F.lit(low))
+    if high is not None:
+        failing = failing | (column >= F.lit(high) if kw.get("strict_max") else column > F.lit(high))
+    return failing
+
+
+def _in_set(kw: dict[str, Any]) -> Column:
+    return ~_col(kw["column"]).isin(*kw["value_set"])
+
+
+def _not_in_set(kw: dict[str, Any]) -> Column:
+    return _col(kw["column"]).isin(*kw["value_set"])
+
+
+def _regex(kw: dict[str, Any]) -> Column:
+    return ~_col(kw["column"]).cast("string").rlike(kw["regex"])
+
+
+def _not_regex(kw: dict[str, Any]) -> Column:
+    return _col(kw["column"]).cast("string").rlike(kw["regex"])
+
+
+def _unique(kw: dict[str, Any]) -> Column:
+    column = _col(kw["column"])
+    return F.count(F.lit(1)).over(Window.partitionBy(column)) > 1
+
+
+def _compound_unique(kw: dict[str, Any]) -> Column:
+    columns = [_col(c) for c in kw["column_list"]]
+    return F.count(F.lit(1)).over(Window.partitionBy(*columns)) > 1
+
+
+def _a_greater_than_b(kw: dict[str, Any]) -> Column:
+    a, b = _col(kw["column_A"]), _col(kw["column_B"])
+    return ~(a >= b) if kw.get("or_equal") else ~(a > b)
+
+
+# expectation type -> (failing-row predicate, the rows it judges: None = all rows, else "non-null" columns)
+_ROW_RULES: Final[dict[str, tuple[_Predicate, Callable[[dict[str, Any]], list[str]] | None]]] = {
+    "expect_column_values_to_not_be_null": (_not_null, None),
+    "expect_column_values_to_be_between": (_between, lambda kw: [kw["column"]]),
+    "expect_column_values_to_be_in_set": (_in_set, lambda kw: [kw["column"]]),
+    "expect_column_values_to_not_be_in_set": (_not_in_set, lambda kw: [kw["column"]]),
+    "expect_column_values_to_match_regex": (_regex, lambda kw: [kw["column"]]),
+    "expect_column_values_to_not_match_regex": (_not_regex, lambda kw: [kw["column"]]),
+    "expect_column_values_to_be_unique": (_unique, lambda kw: [kw["column"]]),
+    "expect_compound_columns_to_be_unique": (_compound_unique, lambda kw: list(kw["column_list"])),
+    "expect_column_pair_values_a_to_be_greater_than_b": (
+        _a_greater_than_b,
+        lambda kw: [kw["column_A"], kw["column_B"]],
+    ),
+}
+_TABLE_RULES: Final = frozenset({"expect_table_row_count_to_be_between", "expect_table_columns_to_match_set"})
+# GX's defaults for which rows a multi-column rule skips: compound uniqueness skips rows whose every value
+# is missing, the column pair skips rows where both are.
+_SKIP_WHEN_ALL_MISSING: Final = frozenset(
+    {"expect_compound_columns_to_be_unique", "expect_column_pair_values_a_to_be_greater_than_b"}
+)
+
+
+def compilable(expectation: Expectation) -> bool:
+    """Whether this module evaluates the expectation (otherwise GX does)."""
+    kind = expectation.expectation_type
+    kwargs = expectation.configuration.kwargs
+    if kind in _ROW_RULES:
+        # Options that change GX's semantics beyond what is compiled here go to GX.
+        unsupported = {"parse_strings_as_datetimes", "ignore_row_if", "allow_cross_type_comparisons"}
+        return not (unsupported & set(kwargs))
+    return kind in _TABLE_RULES
+
+
+@dataclass(frozen=True, eq=False)
+class CompiledRule:
+    """One expectation as Spark columns: which rows fail it, which rows it judges."""
+
+    expectation: Expectation
+    rule: str
+    action: str
+    failing: Column | None  # None for table-level rules
+    judged: Column
+
+    @property
+    def kind(self) -> str:
+        return str(self.expectation.expectation_type)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.expectation.configuration.kwargs.items() if k != "batch_id"}
+
+
+def _compile(expectation: Expectation) -> CompiledRule:
+    kind = expectation.expectation_type
+    kwargs = dict(expectation.configuration.kwargs)
+    rule, action = rule_name(expectation), action_of(expectation)
+    if kind in _TABLE_RULES:
+        return CompiledRule(expectation, rule, action, None, F.lit(True))
+    predicate, judged_columns = _ROW_RULES[kind]
+    if judged_columns is None:
+        judged = F.lit(True)
+    elif kind in _SKIP_WHEN_ALL_MISSING:
+        judged = reduce(lambda a, b: a | b, [_col(c).isNotNull() for c in judged_columns(kwargs)])
+    else:
+        judged = reduce(lambda a, b: a & b, [_col(c).isNotNull() for c in judged_columns(kwargs)])
+    # A judged row fails when the predicate is true or cannot be evaluated (null); unjudged rows pass.
+    failing = judged & F.coalesce(predicate(kwargs), F.lit(True))
+    return CompiledRule(expectation, rule, action, failing, judged)
+
+
+@dataclass
+class CompiledSuite:
+    """A suite split into the rules compiled here and the rest (left to GX)."""
+
+    suite: gx.ExpectationSuite
+    rules: list[CompiledRule]
+    rest: list[Expectation]
+
+    @classmethod
+    def of(cls, suite: gx.ExpectationSuite) -> CompiledSuite:
+        rules = [_compile(e) for e in suite.expectations if compilable(e)]
+        rest = [e for e in suite.expectations if not compilable(e)]
+        return cls(suite=suite, rules=rules, rest=rest)
+
+    def rest_suite(self) -> gx.ExpectationSuite | None:
+        """The expectations GX evaluates, as their own suite (None when every rule compiled)."""
+        if not self.rest:
+            return None
+        return gx.ExpectationSuite(name=self.suite.name, expectations=[e.configuration for e in self.rest])
+
+
+@dataclass
+class RuleOutcome:
+    """What one compiled rule found in a batch."""
+
+    rule: CompiledRule
+    element_count: int
+    judged: int
+    unexpected: int
+    observed: Any = None
+
+    @property
+    def success(self) -> bool:
+        kind, kwargs = self.rule.kind, self.rule.kwargs
+        if kind == "expect_table_row_count_to_be_between":
+            low, high = kwargs.get("min_value"), kwargs.get("max_value")
+            return (low is None or self.element_count >= low) and (high is None or self.element_count <= high)
+        if kind == "expect_table_columns_to_match_set":
+            return not self.unexpected
+        mostly = float(kwargs.get("mostly", 1.0))
+        if self.judged == 0:
+            return True
+        return (self.judged - self.unexpected) / self.judged >= mostly
+
+    @property
+    def unexpected_percent(self) -> float:
+        return 100.0 * self.unexpected / self.judged if self.judged else 0.0
+
+
+ROUTE: Final = "_dq_route"
+REASON: Final = "_dq_reason"
+FAILED: Final = "_dq_failed_rules"
+
+
+@dataclass
+class Evaluation:
+    """A batch judged by its compiled rules.
+
+    Attributes:
+        marked: the batch's columns plus ``_dq_route`` (null, ``quarantine`` or ``drop``; quarantine wins),
+            ``_dq_reason`` (the first routing rule the row broke) and ``_dq_failed_rules`` (all of them).
+            It is lazy: the write that consumes it evaluates the routing.
+        outcomes: each rule's counts and success, in suite order.
+        quarantined, dropped: how many rows the routing sends where.
+    """
+
+    marked: DataFrame
+    outcomes: list[RuleOutcome]
+    quarantined: int
+    dropped: int
+
+    def failures(self) -> list[str]:
+        """The failed ``fail`` rules, as ``rule (n rows)``."""
+        return [
+            f"{o.rule.rule} failed ({o.unexpected if o.rule.failing is not None else o.observed})"
+            for o in self.outcomes
+            if o.rule.action == "fail" and not o.success
+        ]
+
+
+def _any(columns: Sequence[Column]) -> Column:
+    return reduce(lambda a, b: a | b, columns) if columns else F.lit(False)
+
+
+def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] | None = None) -> Evaluation:
+    """Count every rule's failures in one aggregate and mark each row with its route.
+
+    Args:
+        frame: the batch, materialised (a ``localCheckpoint``): it is read by the aggregate and again by
+            whoever writes the marked rows.
+        compiled: the suite.
+        columns: the table's columns, for column-set rules (default: the frame's; a batch may carry
+            bookkeeping columns the table does not have).
+    """
+    rules = compiled.rules
+    flag = {id(r): f"_dq_f{i}" for i, r in enumerate(rules) if r.failing is not None}
+    flagged = frame.select("*", *[r.failing.alias(flag[id(r)]) for r in rules if r.failing is not None])
+
+    def routed(active: Sequence[CompiledRule]) -> tuple[Column, Column]:
+        quarantine = _any([F.col(flag[id(r)]) for r in active if r.action == "quarantine"])
+        drop = _any([F.col(flag[id(r)]) for r in active if r.action == "drop"])
+        return quarantine, ~quarantine & drop
+
+    routing_rules = [r for r in rules if r.failing is not None and r.action in ROW_ACTIONS]
+    quarantine_all, drop_all = routed(routing_rules)
+    aggregates = [
+        F.count(F.lit(1)).alias("_dq_rows"),
+        F.count(F.when(quarantine_all, 1)).alias("_dq_q"),
+        F.count(F.when(drop_all, 1)).alias("_dq_d"),
+    ]
+    for rule in rules:
+        if rule.failing is not None:
+            name = flag[id(rule)]
+            aggregates += [
+                F.count(F.when(F.col(name), 1)).alias(f"{name}_u"),
+                F.count(F.when(rule.judged, 1)).alias(f"{name}_j"),
+            ]
+    totals = flagged.agg(*aggregates).first()
+    if totals is None:  # an aggregate always has a row
+        raise RuntimeError("the quality aggregate returned no row")
+    rows = int(totals["_dq_rows"])
+    table_columns = set(columns if columns is not None else frame.columns)
+    outcomes: list[RuleOutcome] = []
+    for rule in rules:
+        if rule.kind == "expect_table_row_count_to_be_between":
+            outcomes.append(RuleOutcome(rule, rows, rows, 0, observed=rows))
+        elif rule.kind == "expect_table_columns_to_match_set":
+            expected = set(rule.kwargs.get("column_set") or [])
+            missing, extra = expected - table_columns, table_columns - expected
+            bad = len(missing) + (len(extra) if rule.kwargs.get("exact_match", True) else 0)
+            outcomes.append(RuleOutcome(rule, rows, rows, bad, observed=sorted(table_columns)))
+        else:
+            name = flag[id(rule)]
+            outcomes.append(RuleOutcome(rule, rows, int(totals[f"{name}_j"]), int(totals[f"{name}_u"])))
+    # A rule routes its rows only when it fails as a whole (``mostly`` may let some failing rows pass).
+    routing_ids = {id(r) for r in routing_rules}
+    active = [o.rule for o in outcomes if id(o.rule) in routing_ids and not o.success]
+    quarantine, drop = routed(active)
+    if len(active) == len([o for o in outcomes if id(o.rule) in routing_ids and o.unexpected]):
+        counts = (int(totals["_dq_q"]), int(totals["_dq_d"]))
+    else:  # a passing rule with failing rows (mostly): count again with only the failed rules routing
+        again = flagged.agg(F.count(F.when(quarantine, 1)), F.count(F.when(drop, 1))).first()
+        counts = (int(again[0]), int(again[1])) if again is not None else (0, 0)
+    names = [F.when(F.col(flag[id(r)]), F.lit(r.rule)) for r in active]
+    failed = F.filter(F.array(*names), lambda x: x.isNotNull()) if names else F.array().cast("array<string>")
+    route = F.when(quarantine, F.lit("quarantine")).when(drop, F.lit("drop"))
+    marked = flagged.select(
+        *[_col(c) for c in frame.columns],
+        route.alias(ROUTE),
+        failed.alias(FAILED),
+    ).withColumn(REASON, F.element_at(F.col(FAILED), 1))
+    return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1])
+
+
+def result_rows(
+    outcomes: Sequence[RuleOutcome],
+    *,
+    table: str,
+    suite: str,
+    run_id: str,
+    batch_id: int,
+    samples: dict[str, list[Any]] | None = None,
+) -> list[ResultRow]:
+    """The ``audit.validation_results`` rows of compiled outcomes (details hold kwargs and what was seen)."""
+    now = datetime.now(UTC)
+    rows = []
+    for outcome in outcomes:
+        rule = outcome.rule
+        details: dict[str, Any] = {"kwargs": rule.kwargs}
+        if outcome.observed is not None:
+            details["observed_value"] = outcome.observed
+        if samples and rule.rule in samples:
+            details["partial_unexpected_list"] = samples[rule.rule]
+        rows.append(
+            ResultRow(
+                run_id=run_id,
+                batch_id=int(batch_id),
+                table=table,
+                suite=suite,
+                expectation=rule.kind,
+                rule=rule.rule,
+                column=expectation_column(rule.expectation),
+                action=rule.action,
+                success=outcome.success,
+                element_count=outcome.element_count,
+                unexpected_count=outcome.unexpected,
+                unexpected_percent=outcome.unexpected_percent,
+                engine=ENGINE,
+                validated_at=now,
+                details=json.dumps(details, default=str),
+            )
+        )
+    return rows
+
+
+def validation_result(outcomes: Sequence[RuleOutcome], suite: gx.ExpectationSuite) -> Any:
+    """The outcomes as a GX suite validation result, so Data Docs render compiled runs like GX's own."""
+    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+
+    results = [
+        ExpectationValidationResult(
+            success=o.success,
+            expectation_config=o.rule.expectation.configuration,
+            result={
+                "element_count": o.element_count,
+                "unexpected_count": o.unexpected,
+                "unexpected_percent": o.unexpected_percent,
+                "missing_count": o.element_count - o.judged,
+                **({"observed_value": o.observed} if o.observed is not None else {}),
+            },
+        )
+        for o in outcomes
+    ]
+    passed = sum(1 for o in outcomes if o.success)
+    return ExpectationSuiteValidationResult(
+        success=passed == len(outcomes),
+        results=results,
+        suite_name=suite.name,
+        statistics={
+            "evaluated_expectations": len(outcomes),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(outcomes) - passed,
+            "success_percent": 100.0 * passed / len(outcomes) if outcomes else 100.0,
+        },
+    )

@@ -1,0 +1,883 @@
+"""The silver engine: any table declared in its contract (``build``), built from its inputs by one code path.
+
+For each input the engine streams the input Delta table (``availableNow`` in the DAG, a processing-time
+trigger in continuous mode — the same declaration) and handles each micro-batch:
+
+1. **parse** the rows by the input's format (columns, JSON text, wal2json changes) and compute every contract
+   column from its ``expr`` (Spark SQL), cast to the contract's type;
+2. **reject** rows with the first reason that applies: the payload does not parse, a declared ``reject``
+   rule, a value that does not cast (``invalid_value:<column>``), a null key (``missing_key``) or sequence
+   (``missing_sequence``);
+3. **dedupe**: ``append`` keeps the first row of a key (in sequence order) and drops keys already in the
+   table; ``upsert``/``scd2`` keep the latest version of each key in the batch (others are superseded);
+   with ``event_time`` a row older than the newest seen before it minus the watermark is late;
+4. **protect** PII by the contract's treatments (``tokenize``);
+5. **validate** the accepted rows with the table's suite compiled into Spark predicates
+   (:mod:`lakehouse.quality.compiled`) — quarantine, drop, fail or warn per rule — plus declared
+   ``references`` (orphans warned about or quarantined);
+6. **apply** (:mod:`lakehouse.silver.apply`) and write the rejected rows to ``<table>_quarantine`` with
+   their reason, every rule they broke, the raw record and the run; one audit row per batch and input goes
+   to ``audit.silver_batches``, so every input row is accounted for::
+
+       input rows = applied + quarantined + duplicates + dropped
+
+Nothing here knows a demo table: a user's new source is a contract with a ``build`` section.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import reduce
+from typing import Final, Literal
+
+from great_expectations import ExpectationSuite
+from pyspark.errors import AnalysisException
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.streaming.query import StreamingQuery
+from pyspark.sql.types import (
+    ArrayType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from lakehouse.config import Settings
+from lakehouse.contracts.build import BuildSpec, InputSpec
+from lakehouse.errors import ConfigError, DataError
+from lakehouse.governance.catalog import TableContract, load_catalog
+from lakehouse.privacy.tokenize import token_column
+from lakehouse.quality.compiled import Evaluation
+from lakehouse.silver import apply
+from lakehouse.silver.apply import DELETED, IS_DELETE, MERGED_AT, SOURCE, q
+from lakehouse.silver.batches import await_stream, first_row, txn_app_id
+from lakehouse.tables import delta_ref, ensure_table, is_delta_table
+
+log = logging.getLogger(__name__)
+
+RAW: Final = "_raw"
+REASON: Final = "_reason"
+OUTCOME: Final = "_outcome"
+RULES: Final = "_failed_rules"
+PAYLOAD: Final = "payload"
+LATE: Final = "late_beyond_watermark"
+ENGINE_COLUMNS: Final = frozenset({DELETED, SOURCE, MERGED_AT})
+# CDC positions of a wal2json input: usable in a declaration's sequence without being table columns.
+CDC_COLUMNS: Final = ("_op", "_lsn", "_commit_lsn", "_committed_at")
+
+AUDIT: Final = StructType(
+    [
+        StructField("table", StringType(), False),
+        StructField("input", StringType(), False),
+        StructField("run_id", StringType(), False),
+        StructField("batch_id", LongType(), False),
+        StructField("input_rows", LongType(), False),
+        StructField("applied", LongType(), False),
+        StructField("quarantined", LongType(), False),
+        StructField("duplicates", LongType(), False),
+        StructField("late", LongType(), False),
+        StructField("dropped", LongType(), False),
+        StructField("orphans", LongType(), False),
+        StructField("processed_at", TimestampType(), False),
+    ]
+)
+_COUNTS: Final = ("input_rows", "applied", "quarantined", "duplicates", "late", "dropped", "orphans")
+
+
+def quarantine_schema(key_fields: Sequence[StructField], keep_fields: Sequence[StructField]) -> StructType:
+    """A quarantine table: the raw record, why, which input and batch, the key (as far as it parsed)."""
+    return StructType(
+        [
+            StructField("record", StringType()),
+            StructField("reason", StringType(), False),
+            StructField("failed_rules", ArrayType(StringType(), True)),
+            StructField("input", StringType()),
+            *key_fields,
+            *keep_fields,
+            StructField("batch_id", LongType()),
+            StructField("run_id", StringType()),
+            StructField("quarantined_at", TimestampType()),
+        ]
+    )
+
+
+# --- the declaration, resolved against the contract -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SilverTable:
+    """A declared silver table with its paths: what the engine needs to build it."""
+
+    contract: TableContract
+    build: BuildSpec
+    path: str
+    quarantine: str
+    audit: str
+    checkpoints: str
+    tokenization_key: str
+    input_paths: dict[str, str]
+    reference_paths: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.contract.table
+
+    @property
+    def columns(self) -> list[str]:
+        return [c.name for c in self.contract.columns]
+
+    @property
+    def schema(self) -> StructType:
+        return _struct(", ".join(f"{q(c.name)} {c.type}" for c in self.contract.columns))
+
+    def computed_columns(self) -> list[str]:
+        """The contract columns the engine computes from inputs (not its own bookkeeping or SCD2 columns)."""
+        managed = set(ENGINE_COLUMNS)
+        if self.build.scd2 is not None:
+            spec = self.build.scd2
+            managed |= {spec.valid_to, spec.is_current, spec.valid_from}
+            if spec.surrogate_key:
+                managed.add(spec.surrogate_key)
+        return [c for c in self.columns if c not in managed]
+
+    def contract_type(self, column: str) -> str:
+        return self.contract.column(column).type
+
+    def pii_tokenized(self) -> list[str]:
+        return [c.name for c in self.contract.columns if c.treatment == "tokenize"]
+
+
+def _struct(ddl: str) -> StructType:
+    schema = StructType.fromDDL(ddl)
+    if not isinstance(schema, StructType):  # a column list always parses to a struct
+        raise ConfigError(f"not a column list: {ddl}")
+    return schema
+
+
+def declared_tables(settings: Settings) -> list[str]:
+    """Every table whose contract has a ``build`` section, sorted (``silver.<name>``)."""
+    catalog = load_catalog(settings)
+    return sorted(name for name, contract in catalog.tables.items() if contract.build is not None)
+
+
+def _path(settings: Settings, table: str) -> str:
+    layer, _, name = table.partition(".")
+    return settings.table_path(layer, name)
+
+
+def silver_table(settings: Settings, table: str) -> SilverTable:
+    """The declared table ``table`` (e.g. ``"silver.readings"``).
+
+    Raises:
+        ConfigError: no contract, no build section, or a declared input/reference that no contract or
+            source knows.
+    """
+    catalog = load_catalog(settings)
+    contract = catalog.contract(table)
+    if contract.build is None:
+        raise ConfigError(
+            f"{table} has no build section in catalog/{table.replace('.', '/')}.yaml: "
+            "declare its inputs, key and apply mode (see lakehouse.contracts.build)"
+        )
+    build = contract.build
+    for upstream in build.upstream_tables():
+        if upstream not in catalog.tables:
+            raise ConfigError(
+                f"catalog/{table.replace('.', '/')}.yaml: build names {upstream}, which has no contract "
+                f"(add catalog/{upstream.replace('.', '/')}.yaml)"
+            )
+    layer, _, name = table.partition(".")
+    return SilverTable(
+        contract=contract,
+        build=build,
+        path=settings.table_path(layer, name),
+        quarantine=_path(settings, build.quarantine or f"{table}_quarantine"),
+        audit=settings.table_path("audit", "silver_batches"),
+        checkpoints=settings.checkpoint_path(f"silver/{name}"),
+        tokenization_key=settings.privacy.tokenization_key,
+        input_paths={spec.label: _path(settings, spec.table) for spec in build.inputs},
+        reference_paths={ref.table: _path(settings, ref.table) for ref in build.references},
+    )
+
+
+# --- parsing ----------------------------------------------------------------------------------------------
+
+_CDC_COLUMN = StructType(
+    [StructField("name", StringType()), StructField("type", StringType()), StructField("value", StringType())]
+)
+_WAL2JSON = StructType(
+    [
+        StructField("action", StringType()),
+        StructField("lsn", StringType()),
+        StructField("commit_lsn", StringType()),
+        StructField("timestamp", StringType()),
+        StructField("schema", StringType()),
+        StructField("table", StringType()),
+        StructField("columns", ArrayType(_CDC_COLUMN)),
+        StructField("identity", ArrayType(_CDC_COLUMN)),
+    ]
+)
+_LSN_PATTERN: Final = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
+
+
+def lsn_number(lsn: Column) -> Column:
+    """A PostgreSQL LSN ``X/Y`` (hex) as a comparable 64-bit number; null when the text is not an LSN."""
+    parts = F.split(lsn, "/")
+    high = F.conv(F.element_at(parts, 1), 16, 10).try_cast("bigint")
+    low = F.conv(F.element_at(parts, 2), 16, 10).try_cast("bigint")
+    return F.when(lsn.rlike(_LSN_PATTERN), high * F.lit(4294967296) + low)
+
+
+def _cdc_value(row: Column, name: str) -> Column:
+    return F.try_element_at(F.filter(row, lambda c: c["name"] == F.lit(name)), F.lit(1))["value"]
+
+
+def _payload_schema(spec: InputSpec, table: SilverTable, input_columns: Sequence[str]) -> StructType:
+    if spec.fields:
+        ddl = ", ".join(f"{q(name)} {kind}" for name, kind in spec.fields.items())
+    else:  # every contract column the input lacks, read as text: a value that does not cast reaches the rules
+        names = [c for c in table.computed_columns() if c not in input_columns or c == spec.column]
+        ddl = ", ".join(f"{q(name)} string" for name in names) or "`_none` string"
+    try:
+        return _struct(ddl)
+    except Exception as exc:
+        raise ConfigError(
+            f"{table.name}: input {spec.label} fields do not parse as Spark types: {exc}"
+        ) from exc
+
+
+def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
+    """The input rows as ``_raw`` (the record as text), ``_parse_error`` and the expression scope.
+
+    The scope is the input's columns, plus ``payload`` (the parsed record) for JSON and wal2json inputs and
+    ``_op``/``_lsn``/``_commit_lsn``/``_committed_at`` for wal2json.
+    """
+    if spec.where:
+        batch = batch.where(spec.where)
+    if spec.format == "columns":
+        raw = F.to_json(F.struct(*[F.col(q(c)) for c in batch.columns]))
+        return batch.select("*", raw.alias(RAW), F.lit(None).cast("string").alias("_parse_error"))
+    if spec.column not in batch.columns:
+        raise DataError(f"{table.name}: input {spec.label} has no column {spec.column!r} to parse")
+    text = F.col(q(spec.column)).cast("string")
+    if spec.format == "json":
+        parsed = F.from_json(text, _payload_schema(spec, table, batch.columns))
+        error = F.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
+        return batch.select("*", text.alias(RAW), parsed.alias(PAYLOAD), error.alias("_parse_error"))
+    # wal2json format 2: one change per record
+    change = F.from_json(text, _WAL2JSON)
+    schema, _, name = (spec.cdc_table or "").rpartition(".")
+    staged = batch.select("*", text.alias(RAW), change.alias("_change"))
+    c = F.col("_change")
+    staged = staged.where(
+        (c["table"] == name) & (F.coalesce(c["schema"], F.lit("public")) == (schema or "public"))
+    )
+    row = F.when(c["action"] == "D", c["identity"]).otherwise(c["columns"])
+    names = table.computed_columns() + [n for n in spec.columns if n not in table.columns]
+    payload = F.struct(*[_cdc_value(row, n).alias(n) for n in names])
+    lsn, commit = lsn_number(c["lsn"]), lsn_number(c["commit_lsn"])
+    error = (
+        F.when(F.json_object_keys(text).isNull() | c.isNull(), F.lit("malformed_json"))
+        .when(~c["action"].isin("I", "U", "D") | c["action"].isNull(), F.lit("unknown_action"))
+        .when(lsn.isNull() | commit.isNull(), F.lit("invalid_lsn"))
+        .when(F.coalesce(F.size(row), F.lit(-1)) <= 0, F.lit("missing_row"))
+    )
+    return staged.select(
+        *[F.col(q(col)) for col in batch.columns],
+        F.col(RAW),
+        payload.alias(PAYLOAD),
+        c["action"].alias("_op"),
+        lsn.alias("_lsn"),
+        commit.alias("_commit_lsn"),
+        F.try_to_timestamp(c["timestamp"]).alias("_committed_at"),
+        error.alias("_parse_error"),
+    )
+
+
+def _expression(spec: InputSpec, table: SilverTable, column: str, scope: Sequence[str]) -> Column | None:
+    """The column's expression for this input.
+
+    In order: the input's override, the contract's ``expr``, a CDC position of that name, then by name —
+    for wal2json the changed row's column; for JSON a declared payload field, else the input's column,
+    else the payload's field; for columns the input's column. None when nothing provides it.
+    """
+    text = spec.columns.get(column) or table.contract.column(column).expr
+    if text:
+        return F.expr(text)
+    if column in CDC_COLUMNS and column in scope:
+        return F.col(column)
+    if spec.format == "wal2json":
+        return F.col(PAYLOAD)[column]
+    if spec.format == "json":
+        if column in spec.fields:
+            return F.col(PAYLOAD)[column]
+        if column in scope and column != spec.column:
+            return F.col(q(column))
+        return None if spec.fields else F.col(PAYLOAD)[column]
+    return F.col(q(column)) if column in scope else None
+
+
+def typed(parsed: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
+    """Every computed contract column, cast to its type, plus the reason a row is rejected (null: valid).
+
+    Also carries ``_raw``, ``_is_delete``, the CDC positions and the input's ``keep`` columns.
+    """
+    build = table.build
+    scope = parsed.columns
+    values: dict[str, Column] = {}
+    invalid: list[tuple[str, Column]] = []
+    for column in table.computed_columns():
+        kind = table.contract_type(column)
+        source = _expression(spec, table, column, scope)
+        if source is None:
+            values[column] = F.lit(None).cast(kind)
+            continue
+        value = source.try_cast(kind)
+        values[column] = value
+        invalid.append((column, source.isNotNull() & value.isNull()))
+    cdc = [c for c in CDC_COLUMNS if c in scope]
+    is_delete = F.expr(build.deletes) if build.deletes else F.lit(False)
+    staged = parsed.select(
+        F.col(RAW),
+        F.col("_parse_error"),
+        *([F.col(PAYLOAD)] if PAYLOAD in scope else []),
+        *[F.col(q(c)) for c in spec.keep if c in scope and c not in values],
+        *[F.col(c) for c in cdc if c not in values],
+        *[v.alias(c) for c, v in values.items()],
+        F.coalesce(is_delete, F.lit(False)).alias(IS_DELETE),
+        # judged on the input's values, before the typed columns shadow them
+        *[bad.alias(f"_invalid_{i}") for i, (_, bad) in enumerate(invalid)],
+    )
+    live = ~F.col(IS_DELETE)
+    reason = F.when(F.col("_parse_error").isNotNull(), F.col("_parse_error"))
+    for rule in build.reject:
+        reason = reason.when(live & F.coalesce(F.expr(rule.when), F.lit(False)), F.lit(rule.reason))
+    for i, (column, _) in enumerate(invalid):
+        # A delete carries only its key: its other columns are not judged.
+        bad = F.col(f"_invalid_{i}")
+        judged = bad if column in build.key else live & bad
+        reason = reason.when(judged, F.lit(f"invalid_value:{column}"))
+    if build.key:
+        reason = reason.when(
+            reduce(operator.or_, [F.col(q(k)).isNull() for k in build.key]), F.lit("missing_key")
+        )
+    if build.apply != "append" and build.sequence:
+        first = build.sequence[0]
+        reason = reason.when(live & F.col(q(first)).isNull(), F.lit("missing_sequence"))
+    helpers = [
+        "_parse_error",
+        *([PAYLOAD] if PAYLOAD in scope else []),
+        *(f"_invalid_{i}" for i in range(len(invalid))),
+    ]
+    return staged.withColumn(REASON, reason).drop(*helpers)
+
+
+# --- one micro-batch --------------------------------------------------------------------------------------
+
+
+@dataclass
+class BatchCounts:
+    """What one micro-batch of one input did."""
+
+    input_rows: int = 0
+    applied: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    late: int = 0
+    dropped: int = 0
+    orphans: int = 0
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(getattr(self, name) for name in _COUNTS)
+
+
+def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> DataFrame:
+    """``_outcome``: insert, duplicate (a key seen before) or quarantine (invalid or late)."""
+    build = table.build
+    valid = F.col(REASON).isNull()
+    marked = frame
+    duplicate = F.lit(False)
+    ordering = [F.col(q(c)) for c in build.sequence] or [F.monotonically_increasing_id()]
+    existing = spark.read.format("delta").load(table.path)
+    if build.key and build.dedupe:
+        first_seen = Window.partitionBy(*[F.col(q(k)) for k in build.key]).orderBy(*ordering)
+        known = existing.select(*[F.col(q(k)).alias(f"_known_{k}") for k in build.key]).distinct()
+        marked = marked.withColumn("_rank", F.when(valid, F.row_number().over(first_seen)))
+        on = reduce(operator.and_, [F.col(q(k)).eqNullSafe(F.col(f"_known_{k}")) for k in build.key])
+        marked = marked.join(known, on, "left")
+        duplicate = valid & ((F.col("_rank") > 1) | F.col(f"_known_{build.key[0]}").isNotNull())
+    late = F.lit(False)
+    if build.event_time is not None:
+        spec = build.event_time
+        column = F.col(q(spec.column))
+        carried = first_row(existing.agg(F.max(q(spec.column))))[0]
+        before = (
+            Window.partitionBy(*[F.col(q(c)) for c in spec.partition_by])
+            .orderBy(*([F.col(q(c)) for c in spec.order_by] or ordering))
+            .rowsBetween(Window.unboundedPreceding, -1)
+        )
+        marked = marked.withColumn("_seen_max", F.max(F.when(valid, column)).over(before))
+        newest = F.greatest(F.col("_seen_max"), F.lit(carried).cast("timestamp"))
+        late = (
+            valid
+            & ~duplicate
+            & F.coalesce(column < newest - F.expr(f"INTERVAL {spec.watermark}"), F.lit(False))
+        )
+    helper = [c for c in marked.columns if c.startswith("_known_") or c in ("_rank", "_seen_max")]
+    return marked.select(
+        *[F.col(q(c)) for c in frame.columns if c != REASON],
+        F.when(late, F.lit(LATE)).otherwise(F.col(REASON)).alias(REASON),
+        F.when(duplicate, F.lit("duplicate"))
+        .when(valid & ~late, F.lit("insert"))
+        .otherwise(F.lit("quarantine"))
+        .alias(OUTCOME),
+    ).drop(*helper)
+
+
+def _mark_versions(frame: DataFrame, table: SilverTable) -> DataFrame:
+    """``_outcome`` for upsert/scd2: a key's latest version in the batch is applied, others superseded."""
+    build = table.build
+    valid = frame.where(F.col(REASON).isNull())
+    ranked = apply.latest_per_key(valid, build.key, build.sequence, RAW)
+    rejected = frame.where(F.col(REASON).isNotNull()).withColumn("_rank", F.lit(None).cast("int"))
+    both = ranked.unionByName(rejected)
+    outcome = F.when(F.col(REASON).isNotNull(), F.lit("quarantine"))
+    if build.apply == "scd2":  # every version can open a history row
+        outcome = outcome.otherwise(F.lit("insert"))
+    else:
+        outcome = outcome.when(F.col("_rank") == 1, F.lit("insert")).otherwise(F.lit("duplicate"))
+    return both.withColumn(OUTCOME, outcome).drop("_rank")
+
+
+def _protect(frame: DataFrame, table: SilverTable) -> DataFrame:
+    tokenized = set(table.pii_tokenized())
+    if not tokenized:
+        return frame
+    return frame.select(
+        *[
+            token_column(F.col(q(c)), table.tokenization_key).alias(c) if c in tokenized else F.col(q(c))
+            for c in frame.columns
+        ]
+    )
+
+
+def _references(frame: DataFrame, table: SilverTable, spark: SparkSession) -> tuple[DataFrame, list[str]]:
+    """Flag rows whose declared references find no row: ``_orphan_<i>`` per reference."""
+    flags = []
+    for index, ref in enumerate(table.build.references):
+        path = table.reference_paths[ref.table]
+        flag = f"_orphan_{index}"
+        if not is_delta_table(spark, path):
+            log.warning(
+                "%s: reference %s has no table yet; every row counts as an orphan", table.name, ref.table
+            )
+            frame = frame.withColumn(
+                flag, reduce(operator.and_, [F.col(q(c)).isNotNull() for c in ref.columns])
+            )
+        else:
+            target = spark.read.format("delta").load(path)
+            if DELETED in target.columns:
+                target = target.where(~F.col(DELETED))
+            aliases = [f"_ref{index}_{i}" for i in range(len(ref.columns))]
+            keys = target.select(
+                *[F.col(q(c)).alias(a) for c, a in zip(ref.target_columns, aliases, strict=True)]
+            )
+            keys = keys.distinct().withColumn(f"_ref{index}_hit", F.lit(True))
+            on = reduce(
+                operator.and_, [F.col(q(c)) == F.col(a) for c, a in zip(ref.columns, aliases, strict=True)]
+            )
+            joined = frame.join(keys, on, "left")
+            present = reduce(operator.and_, [F.col(q(c)).isNotNull() for c in ref.columns])
+            joined = joined.withColumn(flag, present & F.col(f"_ref{index}_hit").isNull())
+            frame = joined.drop(*aliases, f"_ref{index}_hit")
+        flags.append(flag)
+    return frame, flags
+
+
+@dataclass
+class RunContext:
+    """What a handler needs besides the batch."""
+
+    table: SilverTable
+    spec: InputSpec
+    settings: Settings
+    run_id: str
+    app_id: str
+    quality: bool = True
+    drift: set[str] = field(default_factory=set)
+
+
+def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCounts:
+    """Parse, reject, dedupe, protect, validate, apply and audit one input's micro-batch (replay-safe)."""
+    table, spec, build = ctx.table, ctx.spec, ctx.table.build
+    spark = batch.sparkSession
+    _note_drift(batch, spec, table, ctx)
+    staged = typed(parse(batch, spec, table), spec, table)
+    marked = _mark_append(staged, table, spark) if build.apply == "append" else _mark_versions(staged, table)
+    marked = _protect(marked, table).localCheckpoint(eager=True)
+    stats = first_row(
+        marked.agg(
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.when(F.col(OUTCOME) == "insert", 1)).alias("insert"),
+            F.count(F.when(F.col(OUTCOME) == "duplicate", 1)).alias("duplicate"),
+            F.count(F.when(F.col(OUTCOME) == "quarantine", 1)).alias("quarantine"),
+            F.count(F.when(F.col(REASON) == LATE, 1)).alias("late"),
+        )
+    )
+    counts = BatchCounts(
+        input_rows=int(stats["rows"]),
+        duplicates=int(stats["duplicate"]),
+        quarantined=int(stats["quarantine"]),
+        late=int(stats["late"]),
+    )
+    accepted = marked.where(F.col(OUTCOME) == "insert")
+    rejected = marked.where(F.col(OUTCOME) == "quarantine").withColumn(RULES, F.array(F.col(REASON)))
+    inserts = int(stats["insert"])
+    if inserts and (build.references or (ctx.quality and build.quality)):
+        accepted, extra_rejected, dropped, orphans = _check(accepted, inserts, batch_id, ctx)
+        counts.dropped, counts.orphans = dropped, orphans
+        rejected = rejected.unionByName(extra_rejected)
+        rejected_now = extra_rejected.count() if extra_rejected is not None else 0
+        counts.quarantined += rejected_now
+        inserts -= rejected_now + dropped
+    counts.applied = inserts
+    txn = {"txnAppId": ctx.app_id, "txnVersion": str(batch_id)}
+    _apply(accepted, spark, ctx, txn)
+    _quarantine(rejected, batch_id, ctx, txn)
+    audit = spark.createDataFrame(
+        [(table.name, spec.label, ctx.run_id, batch_id, *counts.as_tuple(), datetime.now(UTC))], AUDIT
+    )
+    audit.write.format("delta").mode("append").options(**txn).save(table.audit)
+    log.info("%s <- %s batch %d: %s", table.name, spec.label, batch_id, counts)
+    return counts
+
+
+def _check(
+    accepted: DataFrame, rows: int, batch_id: int, ctx: RunContext
+) -> tuple[DataFrame, DataFrame, int, int]:
+    """Compiled suite and references on the accepted rows: (accepted, newly rejected, dropped, orphans)."""
+    from lakehouse.quality import compiled as cq
+
+    table, build = ctx.table, ctx.table.build
+    spark = accepted.sparkSession
+    frame, flags = _references(accepted, table, spark) if build.references else (accepted, [])
+    reason = F.lit(None).cast("string")
+    rules_column = F.array().cast("array<string>")
+    orphans = 0
+    quarantine_flags = []
+    for ref, flag in zip(build.references, flags, strict=True):
+        if ref.action == "quarantine":
+            quarantine_flags.append((ref.rule, flag))
+    if flags:
+        frame = frame.localCheckpoint(eager=True)
+        orphan_counts = first_row(frame.agg(*[F.count(F.when(F.col(f), 1)).alias(f) for f in flags]))
+        orphans = sum(int(orphan_counts[f]) for f in flags)
+        for ref, flag in zip(build.references, flags, strict=True):
+            if int(orphan_counts[flag]):
+                log.warning(
+                    "%s: %d rows reference no row of %s (%s)",
+                    table.name,
+                    int(orphan_counts[flag]),
+                    ref.table,
+                    ref.action,
+                )
+    dropped = 0
+    route = F.lit(None).cast("string")
+    if ctx.quality and build.quality:
+        from lakehouse.quality.suites import load_suite, suite_path
+
+        if suite_path(ctx.settings, table.name).is_file():
+            suite = load_suite(ctx.settings, table.name)
+            compiled_suite = cq.CompiledSuite.of(suite)
+            evaluation = cq.evaluate(frame, compiled_suite, columns=table.columns)
+            _record(evaluation, suite, batch_id, ctx)
+            failures = evaluation.failures()
+            rest = compiled_suite.rest_suite()
+            if rest is not None:  # what the compiler does not know runs through GX (warn/fail only)
+                from lakehouse.quality.validate import QualityError, check_batch
+
+                try:
+                    check_batch(
+                        frame.select(*table.columns),
+                        table.name,
+                        settings=ctx.settings,
+                        run_id=ctx.run_id,
+                        batch_id=batch_id,
+                        suite=rest,
+                        materialised=True,
+                        rows=rows,
+                    )
+                except QualityError as exc:
+                    failures.append(str(exc))
+            if failures:
+                from lakehouse.quality.validate import QualityError
+
+                raise QualityError(
+                    f"{table.name} batch {batch_id} failed its quality suite: " + "; ".join(failures)
+                )
+            frame = evaluation.marked
+            route = F.col(cq.ROUTE)
+            reason = F.col(cq.REASON)
+            rules_column = F.col(cq.FAILED)
+            dropped = evaluation.dropped
+    for rule, flag in quarantine_flags:
+        hit = F.col(flag)
+        reason = F.when(reason.isNull() & hit, F.lit(rule)).otherwise(reason)
+        rules_column = F.when(hit, F.concat(rules_column, F.array(F.lit(rule)))).otherwise(rules_column)
+        route = F.when(hit, F.lit("quarantine")).otherwise(route)
+    frame = (
+        frame.withColumn("_route", route)
+        .withColumn("_route_reason", reason)
+        .withColumn("_route_rules", rules_column)
+    )
+    if quarantine_flags and dropped:  # a row both dropped and orphan-quarantined counts once, as quarantined
+        frame = frame.localCheckpoint(eager=True)
+        dropped = frame.where(F.col("_route") == "drop").count()
+    keep = [c for c in accepted.columns]
+    valid = frame.where(F.col("_route").isNull()).select(*keep)
+    rejected = frame.where(F.col("_route") == "quarantine").select(
+        *[c for c in keep if c not in (REASON,)],
+        F.col("_route_reason").alias(REASON),
+        F.col("_route_rules").alias(RULES),
+    )
+    return valid, rejected, dropped, orphans
+
+
+def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx: RunContext) -> None:
+    """Persist the compiled rules' results (``audit.validation_results``) and keep them for Data Docs."""
+    from lakehouse.privacy.mask import table_pii
+    from lakehouse.quality.compiled import result_rows, validation_result
+    from lakehouse.quality.docs import save_validation
+    from lakehouse.quality.results import write_results
+
+    table = ctx.table.name
+    results = result_rows(
+        evaluation.outcomes, table=table, suite=suite.name, run_id=ctx.run_id, batch_id=batch_id
+    )
+    write_results(evaluation.marked.sparkSession, ctx.settings, results)
+    if ctx.settings.quality.data_docs:
+        outcome = validation_result(evaluation.outcomes, suite)
+        save_validation(ctx.settings, table, ctx.run_id, batch_id, outcome, table_pii(ctx.settings, table))
+
+
+def _apply(accepted: DataFrame, spark: SparkSession, ctx: RunContext, txn: dict[str, str]) -> None:
+    table, build = ctx.table, ctx.table.build
+    if build.apply == "append":
+        apply.append(accepted, table.path, table.columns, txn)
+    elif build.apply == "upsert":
+        apply.upsert(
+            spark,
+            accepted,
+            table.path,
+            columns=table.columns,
+            key=build.key,
+            sequence=build.sequence,
+            source=ctx.spec.label,
+        )
+    else:
+        assert build.scd2 is not None
+        apply.scd2(
+            spark,
+            accepted,
+            table.path,
+            columns=table.columns,
+            key=build.key,
+            sequence=build.sequence,
+            spec=build.scd2,
+        )
+
+
+def _quarantine(rejected: DataFrame, batch_id: int, ctx: RunContext, txn: dict[str, str]) -> None:
+    table = ctx.table
+    key = [k for k in table.build.key if k in rejected.columns]
+    keep = [c for c in ctx.spec.keep if c in rejected.columns and c not in key]
+    rows = rejected.select(
+        F.col(RAW).alias("record"),
+        F.col(REASON).alias("reason"),
+        F.col(RULES).alias("failed_rules"),
+        F.lit(ctx.spec.label).alias("input"),
+        *[F.col(q(c)) for c in key],
+        *[F.col(q(c)) for c in keep],
+        F.lit(batch_id).cast("long").alias("batch_id"),
+        F.lit(ctx.run_id).alias("run_id"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+    rows.write.format("delta").mode("append").options(**txn).option("mergeSchema", "true").save(
+        table.quarantine
+    )
+
+
+def _note_drift(batch: DataFrame, spec: InputSpec, table: SilverTable, ctx: RunContext) -> None:
+    """Log input columns no declaration reads (a column added upstream is kept in bronze, never lost)."""
+    if spec.format != "columns":
+        return
+    read = set(table.columns) | set(spec.keep) | set(spec.columns)
+    expressions = " ".join(
+        [
+            spec.where or "",
+            table.build.deletes or "",
+            *(r.when for r in table.build.reject),
+            *spec.columns.values(),
+        ]
+        + [c.expr or "" for c in table.contract.columns]
+    )
+    read |= set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expressions))
+    new = {c for c in batch.columns if c not in read and not c.startswith("_")} - ctx.drift
+    if new:
+        ctx.drift |= new
+        log.warning(
+            "%s: input %s has columns the declaration does not read: %s", table.name, spec.label, sorted(new)
+        )
+
+
+# --- running a table --------------------------------------------------------------------------------------
+
+
+def ensure_tables(spark: SparkSession, table: SilverTable) -> None:
+    """Create the silver table (partitioned as declared), its quarantine and the audit table when missing."""
+    ensure_table(spark, table.path, table.schema, partition_by=table.build.partition_by)
+    key_fields = [f for f in table.schema.fields if f.name in table.build.key]
+    ensure_table(spark, table.quarantine, quarantine_schema(key_fields, []))
+    ensure_table(spark, table.audit, AUDIT)
+
+
+def check_declaration(spark: SparkSession, table: SilverTable) -> None:
+    """Analyse every input's plan on its (empty) schema: a bad expression is a ConfigError naming it."""
+    for spec in table.build.inputs:
+        path = table.input_paths[spec.label]
+        if not is_delta_table(spark, path):
+            continue
+        empty = spark.read.format("delta").load(path).limit(0)
+        try:
+            typed(parse(empty, spec, table), spec, table).schema  # noqa: B018 - analysis happens here
+        except AnalysisException as exc:
+            raise ConfigError(
+                f"catalog/{table.name.replace('.', '/')}.yaml: input {spec.label}: {str(exc).splitlines()[0]}"
+            ) from exc
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """One run of a silver table: summed per-batch counts by input, and the drifted columns seen."""
+
+    table: str
+    run_id: str
+    counts: dict[str, BatchCounts]
+    drift: tuple[str, ...] = ()
+
+    @property
+    def total(self) -> BatchCounts:
+        total = BatchCounts()
+        for counts in self.counts.values():
+            for name in _COUNTS:
+                setattr(total, name, getattr(total, name) + getattr(counts, name))
+        return total
+
+
+Trigger = Literal["availableNow"] | str
+
+
+def start(
+    spark: SparkSession,
+    settings: Settings,
+    table: SilverTable,
+    *,
+    run_id: str,
+    trigger: Trigger = "availableNow",
+    quality: bool = True,
+) -> list[StreamingQuery]:
+    """Start one stream per input (``availableNow`` or a processing-time interval like ``"30 seconds"``)."""
+    ensure_tables(spark, table)
+    check_declaration(spark, table)
+    queries = []
+    drift: set[str] = set()
+    for spec in table.build.inputs:
+        path = table.input_paths[spec.label]
+        if not is_delta_table(spark, path):
+            log.info("%s: input %s has no table yet; nothing to read", table.name, spec.table)
+            continue
+        checkpoint = f"{table.checkpoints}/{spec.label}"
+        ctx = RunContext(
+            table=table,
+            spec=spec,
+            settings=settings,
+            run_id=run_id,
+            app_id=txn_app_id(checkpoint, f"{table.name}-{spec.label}"),
+            quality=quality,
+            drift=drift,
+        )
+
+        def handle(batch: DataFrame, batch_id: int, ctx: RunContext = ctx) -> None:
+            process_batch(batch, batch_id, ctx)
+
+        writer = spark.readStream.format("delta").load(path).writeStream.foreachBatch(handle)
+        writer = writer.option("checkpointLocation", checkpoint).queryName(
+            f"silver_{table.contract.name}_{spec.label}_{settings.env_name}"
+        )
+        writer = (
+            writer.trigger(availableNow=True)
+            if trigger == "availableNow"
+            else writer.trigger(processingTime=trigger)
+        )
+        query = writer.start()
+        if trigger == "availableNow":  # inputs one after the other: the table's MERGEs never race
+            await_stream(query, f"{table.name} <- {spec.label}")
+        queries.append(query)
+    return queries
+
+
+def build_table(
+    spark: SparkSession,
+    settings: Settings,
+    name: str,
+    *,
+    run_id: str | None = None,
+    quality: bool = True,
+    table: SilverTable | None = None,
+) -> BuildReport:
+    """Bring a declared silver table up to date with its inputs (``availableNow``) and say what happened.
+
+    Raises:
+        ConfigError: the declaration is wrong (names the file and field).
+        QualityError: a ``fail`` rule failed (results persisted, the batch not written).
+        DataError: a stream failed otherwise.
+    """
+    table = table or silver_table(settings, name)
+    run = run_id or str(uuid.uuid4())
+    start(spark, settings, table, run_id=run, quality=quality)
+    return report(spark, table, run)
+
+
+def report(spark: SparkSession, table: SilverTable, run_id: str) -> BuildReport:
+    """The run's counts per input, summed from the audit table."""
+    if not is_delta_table(spark, table.audit):
+        return BuildReport(table=table.name, run_id=run_id, counts={})
+    rows = (
+        spark.read.format("delta")
+        .load(table.audit)
+        .where((F.col("table") == table.name) & (F.col("run_id") == run_id))
+        .groupBy("input")
+        .agg(*[F.sum(c).alias(c) for c in _COUNTS])
+        .collect()
+    )
+    counts = {row["input"]: BatchCounts(**{c: int(row[c] or 0) for c in _COUNTS}) for row in rows}
+    return BuildReport(table=table.name, run_id=run_id, counts=counts)
+
+
+def reconcile(spark: SparkSession, table: SilverTable) -> dict[str, int]:
+    """All-time totals of the table's audit: input rows and where they went (they must add up)."""
+    row = first_row(
+        spark.sql(
+            f"SELECT {', '.join(f'coalesce(sum({c}), 0) AS {c}' for c in _COUNTS)} "
+            f"FROM {delta_ref(table.audit)} WHERE `table` = '{table.name}'"
+        )
+    )
+    return {c: int(row[c]) for c in _COUNTS}

@@ -1,0 +1,496 @@
+"""The declarative silver engine on crafted edge cases, one apply mode at a time.
+
+Each test declares a table the way a user would (a contract with a ``build`` section), feeds the engine
+small micro-batches and reads the Delta tables back: out-of-order and repeated sequences, deletes, null keys,
+a key whose type changes, a column added upstream, late events, orphans, and quality rules that route rows.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
+from lakehouse.governance.catalog import TableContract, load_contract
+from lakehouse.quality.validate import QualityError
+from lakehouse.silver import engine
+from lakehouse.silver.engine import RunContext, SilverTable
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _settings(settings: Settings, tmp_path: Path) -> Settings:
+    quality = settings.quality.model_copy(update={"suites_dir": str(tmp_path / "suites"), "data_docs": False})
+    return settings.model_copy(update={"workspace": tmp_path / "ws", "quality": quality})
+
+
+def _table(settings: Settings, document: dict[str, Any], tmp_path: Path) -> SilverTable:
+    contract = TableContract.model_validate(document)
+    assert contract.build is not None
+    name = contract.name
+    lake = tmp_path / "lake"
+    return SilverTable(
+        contract=contract,
+        build=contract.build,
+        path=str(lake / name),
+        quarantine=str(lake / f"{name}_quarantine"),
+        audit=str(lake / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoints" / name),
+        tokenization_key="unit-test-key",
+        input_paths={spec.label: str(lake / spec.label) for spec in contract.build.inputs},
+        reference_paths={ref.table: str(lake / ref.table.split(".")[1]) for ref in contract.build.references},
+    )
+
+
+class Runner:
+    """Feeds one input's micro-batches to the engine, as ``foreachBatch`` would."""
+
+    def __init__(self, spark: Any, settings: Settings, table: SilverTable, quality: bool = False) -> None:
+        self.spark, self.table = spark, table
+        engine.ensure_tables(spark, table)
+        self.ctx = RunContext(
+            table=table,
+            spec=table.build.inputs[0],
+            settings=settings,
+            run_id="run-1",
+            app_id=f"app-{table.contract.name}",
+            quality=quality,
+        )
+        self.batch_id = 0
+
+    def feed(self, rows: list[dict[str, Any]], schema: str) -> engine.BatchCounts:
+        frame = self.spark.createDataFrame([tuple(r.get(c) for c in _names(schema)) for r in rows], schema)
+        counts = engine.process_batch(frame, self.batch_id, self.ctx)
+        self.batch_id += 1
+        return counts
+
+    def rows(self, order: str) -> list[Any]:
+        rows: list[Any] = (
+            self.spark.read.format("delta").load(self.table.path).orderBy(*order.split(",")).collect()
+        )
+        return rows
+
+    def quarantine(self) -> list[Any]:
+        rows: list[Any] = (
+            self.spark.read.format("delta").load(self.table.quarantine).orderBy("reason").collect()
+        )
+        return rows
+
+
+def _names(schema: str) -> list[str]:
+    return [part.strip().split(" ")[0] for part in schema.split(",")]
+
+
+# --- append -----------------------------------------------------------------------------------------------
+
+READINGS = {
+    "table": "silver.readings",
+    "owner": "tests",
+    "description": "Device readings.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.raw_readings", "format": "json", "keep": ["offset"]}],
+        "key": ["device_id", "seq"],
+        "sequence": ["offset"],
+        "event_time": {"column": "measured_at", "watermark": "1 hour", "order_by": ["offset"]},
+        "reject": [{"reason": "implausible_value", "when": "value < 0"}],
+    },
+    "columns": [
+        {"name": "device_id", "type": "string"},
+        {"name": "seq", "type": "long"},
+        {"name": "measured_at", "type": "timestamp", "expr": "timestamp_millis(CAST(payload.ts AS BIGINT))"},
+        {"name": "value", "type": "double", "expr": "payload.reading.v"},
+        {"name": "offset", "type": "long"},
+    ],
+}
+READINGS["build"]["inputs"][0]["fields"] = {  # type: ignore[index]
+    "device_id": "string",
+    "seq": "string",
+    "ts": "string",
+    "reading": "struct<v:string>",
+}
+RAW_SCHEMA = "value string, offset long"
+T0 = 1_730_419_200_000  # 2024-11-01T00:00:00Z
+
+
+def _reading(device: str | None, seq: Any, minutes: int, value: Any = 1.5) -> str:
+    return json.dumps({"device_id": device, "seq": seq, "ts": T0 + minutes * 60_000, "reading": {"v": value}})
+
+
+def test_append_parses_rejects_dedupes_and_accounts_for_every_row(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    table = _table(settings, READINGS, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    first = run.feed(
+        [
+            {"value": _reading("d1", 1, 0), "offset": 0},
+            {"value": _reading("d1", 1, 0), "offset": 1},  # the same reading again
+            {"value": _reading("d1", 2, 5, value=-3), "offset": 2},  # a declared reject
+            {"value": '{"device_id": "d1", "seq": 3', "offset": 3},  # not JSON
+            {"value": _reading("d1", "three", 6), "offset": 4},  # a key value that does not cast
+            {"value": _reading(None, 4, 7), "offset": 5},  # no key
+            {"value": _reading("d2", 1, 200), "offset": 6},
+            {"value": _reading("d2", 2, 10), "offset": 7},  # 190 minutes behind the newest: late
+        ],
+        RAW_SCHEMA,
+    )
+    assert (first.input_rows, first.applied, first.duplicates, first.quarantined, first.late) == (
+        8,
+        2,
+        1,
+        5,
+        1,
+    )
+    second = run.feed([{"value": _reading("d1", 1, 0), "offset": 8}], RAW_SCHEMA)  # re-delivered later
+    assert (second.applied, second.duplicates) == (0, 1)
+    rows = run.rows("device_id,seq")
+    assert [(r["device_id"], r["seq"], r["value"]) for r in rows] == [("d1", 1, 1.5), ("d2", 1, 1.5)]
+    assert rows[0]["measured_at"] == datetime(2024, 11, 1, 0, 0)
+    reasons = sorted((r["reason"], r["offset"]) for r in run.quarantine())
+    assert reasons == [
+        ("implausible_value", 2),
+        ("invalid_value:seq", 4),
+        ("late_beyond_watermark", 7),
+        ("malformed_json", 3),
+        ("missing_key", 5),
+    ]
+    assert all(
+        r["record"] and r["input"] == "raw_readings" and r["failed_rules"] == [r["reason"]]
+        for r in run.quarantine()
+    )
+    totals = engine.reconcile(spark, table)
+    assert (
+        totals["input_rows"]
+        == totals["applied"] + totals["quarantined"] + totals["duplicates"] + totals["dropped"]
+    )
+
+
+def test_a_replayed_micro_batch_is_written_once(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    table = _table(settings, READINGS, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    batch = [{"value": _reading("d1", 1, 0), "offset": 0}, {"value": "nope", "offset": 1}]
+    run.feed(batch, RAW_SCHEMA)
+    run.batch_id = 0  # the same batch id again: Delta's txnVersion skips every write
+    run.feed(batch, RAW_SCHEMA)
+    assert len(run.rows("seq")) == 1 and len(run.quarantine()) == 1
+    assert len(spark.read.format("delta").load(table.audit).collect()) == 1
+
+
+# --- upsert (SCD1) ----------------------------------------------------------------------------------------
+
+ACCOUNTS = {
+    "table": "silver.accounts",
+    "owner": "tests",
+    "description": "Accounts, latest version per id.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.accounts_extract"}],
+        "key": ["account_id"],
+        "sequence": ["updated_at"],
+        "apply": "upsert",
+        "deletes": "op = 'D'",
+    },
+    "columns": [
+        {"name": "account_id", "type": "long"},
+        {"name": "plan", "type": "string"},
+        {"name": "updated_at", "type": "timestamp"},
+        {"name": "_deleted", "type": "boolean"},
+        {"name": "_source", "type": "string"},
+        {"name": "_merged_at", "type": "timestamp"},
+    ],
+}
+EXTRACT = "account_id string, plan string, updated_at timestamp, op string"
+
+
+def _at(hour: int) -> datetime:
+    return datetime(2026, 1, 1, hour)
+
+
+def test_upsert_keeps_the_latest_sequence_whatever_the_arrival_order(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, ACCOUNTS, tmp_path))
+    counts = run.feed(
+        [
+            {"account_id": "1", "plan": "pro", "updated_at": _at(3)},
+            {"account_id": "1", "plan": "free", "updated_at": _at(1)},  # older, same batch
+            {"account_id": "2", "plan": "free", "updated_at": _at(1)},
+        ],
+        EXTRACT,
+    )
+    assert (counts.applied, counts.duplicates) == (2, 1)
+    run.feed([{"account_id": "1", "plan": "team", "updated_at": _at(2)}], EXTRACT)  # older, later batch
+    run.feed([{"account_id": "2", "plan": "other", "updated_at": _at(1)}], EXTRACT)  # same sequence again
+    rows = run.rows("account_id")
+    assert [(r["account_id"], r["plan"], r["_deleted"]) for r in rows] == [
+        (1, "pro", False),
+        (2, "free", False),
+    ]
+    assert rows[0]["_source"] == "accounts_extract"
+
+
+def test_upsert_deletes_leave_a_tombstone_an_older_insert_cannot_undo(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, ACCOUNTS, tmp_path))
+    run.feed([{"account_id": "1", "plan": "pro", "updated_at": _at(1)}], EXTRACT)
+    run.feed([{"account_id": "1", "updated_at": _at(2), "op": "D"}], EXTRACT)  # a delete carries its key
+    run.feed([{"account_id": "1", "plan": "pro", "updated_at": _at(1)}], EXTRACT)  # re-delivered insert
+    run.feed([{"account_id": "9", "updated_at": _at(5), "op": "D"}], EXTRACT)  # delete of an unknown key
+    run.feed([{"account_id": "9", "plan": "free", "updated_at": _at(4)}], EXTRACT)  # its older insert
+    rows = run.rows("account_id")
+    assert [(r["account_id"], r["plan"], r["_deleted"]) for r in rows] == [(1, "pro", True), (9, None, True)]
+    run.feed([{"account_id": "1", "plan": "team", "updated_at": _at(6)}], EXTRACT)  # re-created later
+    first = run.rows("account_id")[0]
+    assert (first["plan"], first["_deleted"]) == ("team", False)
+
+
+def test_upsert_quarantines_null_keys_key_type_changes_and_missing_sequences(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, ACCOUNTS, tmp_path))
+    counts = run.feed(
+        [
+            {"account_id": None, "plan": "pro", "updated_at": _at(1)},
+            {"account_id": "acc-7", "plan": "pro", "updated_at": _at(1)},  # the key became text upstream
+            {"account_id": "3", "plan": "pro", "updated_at": None},
+            {"account_id": "4", "plan": "pro", "updated_at": _at(1)},
+        ],
+        EXTRACT,
+    )
+    assert (counts.applied, counts.quarantined) == (1, 3)
+    assert [r["reason"] for r in run.quarantine()] == [
+        "invalid_value:account_id",
+        "missing_key",
+        "missing_sequence",
+    ]
+
+
+def test_a_column_added_upstream_neither_breaks_nor_vanishes(
+    spark: Any, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, ACCOUNTS, tmp_path))
+    run.feed([{"account_id": "1", "plan": "pro", "updated_at": _at(1)}], EXTRACT)
+    with caplog.at_level("WARNING"):
+        counts = run.feed(
+            [{"account_id": "2", "plan": "pro", "updated_at": _at(1), "region": "eu"}],
+            EXTRACT + ", region string",
+        )
+    assert counts.applied == 1 and len(run.rows("account_id")) == 2
+    assert "region" in caplog.text and "does not read" in caplog.text
+
+
+# --- SCD2 ---------------------------------------------------------------------------------------------------
+
+CUSTOMERS = {
+    "table": "silver.customer_history",
+    "owner": "tests",
+    "description": "Customer history.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.customers_extract"}],
+        "key": ["customer_id"],
+        "sequence": ["updated_at"],
+        "apply": "scd2",
+        "deletes": "op = 'D'",
+        "scd2": {"track": ["segment"], "valid_from": "valid_from", "surrogate_key": "customer_key"},
+    },
+    "columns": [
+        {"name": "customer_key", "type": "long"},
+        {"name": "customer_id", "type": "long"},
+        {"name": "segment", "type": "string"},
+        {"name": "updated_at", "type": "timestamp"},
+        {"name": "valid_from", "type": "timestamp"},
+        {"name": "valid_to", "type": "timestamp"},
+        {"name": "is_current", "type": "boolean"},
+    ],
+}
+CUSTOMER_ROWS = "customer_id long, segment string, updated_at timestamp, op string"
+
+
+def test_scd2_opens_a_version_per_change_and_is_safe_to_replay(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, CUSTOMERS, tmp_path))
+    batch = [
+        {"customer_id": 1, "segment": "new", "updated_at": _at(1)},
+        {"customer_id": 1, "segment": "new", "updated_at": _at(2)},  # nothing tracked changed
+        {"customer_id": 1, "segment": "loyal", "updated_at": _at(3)},
+    ]
+    run.feed(batch, CUSTOMER_ROWS)
+    run.feed(batch, CUSTOMER_ROWS)  # replayed under a new batch id: nothing is newer than the current row
+    run.feed([{"customer_id": 1, "segment": "vip", "updated_at": _at(5)}], CUSTOMER_ROWS)
+    rows = run.rows("valid_from")
+    assert [(r["segment"], r["valid_from"], r["valid_to"], r["is_current"]) for r in rows] == [
+        ("new", _at(1), _at(3), False),
+        ("loyal", _at(3), _at(5), False),
+        ("vip", _at(5), None, True),
+    ]
+    assert len({r["customer_key"] for r in rows}) == 3
+
+
+def test_scd2_delete_closes_the_current_version(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, CUSTOMERS, tmp_path))
+    run.feed([{"customer_id": 1, "segment": "new", "updated_at": _at(1)}], CUSTOMER_ROWS)
+    run.feed([{"customer_id": 1, "updated_at": _at(4), "op": "D"}], CUSTOMER_ROWS)
+    rows = run.rows("valid_from")
+    assert [(r["segment"], r["valid_to"], r["is_current"]) for r in rows] == [("new", _at(4), False)]
+
+
+# --- references and quality ---------------------------------------------------------------------------------
+
+ORDERS = {
+    "table": "silver.orders",
+    "owner": "tests",
+    "description": "Orders.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.orders_extract"}],
+        "key": ["order_id"],
+        "references": [{"columns": ["account_id"], "table": "silver.accounts", "action": "quarantine"}],
+    },
+    "columns": [
+        {"name": "order_id", "type": "long"},
+        {"name": "account_id", "type": "long"},
+        {"name": "amount", "type": "double"},
+        {"name": "status", "type": "string"},
+    ],
+}
+ORDER_ROWS = "order_id long, account_id long, amount double, status string"
+
+
+def _suite(tmp_path: Path, table: str, expectations: list[dict[str, Any]]) -> None:
+    layer, name = table.split(".")
+    path = tmp_path / "suites" / layer / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"name": table, "expectations": expectations}))
+
+
+def _rule(kind: str, rule: str, action: str, **kwargs: Any) -> dict[str, Any]:
+    return {"type": kind, "kwargs": kwargs, "meta": {"rule": rule, "action": action}}
+
+
+def test_orphans_are_quarantined_with_the_reference_as_reason(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    accounts = Runner(spark, _settings(settings, tmp_path), _table(settings, ACCOUNTS, tmp_path))
+    accounts.feed([{"account_id": "1", "plan": "pro", "updated_at": _at(1)}], EXTRACT)
+    orders = Runner(spark, _settings(settings, tmp_path), _table(settings, ORDERS, tmp_path))
+    counts = orders.feed(
+        [{"order_id": 10, "account_id": 1, "amount": 5.0}, {"order_id": 11, "account_id": 2, "amount": 5.0}],
+        ORDER_ROWS,
+    )
+    assert (counts.applied, counts.quarantined, counts.orphans) == (1, 1, 1)
+    assert [(r["order_id"], r["reason"]) for r in orders.quarantine()] == [(11, "orphan_accounts")]
+
+
+def test_compiled_rules_route_rows_and_agree_with_gx(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    local = _settings(settings, tmp_path)
+    expectations = [
+        _rule("expect_table_row_count_to_be_between", "rows", "warn", min_value=1),
+        _rule("expect_column_values_to_not_be_null", "status_present", "quarantine", column="status"),
+        _rule(
+            "expect_column_values_to_be_between",
+            "amount_range",
+            "drop",
+            column="amount",
+            min_value=0,
+            max_value=100,
+        ),
+        _rule(
+            "expect_column_values_to_be_in_set",
+            "status_known",
+            "warn",
+            column="status",
+            value_set=["paid", "open"],
+        ),
+        _rule(
+            "expect_column_values_to_match_regex",
+            "status_lower",
+            "quarantine",
+            column="status",
+            regex="^[a-z]+$",
+            mostly=0.5,
+        ),
+    ]
+    _suite(tmp_path, "silver.orders", expectations)
+    declaration = {**ORDERS, "build": {**ORDERS["build"], "references": []}}  # type: ignore[dict-item]
+    run = Runner(spark, local, _table(local, declaration, tmp_path), quality=True)
+    rows: list[dict[str, Any]] = [
+        {"order_id": 1, "amount": 10.0, "status": "paid"},
+        {"order_id": 2, "amount": -1.0, "status": "paid"},  # dropped
+        {"order_id": 3, "amount": 500.0, "status": None},  # quarantined: quarantine wins over drop
+        {"order_id": 4, "amount": 10.0, "status": "Refund"},  # warned (set), regex passes thanks to mostly
+    ]
+    counts = run.feed(rows, ORDER_ROWS)
+    assert (counts.applied, counts.dropped, counts.quarantined) == (2, 1, 1)
+    assert [(r["order_id"], r["reason"], r["failed_rules"]) for r in run.quarantine()] == [
+        (3, "status_present", ["status_present", "amount_range"])
+    ]
+    compiled = {
+        r["rule"]: (r["unexpected_count"], r["success"])
+        for r in spark.read.format("delta").load(local.table_path("audit", "validation_results")).collect()
+    }
+    # The same rows through GX's own engine give the same verdicts and counts.
+    from lakehouse.quality.suites import load_suite
+    from lakehouse.quality.validate import check_batch
+
+    frame = spark.createDataFrame([tuple(r.get(c) for c in _names(ORDER_ROWS)) for r in rows], ORDER_ROWS)
+    checked = check_batch(
+        frame,
+        "silver.orders",
+        settings=local,
+        run_id="gx",
+        batch_id=0,
+        persist=False,
+        suite=load_suite(local, "silver.orders"),
+    )
+    assert {r.rule: (r.unexpected_count, r.success) for r in checked.results} == compiled
+
+
+def test_a_failing_fail_rule_stops_the_batch_before_anything_is_written(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    local = _settings(settings, tmp_path)
+    _suite(
+        tmp_path,
+        "silver.orders",
+        [_rule("expect_column_values_to_not_be_null", "amount_present", "fail", column="amount")],
+    )
+    declaration = {**ORDERS, "build": {**ORDERS["build"], "references": []}}  # type: ignore[dict-item]
+    run = Runner(spark, local, _table(local, declaration, tmp_path), quality=True)
+    with pytest.raises(QualityError, match="amount_present"):
+        run.feed([{"order_id": 1, "amount": None, "status": "paid"}], ORDER_ROWS)
+    assert run.rows("order_id") == []
+
+
+# --- declarations that are wrong ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["build"].update(key=["nope"]), r"build\.key names \['nope'\]"),
+        (lambda d: d["build"].update(apply="upsert", sequence=[]), "needs sequence"),
+        (lambda d: d["build"]["event_time"].update(watermark="soon"), "not an interval"),
+        (lambda d: d["build"]["inputs"][0].update(format="xml"), r"build\.inputs\[0\]\.format"),
+    ],
+)
+def test_a_bad_declaration_names_the_file_and_the_field(tmp_path: Path, change: Any, message: str) -> None:
+    document = json.loads(json.dumps(READINGS))
+    change(document)
+    path = tmp_path / "silver" / "readings.yaml"
+    path.parent.mkdir()
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ConfigError, match=message) as error:
+        load_contract(path)
+    assert str(path) in str(error.value)
