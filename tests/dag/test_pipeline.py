@@ -30,7 +30,7 @@ NOTEBOOKS = [
     "quality/profile_tables",
     "quality/check_governance",
 ]
-EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/clean_fx_rates"]
+EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/fx_rates"]
 
 
 def _executed(settings: Settings) -> dict[str, float]:
@@ -175,7 +175,7 @@ TASKS = [
     "bronze-pull-apis",
     "bronze-extract-retail",
     "silver-clean-events",
-    "silver-clean-fx-rates",
+    "silver-fx-rates",
     "silver-merge-retail",
     "silver-clean-telemetry",
     "gold-build-sessions",

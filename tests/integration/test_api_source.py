@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
@@ -14,9 +16,10 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
+from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.gold.fx import with_reporting_currency
-from lakehouse.silver.fx import FxTables, build_fx_rates
+from lakehouse.silver import engine
 from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
 from lakehouse.sources.fx_server import Faults, RunningServer, load_ecb_rates, start_server
 from lakehouse.sources.http import PullTargets, RetryPolicy, pull_source
@@ -143,18 +146,32 @@ def _with_flawed_rows(path: str) -> None:
     delta_append(path, pa.Table.from_pylist(rows, schema=BRONZE_HTTP))
 
 
-def test_silver_and_gold_convert_revenue_at_the_days_rate(spark: Any, tmp_path: Path) -> None:
+def test_silver_and_gold_convert_revenue_at_the_days_rate(
+    stack: Settings, spark: Any, tmp_path: Path
+) -> None:
     with start_server() as server:
         targets = PullTargets(str(tmp_path / "bronze"), str(tmp_path / "dead"), tmp_path / "state.json")
         pull_source(fx_source(server.url, SECOND_UNTIL, page_size=1000), targets=targets, sleep=Sleeps())
     _with_flawed_rows(targets.bronze)
-    tables = FxTables(targets.bronze, str(tmp_path / "silver"), str(tmp_path / "quarantine"))
+    # The declared silver.fx_rates (catalog/silver/fx_rates.yaml), reading and writing this test's tables.
+    declared = engine.silver_table(stack, "silver.fx_rates")
+    tables = dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
+        quarantine=str(tmp_path / "quarantine"),
+        audit=str(tmp_path / "audit"),
+        checkpoints=str(tmp_path / "checkpoints"),
+        input_paths={"fx_rates": targets.bronze},
+    )
 
-    report = build_fx_rates(spark, tables)
-    assert (report.bronze_rows, report.silver_rows, report.quarantined, report.duplicates) == (784, 780, 3, 1)
+    report = engine.build_table(spark, stack, "silver.fx_rates", table=tables, quality=False).total
+    assert (report.input_rows, report.applied, report.quarantined, report.duplicates) == (784, 780, 3, 1)
+    assert engine.check_table(spark, tables)["applied"] == 780
     reasons = {r["reason"] for r in spark.read.format("delta").load(tables.quarantine).collect()}
     assert reasons == {"invalid_date", "non_positive_rate", "malformed_json"}
-    rates = spark.read.format("delta").load(tables.silver)
+    again = engine.build_table(spark, stack, "silver.fx_rates", table=tables, quality=False).total
+    assert again.input_rows == 0  # nothing new in bronze: the checkpoint remembers
+    rates = spark.read.format("delta").load(tables.path)
     assert rates.groupBy("date", "currency").count().where("count > 1").count() == 0
     usd = rates.where((F.col("date") == "2024-11-01") & (F.col("currency") == "USD")).first()
     assert usd is not None and usd["rate_per_eur"] == 1.0885

@@ -236,6 +236,9 @@ def test_upsert_keeps_the_latest_sequence_whatever_the_arrival_order(
         (2, "free", False),
     ]
     assert rows[0]["_source"] == "accounts_extract"
+    totals = engine.reconcile(spark, run.table)
+    assert totals["applied"] == len(rows) == 2  # the table holds what was applied; the rest are duplicates
+    assert totals["input_rows"] == 5 == totals["applied"] + totals["quarantined"] + totals["duplicates"]
 
 
 def test_upsert_deletes_leave_a_tombstone_an_older_insert_cannot_undo(

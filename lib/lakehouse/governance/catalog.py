@@ -336,7 +336,72 @@ def load_catalog_dir(folder: Path) -> Catalog:
     for path in sorted(folder.glob("*/*.yaml")):
         contract = load_contract(path)
         tables[contract.table] = contract
+    for contract in list(tables.values()):
+        if contract.build is not None:
+            name = contract.build.quarantine or f"{contract.table}_quarantine"
+            if name not in tables:
+                tables[name] = quarantine_contract(contract, tables, name)
     return Catalog(root=folder, tables=tables)
+
+
+def quarantine_contract(
+    contract: TableContract, tables: dict[str, TableContract], name: str | None = None
+) -> TableContract:
+    """The contract of a declared table's quarantine, as the silver engine writes it.
+
+    The raw record is kept whole (restricted, like bronze), with the reason, every rule broken, the input,
+    the key as far as it parsed and the input columns the declaration keeps (typed as the input's contract
+    says). Subjects are found by the key column when it is one, else by the same-named field of the record.
+    """
+    assert contract.build is not None
+    build = contract.build
+    pii = contract.classification == "pii"
+    columns: list[ColumnContract] = [
+        ColumnContract(
+            name="record",
+            type="string",
+            description="The input record as it arrived (restricted: PII in clear).",
+            classification=contract.classification,
+            **({"pii": "raw_record", "treatment": "keep"} if pii else {}),
+        ),
+        ColumnContract(name="reason", type="string", description="The first rule the record broke."),
+        ColumnContract(name="failed_rules", type="array<string>", description="Every rule the record broke."),
+        ColumnContract(name="input", type="string", description="The declared input the record came from."),
+    ]
+    for key in build.key:
+        source = contract.column(key)
+        columns.append(
+            source.model_copy(update={"description": f"Key column {key}, when it parsed.", "expr": None})
+        )
+    for spec in build.inputs:
+        upstream = tables.get(spec.table)
+        for kept in spec.keep:
+            if kept in {c.name for c in columns}:
+                continue
+            kind = (
+                next((c.type for c in upstream.columns if c.name == kept), "string") if upstream else "string"
+            )
+            columns.append(ColumnContract(name=kept, type=kind, description=f"{kept} of the input row."))
+    columns += [
+        ColumnContract(name="batch_id", type="long", description="The micro-batch that set the row aside."),
+        ColumnContract(name="run_id", type="string", description="The run that set the row aside."),
+        ColumnContract(name="quarantined_at", type="timestamp", description="When (UTC)."),
+    ]
+    subjects = tuple(
+        subject
+        if subject.column in build.key or subject.column is None
+        else subject.model_copy(update={"column": "record", "json_path": f"$.{subject.column}"})
+        for subject in contract.subjects
+    )
+    return TableContract(
+        table=name or f"{contract.table}_quarantine",
+        owner=contract.owner,
+        description=f"Rows of {contract.table} set aside by the silver engine, kept whole with the reason.",
+        classification=contract.classification,
+        retention_days=30,
+        subjects=subjects,
+        columns=tuple(columns),
+    )
 
 
 def _table_path(settings: Settings, table: str) -> str:

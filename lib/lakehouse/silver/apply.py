@@ -73,7 +73,7 @@ def upsert(
     key: Sequence[str],
     sequence: Sequence[str],
     source: str,
-) -> None:
+) -> int:
     """MERGE one version per key: newer versions replace, deletes leave tombstones, older ones do nothing.
 
     Args:
@@ -82,6 +82,9 @@ def upsert(
             table has them).
         key, sequence: the declaration's key and sequence columns.
         source: the input's name, kept in ``_source``.
+
+    Returns:
+        How many rows the MERGE inserted (new keys, tombstones of unknown keys included).
     """
     bookkeeping = {
         DELETED: F.col(IS_DELETE).cast("boolean"),
@@ -117,7 +120,7 @@ def upsert(
             f"WHEN NOT MATCHED AND NOT s.{IS_DELETE} THEN INSERT ({insert_columns}) VALUES ({insert_values})"
         )
     try:
-        spark.sql(
+        result = spark.sql(
             f"""
             MERGE INTO {delta_ref(path)} t USING {view} s ON {on}
             {on_delete}
@@ -126,8 +129,15 @@ def upsert(
             {not_matched}
             """
         )
+        return _inserted(result)
     finally:
         spark.catalog.dropTempView(view)
+
+
+def _inserted(result: DataFrame) -> int:
+    """``num_inserted_rows`` of a Delta MERGE's result."""
+    row = result.first()
+    return int(row["num_inserted_rows"]) if row is not None and "num_inserted_rows" in row else 0
 
 
 def _hash(columns: Sequence[str]) -> Column:
@@ -143,7 +153,7 @@ def scd2(
     key: Sequence[str],
     sequence: Sequence[str],
     spec: Scd2Spec,
-) -> None:
+) -> int:
     """Bring an SCD2 table up to date with versions (one MERGE; safe to repeat).
 
     A version opens a row when its tracked columns differ from the version before it (the current row or
@@ -156,6 +166,9 @@ def scd2(
         columns: the table's columns in order.
         key, sequence: from the declaration; ``sequence[0]`` becomes ``valid_from``.
         spec: the SCD2 column names.
+
+    Returns:
+        How many history rows the MERGE inserted.
     """
     start = sequence[0]
     current = spark.read.format("delta").load(path).where(F.col(q(spec.is_current)))
@@ -215,7 +228,7 @@ def scd2(
     staged.createOrReplaceTempView(view)
     on = " AND ".join(f"t.{q(k)} = s.{q(k)}" for k in key)
     try:
-        spark.sql(
+        result = spark.sql(
             f"""
             MERGE INTO {delta_ref(path)} t USING {view} s
             ON s._closing AND {on} AND t.{q(spec.is_current)}
@@ -224,5 +237,6 @@ def scd2(
               INSERT ({", ".join(q(c) for c in columns)}) VALUES ({", ".join("s." + q(c) for c in columns)})
             """
         )
+        return _inserted(result)
     finally:
         spark.catalog.dropTempView(view)

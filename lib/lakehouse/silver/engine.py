@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from great_expectations import ExpectationSuite
 from pyspark.errors import AnalysisException
@@ -125,6 +125,9 @@ class SilverTable:
     tokenization_key: str
     input_paths: dict[str, str]
     reference_paths: dict[str, str]
+    # The quarantine's schema from its contract (generated from the declaration unless a file overrides it);
+    # None: the record, reason, rules, input, key and run columns only.
+    quarantine_columns: tuple[tuple[str, str], ...] | None = None
 
     @property
     def name(self) -> str:
@@ -148,11 +151,21 @@ class SilverTable:
                 managed.add(spec.surrogate_key)
         return [c for c in self.columns if c not in managed]
 
+    @property
+    def quarantine_table(self) -> str:
+        """The quarantine's catalog name, e.g. ``silver.readings_quarantine``."""
+        return self.build.quarantine or f"{self.name}_quarantine"
+
     def contract_type(self, column: str) -> str:
         return self.contract.column(column).type
 
     def pii_tokenized(self) -> list[str]:
         return [c.name for c in self.contract.columns if c.treatment == "tokenize"]
+
+
+def task_name(table: str) -> str:
+    """The DAG task that builds a declared table: ``silver.fx_rates`` → ``silver-fx-rates``."""
+    return table.replace(".", "-").replace("_", "-")
 
 
 def _struct(ddl: str) -> StructType:
@@ -195,16 +208,18 @@ def silver_table(settings: Settings, table: str) -> SilverTable:
                 f"(add catalog/{upstream.replace('.', '/')}.yaml)"
             )
     layer, _, name = table.partition(".")
+    quarantine = build.quarantine or f"{table}_quarantine"
     return SilverTable(
         contract=contract,
         build=build,
         path=settings.table_path(layer, name),
-        quarantine=_path(settings, build.quarantine or f"{table}_quarantine"),
+        quarantine=_path(settings, quarantine),
         audit=settings.table_path("audit", "silver_batches"),
         checkpoints=settings.checkpoint_path(f"silver/{name}"),
         tokenization_key=settings.privacy.tokenization_key,
         input_paths={spec.label: _path(settings, spec.table) for spec in build.inputs},
         reference_paths={ref.table: _path(settings, ref.table) for ref in build.references},
+        quarantine_columns=tuple((c.name, c.type) for c in catalog.contract(quarantine).columns),
     )
 
 
@@ -548,9 +563,12 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
         rejected_now = extra_rejected.count() if extra_rejected is not None else 0
         counts.quarantined += rejected_now
         inserts -= rejected_now + dropped
-    counts.applied = inserts
     txn = {"txnAppId": ctx.app_id, "txnVersion": str(batch_id)}
-    _apply(accepted, spark, ctx, txn)
+    inserted = _apply(accepted, inserts, spark, ctx, txn)
+    # A version that changed no row or replaced an older one counts as a duplicate of its key, so that
+    # input rows = applied + quarantined + duplicates + dropped, and the table holds the sum of applied.
+    counts.applied = inserted
+    counts.duplicates += inserts - inserted
     _quarantine(rejected, batch_id, ctx, txn)
     audit = spark.createDataFrame(
         [(table.name, spec.label, ctx.run_id, batch_id, *counts.as_tuple(), datetime.now(UTC))], AUDIT
@@ -668,12 +686,16 @@ def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx:
         save_validation(ctx.settings, table, ctx.run_id, batch_id, outcome, table_pii(ctx.settings, table))
 
 
-def _apply(accepted: DataFrame, spark: SparkSession, ctx: RunContext, txn: dict[str, str]) -> None:
+def _apply(accepted: DataFrame, rows: int, spark: SparkSession, ctx: RunContext, txn: dict[str, str]) -> int:
+    """Write the accepted rows by the table's apply mode; return how many rows it added to the table."""
     table, build = ctx.table, ctx.table.build
     if build.apply == "append":
         apply.append(accepted, table.path, table.columns, txn)
-    elif build.apply == "upsert":
-        apply.upsert(
+        return rows
+    if rows == 0:
+        return 0
+    if build.apply == "upsert":
+        return apply.upsert(
             spark,
             accepted,
             table.path,
@@ -682,17 +704,16 @@ def _apply(accepted: DataFrame, spark: SparkSession, ctx: RunContext, txn: dict[
             sequence=build.sequence,
             source=ctx.spec.label,
         )
-    else:
-        assert build.scd2 is not None
-        apply.scd2(
-            spark,
-            accepted,
-            table.path,
-            columns=table.columns,
-            key=build.key,
-            sequence=build.sequence,
-            spec=build.scd2,
-        )
+    assert build.scd2 is not None
+    return apply.scd2(
+        spark,
+        accepted,
+        table.path,
+        columns=table.columns,
+        key=build.key,
+        sequence=build.sequence,
+        spec=build.scd2,
+    )
 
 
 def _quarantine(rejected: DataFrame, batch_id: int, ctx: RunContext, txn: dict[str, str]) -> None:
@@ -744,8 +765,11 @@ def _note_drift(batch: DataFrame, spec: InputSpec, table: SilverTable, ctx: RunC
 def ensure_tables(spark: SparkSession, table: SilverTable) -> None:
     """Create the silver table (partitioned as declared), its quarantine and the audit table when missing."""
     ensure_table(spark, table.path, table.schema, partition_by=table.build.partition_by)
-    key_fields = [f for f in table.schema.fields if f.name in table.build.key]
-    ensure_table(spark, table.quarantine, quarantine_schema(key_fields, []))
+    if table.quarantine_columns is not None:
+        schema = _struct(", ".join(f"{q(name)} {kind}" for name, kind in table.quarantine_columns))
+    else:
+        schema = quarantine_schema([f for f in table.schema.fields if f.name in table.build.key], [])
+    ensure_table(spark, table.quarantine, schema)
     ensure_table(spark, table.audit, AUDIT)
 
 
@@ -772,6 +796,17 @@ class BuildReport:
     run_id: str
     counts: dict[str, BatchCounts]
     drift: tuple[str, ...] = ()
+
+    def as_frame(self) -> Any:
+        """The counts as a pandas frame, one row per input (for a notebook)."""
+        import pandas as pd
+
+        return pd.DataFrame(
+            [
+                {"input": name, **{c: getattr(counts, c) for c in _COUNTS}}
+                for name, counts in self.counts.items()
+            ]
+        )
 
     @property
     def total(self) -> BatchCounts:
@@ -881,3 +916,34 @@ def reconcile(spark: SparkSession, table: SilverTable) -> dict[str, int]:
         )
     )
     return {c: int(row[c]) for c in _COUNTS}
+
+
+def check_table(spark: SparkSession, table: SilverTable) -> dict[str, int]:
+    """The table's invariants; returns the all-time audit totals.
+
+    Raises:
+        DataError: the audit does not balance (input rows != applied + quarantined + duplicates + dropped),
+            the table holds another row count than its audit applied, a key is there twice where the apply
+            mode promises one row per key, or a quarantined row has no reason.
+    """
+    totals = reconcile(spark, table)
+    accounted = totals["applied"] + totals["quarantined"] + totals["duplicates"] + totals["dropped"]
+    if totals["input_rows"] != accounted:
+        raise DataError(
+            f"{table.name}: input rows {totals['input_rows']} != applied + quarantined + duplicates "
+            f"+ dropped {accounted} ({totals})"
+        )
+    frame = spark.read.format("delta").load(table.path)
+    rows = frame.count()
+    if rows != totals["applied"]:
+        raise DataError(f"{table.name} holds {rows} rows but its audit applied {totals['applied']}")
+    build = table.build
+    if build.key and (build.apply == "upsert" or build.dedupe):
+        unique = frame.where(F.col(q(build.scd2.is_current))) if build.scd2 else frame
+        twice = unique.groupBy(*[F.col(q(k)) for k in build.key]).count().where("count > 1").count()
+        if twice:
+            raise DataError(f"{table.name}: {twice} keys {build.key} are there more than once")
+    quarantine = spark.read.format("delta").load(table.quarantine)
+    if quarantine.where(F.col("reason").isNull()).count():
+        raise DataError(f"{table.quarantine_table}: a quarantined row has no reason")
+    return totals
