@@ -329,7 +329,7 @@ def test_a_bad_registry_entry_names_the_file_and_the_field(tmp_path: Path) -> No
     with pytest.raises(ConfigError, match=r"\['when'\] are not fields"):
         load_registry(settings, _registry_with(tmp_path, settings, ordering))
     no_payload = {k: v for k, v in MQTT_ENTRY.items() if k != "payload"}
-    with pytest.raises(ConfigError, match=r"fleet\.mqtt\.payload: Field required"):
+    with pytest.raises(ConfigError, match="topic_pattern and device_registry name payload fields"):
         load_registry(settings, _registry_with(tmp_path, settings, no_payload))
     reserved = {
         **MQTT_ENTRY,
@@ -342,11 +342,23 @@ def test_a_bad_registry_entry_names_the_file_and_the_field(tmp_path: Path) -> No
         load_registry(settings, _registry_with(tmp_path, settings, reserved))
 
 
+def test_the_bridge_refuses_an_mqtt_source_without_a_payload(tmp_path: Path) -> None:
+    from lakehouse.iot.bridge import Normalizer
+
+    settings = load_settings("test", root=ROOT)
+    bare = {k: v for k, v in MQTT_ENTRY.items() if k not in {"payload", "topic_pattern", "ordering"}}
+    source = load_registry(settings, _registry_with(tmp_path, settings, bare)).get("fleet")
+    assert isinstance(source, MqttSource) and source.record_payload() is None
+    with pytest.raises(ConfigError, match="mqtt source 'fleet' declares no payload: add `payload:`"):
+        Normalizer.from_source(source)
+
+
 def test_the_mqtt_record_declaration_adds_what_the_bridge_adds(tmp_path: Path) -> None:
     settings = load_settings("test", root=ROOT)
     source = load_registry(settings, _registry_with(tmp_path, settings, MQTT_ENTRY)).get("fleet")
     assert isinstance(source, MqttSource)
     record = source.record_payload()
+    assert record is not None
     assert list(record.fields) == ["unit_id", "n", "at", "received_at", "mqtt_topic"]
     assert record.record_ddl() == (
         "`unit_id` STRING, `n` BIGINT, `at` TIMESTAMP, `received_at` TIMESTAMP, `mqtt_topic` STRING, `extra` STRING"

@@ -82,10 +82,16 @@ class Normalizer:
     """
 
     def __init__(self, source: MqttSource) -> None:
+        record = source.record_payload()
+        if source.payload is None or record is None:
+            raise ConfigError(
+                f"mqtt source {source.name!r} declares no payload: add `payload:` to its entry in "
+                "sources.yaml (fields, key, sequence, event_time; see CONTRIBUTING.md, 'Adding a source')"
+            )
         self.source = source
         self.payload: PayloadSpec = source.payload
         self.reader: PayloadReader = source.payload.reader()
-        self.record_fields: tuple[str, ...] = tuple(source.record_payload().fields)
+        self.record_fields: tuple[str, ...] = tuple(record.fields)
         self._topic_levels = source.topic_pattern.split("/") if source.topic_pattern else []
         self._placeholders = source.topic_placeholders()
         link = source.device_registry

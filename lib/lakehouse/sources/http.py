@@ -365,7 +365,7 @@ def parse_page(response: requests.Response, source: HttpSource, fetched_at: date
         items = _at(body, pagination.records_location)
         if items is _ABSENT:
             raise DataError(
-                f"{url} returned no {where!r} ({_shape(body, pagination.records_location)}): set "
+                f"{url} returned no {where!r} field ({_shape(body, pagination.records_location)}): set "
                 "pagination.records_path to where the records are (a dotted path, e.g. result.items)"
             )
         cursor = _at(body, pagination.cursor_location)

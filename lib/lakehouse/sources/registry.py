@@ -192,7 +192,9 @@ class MqttSource(_Source):
     qos: Literal[0, 1, 2] = 1
     partitions: int = Field(3, ge=1)
     retention_ms: int = Field(604_800_000, ge=60_000)
-    payload: PayloadSpec = Field(description="what the devices send (lakehouse.contracts.payload)")
+    payload: PayloadSpec | None = Field(
+        None, description="what the devices send (lakehouse.contracts.payload); the bridge needs it"
+    )
     topic_pattern: str | None = Field(
         None,
         description="e.g. devices/{device_id}/telemetry: a message on such a topic must carry that value",
@@ -203,13 +205,19 @@ class MqttSource(_Source):
 
     @model_validator(mode="after")
     def _coherent(self) -> MqttSource:
+        if self.payload is None:
+            if self.topic_pattern is not None or self.device_registry is not None:
+                raise ValueError("topic_pattern and device_registry name payload fields: declare `payload`")
+            return self
         for name in self.topic_placeholders().values():
             if name not in self.payload.fields:
                 raise ValueError(f"topic_pattern names {name!r}, not a payload field")
         link = self.device_registry
         if link is not None and link.firmware_field and link.firmware_field not in self.payload.fields:
             raise ValueError(f"device_registry.firmware_field {link.firmware_field!r} is not a payload field")
-        _declared(self, self.record_payload())
+        record = self.record_payload()
+        assert record is not None
+        _declared(self, record)
         return self
 
     def topic_placeholders(self) -> dict[int, str]:
@@ -219,8 +227,11 @@ class MqttSource(_Source):
         levels = self.topic_pattern.split("/")
         return {i: m.group(1) for i, level in enumerate(levels) if (m := _TOPIC_PLACEHOLDER.match(level))}
 
-    def record_payload(self) -> PayloadSpec:
-        """The declaration of the records the bridge writes to ``kafka_topic`` (what silver reads)."""
+    def record_payload(self) -> PayloadSpec | None:
+        """The declaration of the records the bridge writes to ``kafka_topic`` (what silver reads); None when
+        the source declares no payload (the bridge refuses such a source)."""
+        if self.payload is None:
+            return None
         after = {"received_at": FieldSpec(type="timestamp", description="when the bridge received it")}
         at_end: dict[str, FieldSpec] = {}
         if self.device_registry is not None:
