@@ -21,7 +21,7 @@ A source of kind ``mqtt`` (required) or ``kafka`` (optional) declares its ``payl
           min: -40
           max: 85
         pressure_kpa: {path: p, type: double, unit: hPa, to: kPa}  # a fixed unit
-        isig: {type: double, null_values: [nil]}                  # spellings of "no value"
+        rssi_dbm: {type: double, null_values: [n/a]}               # spellings of "no value"
 
 **Paths** are dotted segments into nested JSON objects (``readings.temp.value``). A segment whose name holds
 a dot or a backtick is quoted with backticks, as in Spark SQL (```a.b`.c``; a literal backtick is doubled).
