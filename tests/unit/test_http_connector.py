@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlsplit
 
 import pyarrow as pa
 import pytest
@@ -384,3 +387,78 @@ def test_a_re_pulled_page_is_not_written_twice(tmp_path: Path) -> None:
 def test_pull_needs_somewhere_to_write() -> None:
     with pytest.raises(ConfigError, match="settings"):
         pull_source(source(), session=FakeSession([]))
+
+
+# --- nested JSON: records and cursor by path, against a real HTTP server on loopback ----------------------
+
+
+class _NestedApi(BaseHTTPRequestHandler):
+    """An API that wraps its records two levels deep and its cursor in a `meta` object."""
+
+    pages: Final = {
+        None: ([rate("2024-11-01", "USD"), rate("2024-11-01", "GBP")], "p2"),
+        "p2": ([rate("2024-11-04", "USD")], None),
+    }
+
+    def do_GET(self) -> None:
+        query = dict(parse_qsl(urlsplit(self.path).query))
+        items, cursor = self.pages[query.get("after")]
+        body = json.dumps(
+            {
+                "status": "ok",
+                "result": {"count": len(items), "items": items},
+                "meta": {"paging": {"next": cursor}},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture()
+def nested_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _NestedApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v2/rates"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_records_and_cursor_are_found_by_path_in_nested_json(nested_api: str, tmp_path: Path) -> None:
+    pagination = HttpPagination(
+        style="cursor",
+        page_size=2,
+        cursor_param="after",
+        records_path="result.items",
+        next_cursor_path="meta.paging.next",
+    )
+    src = source(url=nested_api, pagination=pagination, auth=None)
+    report = pull_source(src, targets=targets(tmp_path), rng=random.Random(1))
+    assert report.pages == 2 and report.received == 3 and report.written == 3
+    assert report.cursor_after == "2024-11-04"
+    assert bronze_keys(tmp_path) == sorted(["2024-11-01|GBP", "2024-11-01|USD", "2024-11-04|USD"])
+
+
+def test_a_records_path_that_is_not_there_names_what_is(nested_api: str, tmp_path: Path) -> None:
+    pagination = HttpPagination(style="cursor", page_size=2, records_path="result.rows")
+    with pytest.raises(DataError, match=r"no 'result.rows' field \(keys at result: \['count', 'items'\]\)"):
+        pull_source(source(url=nested_api, pagination=pagination, auth=None), targets=targets(tmp_path))
+
+
+def test_records_field_still_works_and_conflicts_with_records_path() -> None:
+    assert HttpPagination(records_field="rows").records_location == ("rows",)
+    assert HttpPagination(records_path="a.`b.c`").records_location == ("a", "b.c")
+    assert HttpPagination().cursor_location == ("next_cursor",)
+    with pytest.raises(ValueError, match="records_path or records_field"):
+        HttpPagination(records_field="rows", records_path="a.rows")
+    with pytest.raises(ValueError, match="empty segment"):
+        HttpPagination(next_cursor_path="meta..next")

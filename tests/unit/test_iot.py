@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from lakehouse.clickstream import BRONZE_EVENTS
+from lakehouse.config import load_settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.iot.bridge import RECORD_FIELDS, InvalidMessage, dead_letter, normalize
+from lakehouse.iot.bridge import InvalidMessage, Normalizer, dead_letter, normalize
 from lakehouse.iot.devices import (
     MALFORMED_CASES,
     REPLAY_DEVICE,
@@ -57,7 +58,7 @@ def _payload(**fields: Any) -> bytes:
 
 def test_normalize_produces_the_documented_record() -> None:
     record = normalize(TOPIC, _payload(), NOW)
-    assert tuple(record) == RECORD_FIELDS
+    assert tuple(record) == Normalizer.from_registry(load_settings(), "iot_telemetry").record_fields
     assert record == {
         "device_id": "dev-0001",
         "seq": 7,

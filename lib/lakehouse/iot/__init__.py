@@ -1,16 +1,18 @@
-"""IoT ingestion: simulated and replayed MQTT devices, the device registry and the MQTT → Kafka bridge."""
+"""IoT ingestion: simulated and replayed MQTT devices, the device registry and the MQTT → Kafka bridge
+(which normalises by each mqtt source's payload declaration)."""
 
 from __future__ import annotations
 
 from lakehouse.iot.bridge import (
     DEAD_LETTER_REASONS,
-    RECORD_FIELDS,
     Bridge,
     BridgeConfig,
     BridgeStats,
     InvalidMessage,
+    Normalizer,
     dead_letter,
     ensure_bridge_topics,
+    mqtt_source,
     normalize,
 )
 from lakehouse.iot.devices import (
@@ -31,7 +33,6 @@ from lakehouse.iot.registry import DeviceRegistry, RegisteredDevice
 
 __all__ = [
     "DEAD_LETTER_REASONS",
-    "RECORD_FIELDS",
     "Bridge",
     "BridgeConfig",
     "BridgeStats",
@@ -40,12 +41,14 @@ __all__ = [
     "DeviceRegistry",
     "FleetFlaws",
     "InvalidMessage",
+    "Normalizer",
     "OfflineGap",
     "PublishReport",
     "RegisteredDevice",
     "Simulation",
     "dead_letter",
     "ensure_bridge_topics",
+    "mqtt_source",
     "normalize",
     "publish",
     "read_occupancy",

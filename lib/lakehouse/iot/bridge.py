@@ -1,4 +1,4 @@
-"""The MQTT → Kafka bridge: at-least-once delivery of device telemetry, normalised, keyed by device.
+"""The MQTT → Kafka bridge: at-least-once delivery of device messages, normalised by the source's declaration.
 
 How nothing is lost:
 
@@ -6,17 +6,23 @@ How nothing is lost:
   expiry), so the broker queues QoS 1 messages while the bridge is down and delivers them when it is back;
 * messages are acknowledged to the broker by hand (paho's ``manual_ack``) and only after Kafka acknowledged
   the produce (idempotent producer, ``acks=all``): a bridge killed anywhere gets the unacknowledged
-  messages again. Re-deliveries can duplicate records in Kafka; silver removes them by ``(device_id, seq)``.
+  messages again. Re-deliveries can duplicate records in Kafka; silver removes them by key + sequence.
 
-Each message is normalised (:func:`normalize`) to the telemetry record, keyed by ``device_id``::
+What a message becomes is declared, not coded: the ``mqtt`` source's ``payload`` in ``sources.yaml``
+(:mod:`lakehouse.contracts.payload`) says where each field is, its type, its unit and its limits. Each message
+is read by that declaration (:class:`Normalizer`) into the record :meth:`MqttSource.record_payload` declares,
+keyed by the payload's ``key`` — the key fields, the sequence, the event time, ``received_at``, the other
+fields, the device registry's site (``device_registry``), ``mqtt_topic``, and ``extra`` with every value the
+declaration does not name (only when there is one: nothing is dropped; the bridge counts them by path)::
 
     {"device_id": "dev-0001", "seq": 123, "device_time": "2024-11-01T10:00:00.000Z",
-     "received_at": "...Z", "temperature_c": 21.5, "humidity_pct": 40.1, "co2_ppm": 612.0,
-     "battery_pct": 88.0, "light_lux": null, "firmware": "1.4.2", "site": "hq-floor-2",
+     "received_at": "...Z", "temperature_c": 21.5, ..., "site": "hq-floor-2",
      "mqtt_topic": "devices/dev-0001/telemetry"}
 
-or, when it cannot be (not JSON, no device id or seq, bad time, unknown unit, value out of range), goes to the
-dead-letter topic with its reason and the raw payload.
+A message that breaks the declaration (not JSON, no device id or sequence, a wrong type, a bad or absurd
+time, an unknown unit, a value out of range, or a device id other than its topic's ``topic_pattern`` names)
+goes to the dead-letter topic with its reason (:data:`lakehouse.contracts.payload.GENERIC_REASONS`, plus
+``missing_<field>``, ``invalid_<field>`` and ``<field>_mismatch``) and the raw payload.
 """
 
 from __future__ import annotations
@@ -24,18 +30,16 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import queue
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import paho.mqtt.client as mqtt
 from kafka.errors import KafkaError
@@ -44,178 +48,197 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from lakehouse import kafka_clients
-from lakehouse.config import Settings, TopicSettings
+from lakehouse.config import Settings, TopicSettings, load_settings
+from lakehouse.contracts.payload import (
+    GENERIC_REASONS,
+    PayloadError,
+    PayloadReader,
+    PayloadSpec,
+    format_path,
+    iso_millis,
+)
 from lakehouse.errors import ConfigError, ServiceError
-from lakehouse.iot.devices import iso_millis
 from lakehouse.iot.registry import DeviceRegistry
+
+if TYPE_CHECKING:
+    from lakehouse.sources.registry import MqttSource
 
 log = logging.getLogger(__name__)
 
-SOURCE_NAME: Final = "iot_telemetry"
-DEAD_LETTER_REASONS: Final = (
-    "not_json",
-    "not_an_object",
-    "missing_device_id",
-    "device_id_mismatch",
-    "missing_seq",
-    "invalid_seq",
-    "invalid_timestamp",
-    "unknown_unit",
-    "invalid_value",
-    "out_of_range",
-)
-RECORD_FIELDS: Final = (
-    "device_id",
-    "seq",
-    "device_time",
-    "received_at",
-    "temperature_c",
-    "humidity_pct",
-    "co2_ppm",
-    "battery_pct",
-    "light_lux",
-    "firmware",
-    "site",
-    "mqtt_topic",
-)
-# Plausible physical ranges of the sensors (datasheet limits of typical indoor environment sensors).
-RANGES: Final = {
-    "temperature_c": (-40.0, 85.0),
-    "humidity_pct": (0.0, 100.0),
-    "co2_ppm": (0.0, 10_000.0),
-    "battery_pct": (0.0, 100.0),
-    "light_lux": (0.0, 200_000.0),
-}
-# Device payload field → record field (both spellings accepted: devices use the short names).
-_FIELDS: Final = {
-    "temperature": "temperature_c",
-    "humidity": "humidity_pct",
-    "co2": "co2_ppm",
-    "battery": "battery_pct",
-    "light": "light_lux",
-}
-_UNITS: Final[dict[str, Callable[[float], float]]] = {
-    "c": lambda v: v,
-    "°c": lambda v: v,
-    "f": lambda v: (v - 32.0) * 5.0 / 9.0,
-    "°f": lambda v: (v - 32.0) * 5.0 / 9.0,
-    "k": lambda v: v - 273.15,
-}
-_MIN_MS, _MAX_MS = 946_684_800_000, 4_102_444_800_000  # 2000-01-01 .. 2100-01-01
+SOURCE_NAME: Final = "iot_telemetry"  # the source the bridge serves when none is named and it exists
+DEAD_LETTER_REASONS: Final = (*GENERIC_REASONS, "missing_<field>", "invalid_<field>", "<field>_mismatch")
+RECEIVED_AT: Final = "received_at"
+MQTT_TOPIC: Final = "mqtt_topic"
+
+InvalidMessage = PayloadError  # a message the bridge cannot normalise; ``reason`` names the rule it broke
 
 
-class InvalidMessage(ValueError):
-    """A message the bridge cannot normalise; ``reason`` is one of :data:`DEAD_LETTER_REASONS`."""
+class Normalizer:
+    """One ``mqtt`` source's declaration, compiled: MQTT message → the record the bridge writes to Kafka.
 
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+    Example:
+        >>> normalizer = Normalizer.from_registry(settings, "iot_telemetry")         # doctest: +SKIP
+        >>> normalizer.normalize("devices/d1/telemetry", payload, datetime.now(UTC))  # doctest: +SKIP
+    """
 
+    def __init__(self, source: MqttSource) -> None:
+        record = source.record_payload()
+        if source.payload is None or record is None:
+            raise ConfigError(
+                f"mqtt source {source.name!r} declares no payload: add `payload:` to its entry in "
+                "sources.yaml (fields, key, sequence, event_time; see CONTRIBUTING.md, 'Adding a source')"
+            )
+        self.source = source
+        self.payload: PayloadSpec = source.payload
+        self.reader: PayloadReader = source.payload.reader()
+        self.record_fields: tuple[str, ...] = tuple(record.fields)
+        self._topic_levels = source.topic_pattern.split("/") if source.topic_pattern else []
+        self._placeholders = source.topic_placeholders()
+        link = source.device_registry
+        self.site_field = link.site_field if link else None
+        self.firmware_field = link.firmware_field if link else None
 
-def topic_device(topic: str) -> str | None:
-    """The device id in ``devices/<id>/telemetry`` (None for other topics)."""
-    parts = topic.split("/")
-    return parts[1] if len(parts) == 3 and parts[0] == "devices" and parts[1] else None
+    @classmethod
+    def from_source(cls, source: MqttSource) -> Normalizer:
+        return cls(source)
 
+    @classmethod
+    def from_registry(cls, settings: Settings, name: str | None = None) -> Normalizer:
+        """The normaliser of the registry's ``mqtt`` source ``name`` (see :func:`mqtt_source`)."""
+        return cls(mqtt_source(settings, name))
 
-def _number(payload: dict[str, Any], name: str) -> float | None:
-    value = payload.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidMessage("invalid_value", f"{name}={value!r} is not a number")
-    return float(value)
+    def topic_values(self, topic: str) -> dict[str, str]:
+        """The field values a topic names by ``topic_pattern`` (empty when the topic does not match it)."""
+        levels = topic.split("/")
+        if not self._topic_levels or len(levels) != len(self._topic_levels):
+            return {}
+        values = {}
+        for index, (level, expected) in enumerate(zip(levels, self._topic_levels, strict=True)):
+            if index in self._placeholders:
+                if not level:
+                    return {}
+                values[self._placeholders[index]] = level
+            elif level != expected:
+                return {}
+        return values
 
+    def message_key(self, values: dict[str, Any]) -> str:
+        """The Kafka key of a record: its key fields' values, joined by ``/``."""
+        return "/".join(str(values[name]) for name in self.payload.key)
 
-def _device_time(value: Any) -> datetime:
-    if isinstance(value, bool):
-        raise InvalidMessage("invalid_timestamp", f"ts={value!r}")
-    if isinstance(value, int | float):
-        millis = value * 1000 if abs(value) < 100_000_000_000 else value  # epoch seconds or milliseconds
-        if not _MIN_MS <= millis <= _MAX_MS:
-            raise InvalidMessage("invalid_timestamp", f"ts={value!r} is outside 2000..2100")
-        return datetime.fromtimestamp(millis / 1000, tz=UTC)
-    if isinstance(value, str) and value.strip():
+    def normalize(self, topic: str, payload: bytes, received_at: datetime) -> dict[str, Any]:
+        """The record of one message (the registry's site left None: :class:`Bridge` fills it).
+
+        Raises:
+            InvalidMessage: the payload breaks the declaration; its ``reason`` names the rule broken.
+        """
+        read = self.reader.read(payload)
+        values = read.values
+        for name, expected in self.topic_values(topic).items():
+            if str(values[name]) != expected:
+                raise InvalidMessage(f"{name}_mismatch", f"{name} {values[name]!r} published on {topic!r}")
+        provided: dict[str, Any] = {RECEIVED_AT: iso_millis(received_at), MQTT_TOPIC: topic}
+        if self.site_field is not None:
+            provided[self.site_field] = None
+        record = {name: values[name] if name in values else provided[name] for name in self.record_fields}
+        if read.extra:
+            record[self.payload.extra_field] = read.extra
+        return record
+
+    def dead_letter_key(self, topic: str, payload: bytes = b"") -> str | None:
+        """The device a rejected message is from, as far as its topic (``topic_pattern``) or, failing that,
+        its payload tells (None if neither does)."""
+        named = self.topic_values(topic)
+        if named and all(name in named for name in self.payload.key):
+            return "/".join(named[name] for name in self.payload.key)
         try:
-            moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidMessage("invalid_timestamp", f"ts={value!r} is not ISO-8601") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        if not _MIN_MS <= moment.timestamp() * 1000 <= _MAX_MS:
-            raise InvalidMessage("invalid_timestamp", f"ts={value!r} is outside 2000..2100")
-        return moment.astimezone(UTC)
-    raise InvalidMessage("invalid_timestamp", f"ts={value!r}")
+            document = json.loads(payload)
+        except (UnicodeDecodeError, ValueError):
+            return None
+        values = [
+            self.reader.find(document, name) if isinstance(document, dict) else None
+            for name in self.payload.key
+        ]
+        if any(not isinstance(v, str | int) or isinstance(v, bool) or v == "" for v in values):
+            return None
+        return "/".join(str(v) for v in values)
 
 
-def normalize(topic: str, payload: bytes, received_at: datetime) -> dict[str, Any]:
-    """Turn one device payload into the telemetry record (``site`` left None: the registry fills it).
+def mqtt_source(settings: Settings, name: str | None = None) -> MqttSource:
+    """The registry's ``mqtt`` source ``name``; unnamed: ``iot_telemetry`` if it exists, else the only one.
 
-    Temperatures become °C (``unit`` C, F or K); times (``ts``: ISO-8601, epoch seconds or milliseconds)
-    become ISO-8601 UTC with milliseconds.
+    Raises:
+        ConfigError: no such source, it is of another kind, or several mqtt sources and none named.
+    """
+    from lakehouse.sources.registry import MqttSource, load_registry
+
+    registry = load_registry(settings)
+    if name is None:
+        candidates = [s for s in registry.sources.values() if isinstance(s, MqttSource)]
+        if SOURCE_NAME in registry.sources or len(candidates) != 1:
+            name = SOURCE_NAME
+            if name not in registry.sources:
+                known = sorted(s.name for s in candidates)
+                raise ConfigError(f"name the mqtt source to bridge with --source (the registry has {known})")
+        else:
+            name = candidates[0].name
+    entry = registry.get(name)
+    if not isinstance(entry, MqttSource):
+        raise ConfigError(f"source {name!r} in sources.yaml must be of kind mqtt for the bridge")
+    return entry
+
+
+_DEFAULT: list[Normalizer] = []
+
+
+def normalize(
+    topic: str, payload: bytes, received_at: datetime, normalizer: Normalizer | None = None
+) -> dict[str, Any]:
+    """Turn one device message into its record by its source's declaration.
+
+    Args:
+        topic: the MQTT topic it came on.
+        payload: its bytes.
+        received_at: when the bridge received it.
+        normalizer: the source's compiled declaration; default: the ``iot_telemetry`` source of the current
+            environment's registry (``$LAKEHOUSE_ENV``, ``$LAKEHOUSE_SOURCES``).
 
     Raises:
         InvalidMessage: the payload breaks a rule; its ``reason`` names the first rule broken.
-
-    Example:
-        >>> normalize("devices/d1/telemetry", b'{"device_id":"d1","seq":1,"ts":0}', datetime.now(UTC))
-        Traceback (most recent call last):
-        ...
-        lakehouse.iot.bridge.InvalidMessage: invalid_timestamp: ts=0 is outside 2000..2100
     """
-    try:
-        document = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidMessage("not_json", str(exc)) from None
-    if not isinstance(document, dict):
-        raise InvalidMessage("not_an_object", f"a JSON {type(document).__name__}, not an object")
-    device_id = document.get("device_id")
-    if not isinstance(device_id, str) or not device_id.strip():
-        raise InvalidMessage("missing_device_id", f"device_id={device_id!r}")
-    expected = topic_device(topic)
-    if expected is not None and expected != device_id:
-        raise InvalidMessage("device_id_mismatch", f"device_id {device_id!r} published on {topic!r}")
-    seq = document.get("seq")
-    if seq is None:
-        raise InvalidMessage("missing_seq", "no seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise InvalidMessage("invalid_seq", f"seq={seq!r} is not a non-negative integer")
-    device_time = _device_time(document.get("ts", document.get("device_time")))
-    values = {target: _number(document, source) for source, target in _FIELDS.items()}
-    for target in _FIELDS.values():
-        if values[target] is None and target in document:
-            values[target] = _number(document, target)
-    if values["temperature_c"] is not None:
-        unit = document.get("unit")
-        convert = _UNITS.get(unit.strip().lower()) if isinstance(unit, str) else None
-        if convert is None:
-            raise InvalidMessage("unknown_unit", f"temperature unit {unit!r} (expected C, F or K)")
-        values["temperature_c"] = round(convert(values["temperature_c"]), 2)
-    for name, value in values.items():
-        low, high = RANGES[name]
-        if value is not None and not low <= value <= high:
-            raise InvalidMessage("out_of_range", f"{name}={value} outside [{low}, {high}]")
-    firmware = document.get("fw", document.get("firmware"))
-    return {
-        "device_id": device_id,
-        "seq": seq,
-        "device_time": iso_millis(device_time),
-        "received_at": iso_millis(received_at),
-        **values,
-        "firmware": str(firmware) if firmware is not None else None,
-        "site": None,
-        "mqtt_topic": topic,
-    }
+    if normalizer is None:
+        if not _DEFAULT:
+            _DEFAULT.append(Normalizer.from_registry(load_settings(), SOURCE_NAME))
+        normalizer = _DEFAULT[0]
+    return normalizer.normalize(topic, payload, received_at)
 
 
-def dead_letter(topic: str, payload: bytes, received_at: datetime, error: InvalidMessage) -> dict[str, Any]:
-    """The dead-letter record: reason, detail, where and when it came, and the raw payload (text + base64)."""
+def topic_device(topic: str, normalizer: Normalizer | None = None, payload: bytes = b"") -> str | None:
+    """The device a topic names by its source's ``topic_pattern`` (else the payload's key, else None)."""
+    if normalizer is None:
+        if not _DEFAULT:
+            _DEFAULT.append(Normalizer.from_registry(load_settings(), SOURCE_NAME))
+        normalizer = _DEFAULT[0]
+    return normalizer.dead_letter_key(topic, payload)
+
+
+def dead_letter(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    error: InvalidMessage,
+    normalizer: Normalizer | None = None,
+) -> dict[str, Any]:
+    """The dead-letter record: reason, detail, where and when it came, and the raw payload (text + base64).
+
+    ``device_id`` is the device the topic names (``topic_pattern``), else the payload's key if it can be
+    read, else None.
+    """
     return {
         "reason": error.reason,
         "detail": error.detail,
         "mqtt_topic": topic,
-        "device_id": topic_device(topic),
+        "device_id": topic_device(topic, normalizer, payload),
         "received_at": iso_millis(received_at),
         "payload": payload.decode("utf-8", errors="replace"),
         "payload_base64": base64.b64encode(payload).decode("ascii"),
@@ -241,26 +264,30 @@ class BridgeConfig:
     partitions: int = 3
     retention_ms: int = 604_800_000
 
-    @classmethod
-    def from_settings(cls, settings: Settings, source: str = SOURCE_NAME, **overrides: Any) -> BridgeConfig:
-        """The bridge of an environment: topics from the source registry entry ``source`` (kind mqtt) if it
-        exists, else the defaults; the client id is stable per environment."""
-        from lakehouse.sources.registry import MqttSource, load_registry
+    source: str | None = None  # the registry's mqtt source whose declaration normalises the messages
+    normalizer: Normalizer | None = None  # that declaration compiled (default: read from the registry)
 
-        values: dict[str, Any] = {"client_id": f"lakehouse-iot-bridge-{settings.env_name}"}
-        registry = load_registry(settings)
-        entry = registry.sources.get(source)
-        if entry is not None:
-            if not isinstance(entry, MqttSource):
-                raise ConfigError(f"source {source!r} in sources.yaml must be of kind mqtt for the bridge")
-            values.update(
-                mqtt_topic=entry.mqtt_topic,
-                kafka_topic=entry.kafka_topic,
-                dead_letter_topic=entry.dead_letter_topic,
-                qos=entry.qos,
-                partitions=entry.partitions,
-                retention_ms=entry.retention_ms,
-            )
+    @classmethod
+    def from_settings(cls, settings: Settings, source: str | None = None, **overrides: Any) -> BridgeConfig:
+        """The bridge of one ``mqtt`` source of the registry (see :func:`mqtt_source`): its topics and its
+        declaration; the client id is stable per environment and source.
+
+        Raises:
+            ConfigError: no such mqtt source, or its declaration names a unit pint does not know.
+        """
+        entry = mqtt_source(settings, source)
+        suffix = "" if entry.name == SOURCE_NAME else f"-{entry.name.replace('_', '-')}"
+        values: dict[str, Any] = {
+            "client_id": f"lakehouse-iot-bridge-{settings.env_name}{suffix}",
+            "mqtt_topic": entry.mqtt_topic,
+            "kafka_topic": entry.kafka_topic,
+            "dead_letter_topic": entry.dead_letter_topic,
+            "qos": entry.qos,
+            "partitions": entry.partitions,
+            "retention_ms": entry.retention_ms,
+            "source": entry.name,
+            "normalizer": Normalizer.from_source(entry),
+        }
         values.update(overrides)
         return cls(**values)
 
@@ -291,6 +318,7 @@ class BridgeStats:
     redelivered: int = 0
     batches: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    extra_fields: Counter[str] = field(default_factory=Counter)  # undeclared values kept in `extra`, by path
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -322,7 +350,10 @@ class Bridge:
     ) -> None:
         self.settings = settings
         self.config = config or BridgeConfig.from_settings(settings)
-        self.registry = registry or DeviceRegistry.open(settings, self.config.registry_path)
+        self.normalizer = self.config.normalizer or Normalizer.from_registry(settings, self.config.source)
+        self.registry: DeviceRegistry | None = None
+        if self.normalizer.site_field is not None:
+            self.registry = registry or DeviceRegistry.open(settings, self.config.registry_path)
         self.stats = BridgeStats()
         self._inbox: queue.Queue[_Inbound] = queue.Queue()
         self._generation = 0
@@ -413,16 +444,24 @@ class Bridge:
             self.stats.received += 1
             self.stats.redelivered += inbound.dup
             try:
-                record = normalize(inbound.topic, inbound.payload, received_at)
+                record = self.normalizer.normalize(inbound.topic, inbound.payload, received_at)
             except InvalidMessage as error:
                 self.stats.dead_lettered += 1
                 self.stats.reasons[error.reason] += 1
-                letter = dead_letter(inbound.topic, inbound.payload, received_at, error)
+                letter = dead_letter(inbound.topic, inbound.payload, received_at, error, self.normalizer)
+                letter["source"] = self.normalizer.source.name
                 futures.append(self._send(self.config.dead_letter_topic, letter["device_id"], letter))
                 continue
-            record["site"] = self.registry.lookup(record["device_id"], record["firmware"]).site
+            key = self.normalizer.message_key(record)
+            normalizer = self.normalizer
+            if self.registry is not None and normalizer.site_field is not None:
+                firmware = record.get(normalizer.firmware_field) if normalizer.firmware_field else None
+                record[normalizer.site_field] = self.registry.lookup(key, firmware).site
+            extra = record.get(normalizer.payload.extra_field)
+            if extra:
+                self._count_extra(extra, ())
             self.stats.forwarded += 1
-            futures.append(self._send(self.config.kafka_topic, record["device_id"], record))
+            futures.append(self._send(self.config.kafka_topic, key, record))
         self._producer.flush(timeout=60)
         for future in futures:
             try:
@@ -440,6 +479,23 @@ class Bridge:
             if inbound.qos > 0 and inbound.generation == self._generation:
                 client.ack(inbound.mid, inbound.qos)
         self.stats.batches += 1
+
+    def _count_extra(self, extra: dict[str, Any], prefix: tuple[str, ...]) -> None:
+        for name, value in extra.items():
+            path = (*prefix, name)
+            if isinstance(value, dict) and value:
+                self._count_extra(value, path)
+                continue
+            shown = format_path(path)
+            if shown not in self.stats.extra_fields:
+                log.warning(
+                    "source %s: messages carry %s, which the payload declaration does not name; "
+                    "it is kept in %r (declare it in sources.yaml to type it)",
+                    self.normalizer.source.name,
+                    shown,
+                    self.normalizer.payload.extra_field,
+                )
+            self.stats.extra_fields[shown] += 1
 
     def _drain(self, wait: float) -> list[_Inbound]:
         try:
@@ -474,11 +530,12 @@ class Bridge:
         finally:
             self.close()
         log.info(
-            "bridge stopped: %d received, %d forwarded, %d dead-lettered (%s)",
+            "bridge stopped: %d received, %d forwarded, %d dead-lettered (%s), undeclared values kept: %s",
             self.stats.received,
             self.stats.forwarded,
             self.stats.dead_lettered,
             dict(self.stats.reasons),
+            dict(self.stats.extra_fields) or "none",
         )
         return self.stats
 

@@ -78,6 +78,11 @@ def replay(settings: Settings, rate: float | None, speedup: float, limit: int | 
     default=None,
     help="Stop after this long without a message (default: run until SIGINT/SIGTERM).",
 )
+@click.option(
+    "--source",
+    default=None,
+    help="The mqtt source of sources.yaml to bridge (default: iot_telemetry, or the only mqtt source).",
+)
 @click.option("--client-id", default=None, help="MQTT client id (default: stable per environment).")
 @click.option("--kafka-topic", default=None, help="Telemetry topic (default: from sources.yaml).")
 @click.option("--dead-letter-topic", default=None, help="Dead-letter topic (default: from sources.yaml).")
@@ -85,11 +90,13 @@ def replay(settings: Settings, rate: float | None, speedup: float, limit: int | 
 def bridge(
     settings: Settings,
     once_idle_seconds: float | None,
+    source: str | None,
     client_id: str | None,
     kafka_topic: str | None,
     dead_letter_topic: str | None,
 ) -> None:
-    """Forward MQTT device telemetry to Kafka (normalised; bad messages to the dead-letter topic).
+    """Forward MQTT device messages to Kafka, normalised by the source's payload declaration in sources.yaml
+    (undeclared values kept in `extra`; bad messages to the dead-letter topic with their reason).
 
     The MQTT session is persistent: messages published while the bridge is down are delivered when it
     starts again with the same client id. SIGINT/SIGTERM stop it gracefully (flush, then disconnect).
@@ -98,13 +105,13 @@ def bridge(
 
     options = {"client_id": client_id, "kafka_topic": kafka_topic, "dead_letter_topic": dead_letter_topic}
     overrides = {key: value for key, value in options.items() if value}
-    config = BridgeConfig.from_settings(settings, **overrides)
+    config = BridgeConfig.from_settings(settings, source, **overrides)
     ensure_bridge_topics(settings, config)
     runner = Bridge(settings, config)
     runner.install_signal_handlers()
     runner.connect()
     click.echo(
-        f"bridge {config.client_id}: {config.mqtt_topic} → {config.kafka_topic} "
+        f"bridge {config.client_id} ({config.source}): {config.mqtt_topic} → {config.kafka_topic} "
         f"(dead letters → {config.dead_letter_topic})",
     )
     stats = runner.run(idle_seconds=once_idle_seconds)
@@ -114,3 +121,6 @@ def bridge(
         f"{stats.dead_lettered} dead-lettered "
         f"({reasons}), {stats.redelivered} redelivered"
     )
+    if stats.extra_fields:
+        kept = ", ".join(f"{k} {v}" for k, v in sorted(stats.extra_fields.items()))
+        click.echo(f"undeclared values kept in extra (declare them in sources.yaml): {kept}")

@@ -8,7 +8,10 @@ For one source, :func:`pull_source`
    request, and retries: connection errors, timeouts and HTTP 5xx back off exponentially with full jitter
    (``uniform(0, min(cap, base * 2**retry))``); HTTP 429 waits what ``Retry-After`` says (seconds or an HTTP
    date); other 4xx fail at once; after ``max_retries`` retries it gives up with a :class:`ServiceError`;
-3. checks each page: the body must be JSON with a list of records (else :class:`DataError` naming the URL);
+3. checks each page: the body must be JSON with a list of records where ``pagination.records_path`` says
+   (a dotted path into nested JSON such as ``result.items``; the next cursor likewise at
+   ``next_cursor_path``; the older one-level ``records_field``/``next_cursor_field`` still work), else a
+   :class:`DataError` naming the URL;
    a record that is not an object, lacks a contract field, has a null key or a value of the wrong type goes
    to the dead-letter list with its reason (and to the ``<bronze>_dead_letter`` table) — never dropped;
 4. puts valid records into a :class:`~lakehouse.sources.firehose.DeliveryStream` (flush on size/time/close,
@@ -42,6 +45,7 @@ import pyarrow as pa
 import requests
 
 from lakehouse.config import Settings, expand_variables
+from lakehouse.contracts.payload import format_path
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.sources.firehose import DeliveryStream, FlushReport, Writer, delta_append
 from lakehouse.sources.registry import REGISTRY_FILE, HttpSource, Registry, load_registry
@@ -317,6 +321,31 @@ def check_record(record: Any, contract: Mapping[str, str], key: Sequence[str]) -
     return None
 
 
+_ABSENT: Final = object()
+
+
+def _at(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = body
+    for segment in path:
+        if not isinstance(node, dict) or segment not in node:
+            return _ABSENT
+        node = node[segment]
+    return node
+
+
+def _shape(body: dict[str, Any], path: tuple[str, ...]) -> str:
+    """What the body has where the path broke off, for the error message."""
+    node: Any = body
+    for depth, segment in enumerate(path):
+        if not isinstance(node, dict):
+            return f"{format_path(path[:depth])} is a {type(node).__name__}"
+        if segment not in node:
+            at = format_path(path[:depth]) if depth else "the top level"
+            return f"keys at {at}: {sorted(node)[:10]}"
+        node = node[segment]
+    return "found"  # pragma: no cover - only called when the path broke off
+
+
 def parse_page(response: requests.Response, source: HttpSource, fetched_at: datetime, url: str) -> Page:
     """Check one response against the source's pagination and contract.
 
@@ -329,21 +358,22 @@ def parse_page(response: requests.Response, source: HttpSource, fetched_at: date
     except ValueError as exc:
         raise DataError(f"{url} did not return JSON ({response.text[:120]!r}): is the url right?") from exc
     next_cursor: str | None = None
+    where = format_path(pagination.records_location)
     if isinstance(body, list) and pagination.style == "none":
         items: Any = body
     elif isinstance(body, dict):
-        if pagination.records_field not in body:
+        items = _at(body, pagination.records_location)
+        if items is _ABSENT:
             raise DataError(
-                f"{url} returned no {pagination.records_field!r} field (keys {sorted(body)[:10]}): "
-                "set pagination.records_field to the field that holds the records"
+                f"{url} returned no {where!r} field ({_shape(body, pagination.records_location)}): set "
+                "pagination.records_path to where the records are (a dotted path, e.g. result.items)"
             )
-        items = body[pagination.records_field]
-        cursor = body.get(pagination.next_cursor_field)
-        next_cursor = None if cursor in (None, "") else str(cursor)
+        cursor = _at(body, pagination.cursor_location)
+        next_cursor = None if cursor in (None, "", _ABSENT) else str(cursor)
     else:
         raise DataError(f"{url} returned a JSON {type(body).__name__}, expected an object with records")
     if not isinstance(items, list):
-        raise DataError(f"{url}: {pagination.records_field!r} is a {type(items).__name__}, not a list")
+        raise DataError(f"{url}: {where!r} is a {type(items).__name__}, not a list")
     records: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for item in items:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakehouse.config import Settings, expand_variables
+from lakehouse.contracts.payload import FieldSpec, PayloadSpec, parse_path
 from lakehouse.errors import ConfigError
 
 REGISTRY_FILE = "sources.yaml"
@@ -47,6 +48,13 @@ class _Source(BaseModel):
         return value
 
 
+def _declared(source: _Source, payload: PayloadSpec) -> None:
+    """The source's ``key`` and ``ordering`` must be fields of the records it lands."""
+    unknown = [name for name in (*source.key, source.ordering) if name and name not in payload.fields]
+    if unknown:
+        raise ValueError(f"key/ordering {unknown} are not fields of the payload ({sorted(payload.fields)})")
+
+
 class KafkaSource(_Source):
     """Records already on a Kafka topic (web/mobile events, bridged IoT, CDC)."""
 
@@ -54,6 +62,19 @@ class KafkaSource(_Source):
     topic: str
     partitions: int = Field(3, ge=1)
     retention_ms: int = Field(604_800_000, ge=60_000)
+    payload: PayloadSpec | None = Field(
+        None, description="what the records' JSON holds (lakehouse.contracts.payload), for silver to read"
+    )
+
+    @model_validator(mode="after")
+    def _payload_fields(self) -> KafkaSource:
+        if self.payload is not None:
+            _declared(self, self.payload)
+        return self
+
+    def record_payload(self) -> PayloadSpec | None:
+        """The declaration of the topic's records (None when the source declares none)."""
+        return self.payload
 
 
 class PostgresTableSource(_Source):
@@ -96,6 +117,37 @@ class HttpPagination(BaseModel):
     cursor_param: str = "cursor"
     next_cursor_field: str = "next_cursor"
     records_field: str = "data"
+    records_path: str | None = Field(
+        None, description="dotted path to the record list in nested JSON (e.g. result.items)"
+    )
+    next_cursor_path: str | None = Field(None, description="dotted path to the next cursor (e.g. meta.next)")
+
+    @model_validator(mode="after")
+    def _paths(self) -> HttpPagination:
+        for name in ("records_path", "next_cursor_path"):
+            value = getattr(self, name)
+            if value is not None:
+                parse_path(value)
+        given = self.model_fields_set
+        for path, field_name in (
+            ("records_path", "records_field"),
+            ("next_cursor_path", "next_cursor_field"),
+        ):
+            if path in given and field_name in given:
+                raise ValueError(
+                    f"give {path} or {field_name}, not both ({field_name} is a one-segment path)"
+                )
+        return self
+
+    @property
+    def records_location(self) -> tuple[str, ...]:
+        """Where the records are in the body (``records_path``, else the top-level ``records_field``)."""
+        return parse_path(self.records_path) if self.records_path else (self.records_field,)
+
+    @property
+    def cursor_location(self) -> tuple[str, ...]:
+        """Where the next cursor is in the body (``next_cursor_path``, else ``next_cursor_field``)."""
+        return parse_path(self.next_cursor_path) if self.next_cursor_path else (self.next_cursor_field,)
 
 
 class HttpSource(_Source):
@@ -113,8 +165,25 @@ class HttpSource(_Source):
     flush_seconds: float = Field(5.0, gt=0, description="…or after this long, whichever comes first")
 
 
+class DeviceRegistryLink(BaseModel):
+    """How the bridge uses the device registry: the record field that gets the device's registered site,
+    and the field whose value is checked against the firmware the registry expects."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    site_field: str = "site"
+    firmware_field: str | None = None
+
+
+_TOPIC_PLACEHOLDER = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
 class MqttSource(_Source):
-    """MQTT messages (IoT devices) bridged into a Kafka topic, then ingested like any topic."""
+    """MQTT messages (IoT devices) bridged into a Kafka topic, then ingested like any topic.
+
+    The bridge (``lakehouse iot bridge --source NAME``) reads each message by ``payload`` and writes the
+    record :meth:`record_payload` declares: identity fields, ``received_at``, the other fields, the registry's
+    site (with ``device_registry``), ``mqtt_topic``, then ``extra`` (undeclared values) when there are any.
+    """
 
     kind: Literal["mqtt"]
     mqtt_topic: str
@@ -123,6 +192,52 @@ class MqttSource(_Source):
     qos: Literal[0, 1, 2] = 1
     partitions: int = Field(3, ge=1)
     retention_ms: int = Field(604_800_000, ge=60_000)
+    payload: PayloadSpec | None = Field(
+        None, description="what the devices send (lakehouse.contracts.payload); the bridge needs it"
+    )
+    topic_pattern: str | None = Field(
+        None,
+        description="e.g. devices/{device_id}/telemetry: a message on such a topic must carry that value",
+    )
+    device_registry: DeviceRegistryLink | None = Field(
+        None, description="enrich records with the device registry's site (and check firmware)"
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MqttSource:
+        if self.payload is None:
+            if self.topic_pattern is not None or self.device_registry is not None:
+                raise ValueError("topic_pattern and device_registry name payload fields: declare `payload`")
+            return self
+        for name in self.topic_placeholders().values():
+            if name not in self.payload.fields:
+                raise ValueError(f"topic_pattern names {name!r}, not a payload field")
+        link = self.device_registry
+        if link is not None and link.firmware_field and link.firmware_field not in self.payload.fields:
+            raise ValueError(f"device_registry.firmware_field {link.firmware_field!r} is not a payload field")
+        record = self.record_payload()
+        assert record is not None
+        _declared(self, record)
+        return self
+
+    def topic_placeholders(self) -> dict[int, str]:
+        """Topic level → field name of the ``{field}`` levels of ``topic_pattern``."""
+        if self.topic_pattern is None:
+            return {}
+        levels = self.topic_pattern.split("/")
+        return {i: m.group(1) for i, level in enumerate(levels) if (m := _TOPIC_PLACEHOLDER.match(level))}
+
+    def record_payload(self) -> PayloadSpec | None:
+        """The declaration of the records the bridge writes to ``kafka_topic`` (what silver reads); None when
+        the source declares no payload (the bridge refuses such a source)."""
+        if self.payload is None:
+            return None
+        after = {"received_at": FieldSpec(type="timestamp", description="when the bridge received it")}
+        at_end: dict[str, FieldSpec] = {}
+        if self.device_registry is not None:
+            at_end[self.device_registry.site_field] = FieldSpec(description="the device's registered site")
+        at_end["mqtt_topic"] = FieldSpec(description="the MQTT topic the message came on")
+        return self.payload.normalised(after, at_end)
 
 
 Source = Annotated[
