@@ -7,6 +7,7 @@ a key whose type changes, a column added upstream, late events, orphans, and qua
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -497,3 +498,66 @@ def test_a_bad_declaration_names_the_file_and_the_field(tmp_path: Path, change: 
     with pytest.raises(ConfigError, match=message) as error:
         load_contract(path)
     assert str(path) in str(error.value)
+
+
+# --- a source's declared payload ----------------------------------------------------------------------------
+
+GLUCOSE = {
+    "table": "silver.glucose",
+    "owner": "tests",
+    "description": "Glucose readings.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.glucose", "format": "json", "payload": "cgm"}],
+        "key": ["device_id", "seq"],
+        "sequence": ["offset"],
+    },
+    "columns": [
+        {"name": "device_id", "type": "string"},
+        {"name": "seq", "type": "long"},
+        {"name": "measured_at", "type": "timestamp"},
+        {"name": "glucose_g_l", "type": "double"},
+        {"name": "offset", "type": "long"},
+    ],
+}
+CGM_PAYLOAD = {
+    "key": ["device_id"],
+    "sequence": "seq",
+    "event_time": "measured_at",
+    "time_format": "epoch_s",
+    "fields": {
+        "device_id": {"path": "sensor.serial", "type": "string"},
+        "seq": {"type": "bigint", "required": True},
+        "measured_at": {"path": ["t", "time"], "type": "timestamp"},
+        "glucose_g_l": {"path": "reading.value", "type": "double", "unit": "mg/dL", "to": "g/L"},
+    },
+}
+
+
+def test_an_input_reads_its_source_s_declared_payload(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    from lakehouse.contracts.payload import PayloadSpec
+
+    table = _table(settings, GLUCOSE, tmp_path)
+    table = dataclasses.replace(table, payloads={"glucose": PayloadSpec.model_validate(CGM_PAYLOAD)})
+    run = Runner(spark, _settings(settings, tmp_path), table)
+
+    def message(serial: str | None, seq: int | None, **extra: Any) -> str:
+        return json.dumps({"sensor": {"serial": serial}, "seq": seq, "reading": {"value": 99.0}, **extra})
+
+    counts = run.feed(
+        [
+            {"value": message("cgm-1", 1, t=1_700_000_000), "offset": 0},
+            {"value": message("cgm-1", 2, time=1_700_000_300), "offset": 1},  # the other time path
+            {"value": message("cgm-1", None, t=1_700_000_600), "offset": 2},  # a required field missing
+            {"value": message(None, 3, t=1_700_000_900), "offset": 3},  # no device
+        ],
+        RAW_SCHEMA,
+    )
+    assert (counts.applied, counts.quarantined) == (2, 2)
+    rows = run.rows("seq")
+    assert [(r["device_id"], r["seq"], r["glucose_g_l"]) for r in rows] == [
+        ("cgm-1", 1, 0.99),
+        ("cgm-1", 2, 0.99),
+    ]
+    assert rows[1]["measured_at"] == datetime(2023, 11, 14, 22, 18, 20)
+    assert sorted(r["reason"] for r in run.quarantine()) == ["missing_device_id", "missing_seq"]

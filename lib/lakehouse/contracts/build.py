@@ -52,8 +52,10 @@ class InputSpec(_Model):
 
     * ``columns`` — the input rows are already columns (an extract, a typed upstream table);
     * ``json`` — column ``column`` holds JSON text, parsed with ``fields`` (field → Spark type; a contract
-      column without ``fields`` is read as text and cast, so a bad value is quarantined, not nulled); the
-      parsed payload is ``payload`` in expressions, the input's own columns keep their names;
+      column without ``fields`` is read as text and cast, so a bad value is quarantined, not nulled) or as
+      the payload declared by source ``payload`` in ``sources.yaml`` (its fields, paths, types, units and
+      times; a ``required`` field that is missing is rejected as ``missing_<field>``); the parsed payload is
+      ``payload`` in expressions, the input's own columns keep their names;
     * ``wal2json`` — change records (format 2) of ``cdc_table`` (``schema.table``): each change becomes the
       contract's columns (cast from wal2json's text), plus ``_op`` (``I``/``U``/``D``), ``_lsn`` and
       ``_commit_lsn`` (comparable numbers) and ``_committed_at``.
@@ -67,6 +69,9 @@ class InputSpec(_Model):
     format: Literal["columns", "json", "wal2json"] = "columns"
     column: str = "value"
     fields: dict[str, str] = Field(default_factory=dict)
+    payload: str | None = Field(
+        None, description="json: read the payload as this source's declared payload (sources.yaml)"
+    )
     cdc_table: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     where: str | None = None
@@ -79,8 +84,12 @@ class InputSpec(_Model):
             raise ValueError("a wal2json input needs cdc_table: the schema.table whose changes it carries")
         if self.format != "wal2json" and self.cdc_table:
             raise ValueError("cdc_table is only for format: wal2json")
-        if self.fields and self.format != "json":
-            raise ValueError("fields are only for format: json")
+        if (self.fields or self.payload) and self.format != "json":
+            raise ValueError("fields and payload are only for format: json")
+        if self.fields and self.payload:
+            raise ValueError(
+                "declare the payload's fields here or name the source whose payload it is, not both"
+            )
         return self
 
     @property

@@ -52,6 +52,7 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Settings
 from lakehouse.contracts.build import BuildSpec, InputSpec
+from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import TableContract, load_catalog
 from lakehouse.privacy.tokenize import token_column
@@ -128,6 +129,8 @@ class SilverTable:
     # The quarantine's schema from its contract (generated from the declaration unless a file overrides it);
     # None: the record, reason, rules, input, key and run columns only.
     quarantine_columns: tuple[tuple[str, str], ...] | None = None
+    # Inputs that read a source's declared payload (sources.yaml), by input name.
+    payloads: dict[str, PayloadSpec] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -207,6 +210,10 @@ def silver_table(settings: Settings, table: str) -> SilverTable:
                 f"catalog/{table.replace('.', '/')}.yaml: build names {upstream}, which has no contract "
                 f"(add catalog/{upstream.replace('.', '/')}.yaml)"
             )
+    payloads: dict[str, PayloadSpec] = {}
+    for spec in build.inputs:
+        if spec.payload is not None:
+            payloads[spec.label] = _declared_payload(settings, table, spec.payload)
     layer, _, name = table.partition(".")
     quarantine = build.quarantine or f"{table}_quarantine"
     return SilverTable(
@@ -220,7 +227,23 @@ def silver_table(settings: Settings, table: str) -> SilverTable:
         input_paths={spec.label: _path(settings, spec.table) for spec in build.inputs},
         reference_paths={ref.table: _path(settings, ref.table) for ref in build.references},
         quarantine_columns=tuple((c.name, c.type) for c in catalog.contract(quarantine).columns),
+        payloads=payloads,
     )
+
+
+def _declared_payload(settings: Settings, table: str, source: str) -> PayloadSpec:
+    from lakehouse.sources.registry import KafkaSource, MqttSource, load_registry
+
+    registry = load_registry(settings)
+    entry = registry.sources.get(source)
+    payload = entry.record_payload() if isinstance(entry, KafkaSource | MqttSource) else None
+    if payload is None:
+        known = sorted(n for n, s in registry.sources.items() if getattr(s, "payload", None) is not None)
+        raise ConfigError(
+            f"catalog/{table.replace('.', '/')}.yaml: an input reads the payload of source {source!r}, "
+            f"which declares none (sources with a payload: {known})"
+        )
+    return payload
 
 
 # --- parsing ----------------------------------------------------------------------------------------------
@@ -283,6 +306,16 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
     if spec.column not in batch.columns:
         raise DataError(f"{table.name}: input {spec.label} has no column {spec.column!r} to parse")
     text = F.col(q(spec.column)).cast("string")
+    if spec.format == "json" and spec.label in table.payloads:
+        declared = table.payloads[spec.label]
+        raw = F.from_json(text, _struct(declared.payload_ddl())).alias("_payload_raw")
+        record = F.struct(*[F.expr(e) for e in declared.select_expressions("_payload_raw")])
+        error = F.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
+        for name, field_spec in declared.fields.items():
+            if field_spec.required or name in declared.key:
+                error = error.when(F.col(PAYLOAD)[name].isNull(), F.lit(f"missing_{name}"))
+        staged = batch.select("*", text.alias(RAW), raw).withColumn(PAYLOAD, record)
+        return staged.drop("_payload_raw").withColumn("_parse_error", error)
     if spec.format == "json":
         parsed = F.from_json(text, _payload_schema(spec, table, batch.columns))
         error = F.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
@@ -332,6 +365,13 @@ def _expression(spec: InputSpec, table: SilverTable, column: str, scope: Sequenc
     if spec.format == "wal2json":
         return F.col(PAYLOAD)[column]
     if spec.format == "json":
+        declared = table.payloads.get(spec.label)
+        if declared is not None:
+            return (
+                F.col(PAYLOAD)[column]
+                if column in declared.fields
+                else (F.col(q(column)) if column in scope else None)
+            )
         if column in spec.fields:
             return F.col(PAYLOAD)[column]
         if column in scope and column != spec.column:
