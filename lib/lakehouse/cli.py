@@ -163,7 +163,10 @@ def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: s
 def build(settings: Settings, force: bool) -> None:
     """Build the DAG (pipeline.yaml); bronze re-runs only when Kafka has new records."""
     from lakehouse.dag import build as build_dag
+    from lakehouse.declared_dag import sync
 
+    if sync(settings):  # a new or changed declaration is a new or changed task of this build
+        click.echo("pipeline.declared.yaml: updated from the declarations")
     forced = build_dag(settings, force=force)
     if forced:
         click.echo(f"new data in Kafka: re-ran {', '.join(forced)} and what depends on it")
@@ -247,6 +250,7 @@ def lab(settings: Settings, port: int, token: str | None) -> None:
 
 def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
+    from lakehouse.declared_cli import dag, silver
     from lakehouse.governance.cli import catalog
     from lakehouse.iot.cli import iot
     from lakehouse.privacy.cli import privacy
@@ -254,7 +258,7 @@ def _register_groups() -> None:
     from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 
-    for group in (stream, processor, api, retail, iot, catalog, privacy):
+    for group in (stream, processor, api, retail, iot, catalog, privacy, silver, dag):
         main.add_command(group)
 
 
