@@ -26,6 +26,7 @@ def _project(settings: Settings, tmp_path: Path) -> Settings:
     for name in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
         shutil.copy(settings.root / name, root / name)
     shutil.copytree(settings.root / "catalog", root / "catalog")
+    shutil.copytree(settings.root / "models", root / "models")
     return settings.model_copy(update={"root": root})
 
 

@@ -220,3 +220,35 @@ class BuildSpec(_Model):
             if table not in seen:
                 seen.append(table)
         return seen
+
+
+class ModelSpec(_Model):
+    """The ``model`` section of a gold contract: a SQL model or a registered Python transform.
+
+    ``sql`` names a file (relative to the project, e.g. ``models/gold/fx_monthly.sql``) holding one Spark SQL
+    query that reads other tables as ``{{ ref('silver.fx_rates') }}``; ``python`` names a transform
+    registered in :mod:`lakehouse.gold.models` for what SQL cannot say, with its ``inputs`` and ``params``.
+    ``materialize: full`` replaces the table on each run; ``incremental`` merges the query's rows by
+    ``unique_key`` (new keys inserted, existing ones replaced).
+    """
+
+    sql: str | None = None
+    python: str | None = None
+    inputs: list[str] = Field(default_factory=list)
+    params: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
+    materialize: Literal["full", "incremental"] = "full"
+    unique_key: list[str] = Field(default_factory=list)
+    partition_by: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ModelSpec:
+        if (self.sql is None) == (self.python is None):
+            raise ValueError("a model is either sql (a file) or python (a registered transform)")
+        if self.materialize == "incremental" and not self.unique_key:
+            raise ValueError("materialize: incremental needs unique_key (the columns a row is replaced by)")
+        if self.sql is not None and self.inputs:
+            raise ValueError("a SQL model's inputs are its ref() calls; inputs is for python transforms")
+        for table in self.inputs:
+            if not re.match(_TABLE, table):
+                raise ValueError(f"input {table!r} is not <bronze|silver|gold>.<name>")
+        return self

@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakehouse.config import Settings
-from lakehouse.contracts.build import BuildSpec
+from lakehouse.contracts.build import BuildSpec, ModelSpec
 from lakehouse.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,7 @@ class TableContract(_Model):
     subjects: tuple[SubjectRef, ...] = ()
     columns: tuple[ColumnContract, ...] = Field(min_length=1)
     build: BuildSpec | None = None
+    model: ModelSpec | None = None
 
     @field_validator("freshness_sla")
     @classmethod
@@ -187,6 +188,12 @@ class TableContract(_Model):
                 raise ValueError(f"subject column {subject.column!r} is not a column of the table")
         if self.build is not None:
             self._check_build(self.build, names)
+        if self.model is not None:
+            if self.layer != "gold":
+                raise ValueError(f"model is declared for gold tables; {self.table} is {self.layer}")
+            unknown = [c for c in [*self.model.unique_key, *self.model.partition_by] if c not in names]
+            if unknown:
+                raise ValueError(f"model names {unknown}, which are not columns of the table")
         return self
 
     def _check_build(self, build: BuildSpec, names: list[str]) -> None:

@@ -1,0 +1,114 @@
+"""Gold models: SQL with ref() over declared tables, shaped by the contract, full or incremental."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
+from lakehouse.gold import models
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def project(settings: Settings, tmp_path: Path) -> Settings:
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copytree(settings.root / "catalog", root / "catalog")
+    shutil.copytree(settings.root / "models", root / "models")
+    shutil.copytree(settings.root / "quality", root / "quality")
+    quality = settings.quality.model_copy(update={"data_docs": False})
+    return settings.model_copy(update={"root": root, "workspace": tmp_path / "ws", "quality": quality})
+
+
+def _rates(spark: Any, project: Settings, rows: list[tuple[Any, ...]]) -> None:
+    frame = spark.createDataFrame(
+        rows, "date date, currency string, rate_per_eur double, fetched_at timestamp, batch_id string"
+    )
+    frame.write.format("delta").mode("overwrite").save(project.table_path("silver", "fx_rates"))
+
+
+def test_a_sql_model_reads_its_refs_and_is_shaped_by_its_contract(spark: Any, project: Settings) -> None:
+    model = models.gold_model(project, "gold.fx_monthly")
+    sql, refs = models.render(project, model)
+    assert refs == ["silver.fx_rates"] and project.table_path("silver", "fx_rates") in sql
+    _rates(
+        spark,
+        project,
+        [
+            (date(2024, 11, 1), "USD", 1.08, None, "a"),
+            (date(2024, 11, 4), "USD", 1.10, None, "a"),
+            (date(2024, 12, 2), "USD", 1.05, None, "a"),
+        ],
+    )
+    report = models.build_model(spark, project, "gold.fx_monthly", run_id="r")
+    assert report.rows == 2
+    rows = spark.read.format("delta").load(model.path).orderBy("month").collect()
+    assert [(r["month"], r["fixings"], r["last_rate_per_eur"]) for r in rows] == [
+        (date(2024, 11, 1), 2, 1.10),
+        (date(2024, 12, 1), 1, 1.05),
+    ]
+    assert [f.name for f in spark.read.format("delta").load(model.path).schema.fields] == [
+        c.name for c in model.contract.columns
+    ]
+
+
+def _declare(project: Settings, name: str, sql: str, **model: Any) -> None:
+    (project.root / "models" / "gold" / f"{name}.sql").write_text(sql)
+    contract = {
+        "table": f"gold.{name}",
+        "owner": "me",
+        "description": "Mine.",
+        "classification": "internal",
+        "model": {"sql": f"models/gold/{name}.sql", **model},
+        "columns": [{"name": "currency", "type": "string"}, {"name": "days", "type": "long"}],
+    }
+    (project.root / "catalog" / "gold" / f"{name}.yaml").write_text(yaml.safe_dump(contract))
+
+
+def test_an_incremental_model_merges_by_its_unique_key(spark: Any, project: Settings) -> None:
+    _declare(
+        project,
+        "days_per_currency",
+        "SELECT currency, count(*) AS days FROM {{ ref('silver.fx_rates') }} GROUP BY currency",
+        materialize="incremental",
+        unique_key=["currency"],
+    )
+    _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
+    models.build_model(spark, project, "gold.days_per_currency")
+    _rates(
+        spark,
+        project,
+        [
+            (date(2024, 11, 1), "USD", 1.0, None, "a"),
+            (date(2024, 11, 2), "USD", 1.0, None, "a"),
+            (date(2024, 11, 2), "JPY", 160.0, None, "a"),
+        ],
+    )
+    assert models.build_model(spark, project, "gold.days_per_currency").rows == 2
+    rows = (
+        spark.read.format("delta")
+        .load(project.table_path("gold", "days_per_currency"))
+        .orderBy("currency")
+        .collect()
+    )
+    assert [(r["currency"], r["days"]) for r in rows] == [("JPY", 1), ("USD", 2)]
+
+
+def test_a_wrong_model_is_an_error_naming_its_file(spark: Any, project: Settings) -> None:
+    _declare(project, "bad_ref", "SELECT * FROM {{ ref('silver.nowhere') }}")
+    with pytest.raises(
+        ConfigError, match=r"bad_ref\.sql: ref\('silver\.nowhere'\) names a table without a contract"
+    ):
+        models.upstream_tables(project, "gold.bad_ref")
+    _declare(project, "bad_columns", "SELECT currency FROM {{ ref('silver.fx_rates') }}")
+    _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
+    with pytest.raises(ConfigError, match=r"bad_columns\.sql: the model's result has no column \['days'\]"):
+        models.build_model(spark, project, "gold.bad_columns")
