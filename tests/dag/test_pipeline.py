@@ -30,7 +30,7 @@ NOTEBOOKS = [
     "quality/profile_tables",
     "quality/check_governance",
 ]
-EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/fx_rates"]
+EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/fx_rates", "gold/fx_monthly"]
 
 
 def _executed(settings: Settings) -> dict[str, float]:
@@ -181,6 +181,7 @@ TASKS = [
     "gold-build-sessions",
     "gold-build-daily-kpis",
     "gold-build-revenue",
+    "gold-fx-monthly",
     "ml-train-conversion",
     "quality-profile-tables",
     "governance-check-catalog",
