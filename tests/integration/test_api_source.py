@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
