@@ -210,10 +210,18 @@ class _Ploomber:
 
     def run(self, name: str, variables: Mapping[str, str]) -> str | None:
         """Run one task; its error message, or None when it succeeded."""
+        from ploomber.constants import TaskStatus
+
         dag = self._load()
+        task = dag[name]
+        # The rebuild ran or found up to date every upstream task; Ploomber, judging by its own timestamps,
+        # may still wait for one and would refuse to build this task alone.
+        for upstream in task.upstream.values():
+            if upstream.exec_status not in (TaskStatus.Executed, TaskStatus.Skipped):
+                upstream.exec_status = TaskStatus.Skipped
         with _environment({**ploomber_env(self.settings), **variables}):
             try:
-                dag[name].build(force=True)
+                task.build(force=True)
             except Exception as exc:  # Ploomber wraps the notebook's error: report its innermost message
                 return _innermost(exc)
         return None
