@@ -374,7 +374,7 @@ def build(
                 stopped.add(task.name)
                 emit(TaskOutcome(task.name, "blocked", [f"upstream {', '.join(blockers)} failed"]))
                 continue
-            code = code_fingerprint(task)
+            code = code_fingerprint(task, settings.root)
             upstream = {name: by_name[name] for name in task.upstream}
             inputs = collect_inputs(ctx, task, upstream, records)
             decision = decide(

@@ -4,7 +4,8 @@ Ploomber decides staleness from code and file timestamps; it cannot see a Kafka 
 table change or an upstream task commit to Delta and then fail. So before each task (in topological order)
 ``lakehouse build`` compares what the task would read now with what it read on its last success:
 
-- **code**: a digest of the notebook's code cells, its rendered parameters, products and upstream names;
+- **code**: a digest of the notebook's code cells, its rendered parameters (and the content of any file a
+  parameter names, e.g. a table's declaration), products and upstream names;
 - **sources**: the registry entries the task ingests — which ones comes from configuration, the task's
   ``source_kinds`` parameter (plus ``source``/``topic`` when set), never from task names in code. Each kind
   has a fingerprint function (:data:`SOURCE_FINGERPRINTS`): Kafka-backed kinds compare the topic's end
@@ -116,11 +117,16 @@ def downstream_of(tasks: Sequence[TaskSpec], names: Iterable[str]) -> set[str]:
     return found
 
 
-def code_fingerprint(task: TaskSpec) -> str:
-    """A digest of what makes a task's code: its notebook's code cells, parameters, products and upstream.
+def code_fingerprint(task: TaskSpec, root: Path | None = None) -> str:
+    """A digest of what makes a task's code: its notebook's code cells, parameters, products and upstream,
+    and the content of every file a parameter names (a table's declaration, a SQL model).
 
     Outputs, execution counts and cell metadata are left out: saving a notebook in JupyterLab does not make it
     new code.
+
+    Args:
+        task: the task.
+        root: where relative file parameters are looked up (the project root).
 
     Raises:
         ConfigError: the notebook is missing or is not a notebook.
@@ -136,10 +142,34 @@ def code_fingerprint(task: TaskSpec) -> str:
         {
             "cells": cells,
             "params": dict(task.params),
+            "files": _parameter_files(task.params, root),
             "products": dict(task.products),
             "upstream": sorted(task.upstream),
         }
     )
+
+
+def _parameter_files(params: Mapping[str, Any], root: Path | None) -> dict[str, str]:
+    """Digests of the files that string parameters name (``resources_`` included), by parameter."""
+    found: dict[str, str] = {}
+
+    def visit(name: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                visit(f"{name}.{key}", item)
+        elif isinstance(value, str) and value and "\n" not in value and len(value) < 1024:
+            path = Path(value)
+            if not path.is_absolute() and root is not None:
+                path = root / path
+            try:
+                if path.is_file():
+                    found[name] = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+            except OSError:
+                pass
+
+    for key, value in params.items():
+        visit(key, value)
+    return found
 
 
 def _digest(document: Any) -> str:

@@ -3,6 +3,7 @@ each run's executed notebook is archived and found by its run id and by the tabl
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -130,5 +131,16 @@ def test_runs_are_found_by_run_id_and_by_the_table_version_they_wrote(
     assert f"run {silver.run_id}" in by_table.output.splitlines()[0]
     # the archived copy stays when the next run overwrites Ploomber's executed notebook
     assert Path(by_table.output.split("notebook: ")[1].split()[0]).is_file()
+    # the archive's run ids are the OpenLineage run ids of the notebooks' own events
+    events = [
+        json.loads(line)
+        for line in (stack.reports / "lineage" / "openlineage.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    states: dict[tuple[str, str], set[str]] = {}
+    for event in events:
+        states.setdefault((event["job"]["name"], event["run"]["runId"]), set()).add(event["eventType"])
+    assert states.get(("bronze-ingest-events", failed.run_id)) == {"START", "FAIL"}
+    assert states.get(("silver-clean-telemetry", silver.run_id)) == {"START", "COMPLETE"}
     missing = runner.invoke(main, ["--env", stack.env_name, "runs", "find", "--run-id", "no-such-run"])
     assert missing.exit_code == 1 and "no archived run matches" in missing.output

@@ -89,6 +89,12 @@ def test_the_code_fingerprint_follows_code_and_params_not_outputs(tmp_path: Path
     _notebook(tmp_path / "nb.ipynb", "print(1)", outputs=[{"output_type": "stream", "text": "1"}])
     assert code_fingerprint(task) == first  # an executed or re-saved copy is the same code
     assert code_fingerprint(TaskSpec("t", source, params={"gap_minutes": 45})) != first
+    declaration = tmp_path / "events.yaml"
+    declaration.write_text("key: [event_id]\n")
+    declared = TaskSpec("t", source, params={"declaration": "events.yaml"})
+    before = code_fingerprint(declared, tmp_path)
+    declaration.write_text("key: [event_id, source]\n")
+    assert code_fingerprint(declared, tmp_path) != before  # a declaration a parameter names is code too
     _notebook(tmp_path / "nb.ipynb", "print(2)")
     assert code_fingerprint(task) != first
     with pytest.raises(ConfigError, match="cannot read"):
