@@ -103,6 +103,7 @@ bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/dag.py
+	$(BIN)/python benchmarks/noop_build.py
 
 .PHONY: clean
 clean: down ## Remove the workspace (lake, checkpoints, logs); keeps the venv and jars

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 import click
 
@@ -161,15 +162,71 @@ def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: s
 @click.option("--force", is_flag=True, help="Re-run every task.")
 @pass_settings
 def build(settings: Settings, force: bool) -> None:
-    """Build the DAG (pipeline.yaml); bronze re-runs only when Kafka has new records."""
+    """Build the DAG (pipeline.yaml): each task runs only when its code, parameters or inputs changed."""
+    from lakehouse.dag import BuildFailed
     from lakehouse.dag import build as build_dag
     from lakehouse.declared_dag import sync
 
     if sync(settings):  # a new or changed declaration is a new or changed task of this build
         click.echo("pipeline.declared.yaml: updated from the declarations")
-    forced = build_dag(settings, force=force)
-    if forced:
-        click.echo(f"new data in Kafka: re-ran {', '.join(forced)} and what depends on it")
+    try:
+        report = build_dag(settings, force=force, progress=click.echo)
+    except BuildFailed as failed:
+        click.echo(failed.report.summary())
+        raise
+    click.echo(report.summary())
+
+
+@main.group(cls=LakehouseGroup)
+def runs() -> None:
+    """The run archive: each task run's executed notebook, by run id or by the table version it wrote."""
+
+
+def _echo_runs(records: list[Any]) -> None:
+    for record in records:
+        tables = ", ".join(
+            f"{w.table} v{w.version}"
+            if w.first_version == w.version
+            else f"{w.table} v{w.first_version}-{w.version}"
+            for w in record.tables
+        )
+        click.echo(f"{record.started_at[:19]}  {record.status:<7}  {record.task:<28} run {record.run_id}")
+        click.echo(f"    notebook: {record.notebook or '(none written)'}")
+        click.echo(f"    wrote:    {tables or '-'}")
+        click.echo(f"    why:      {'; '.join(record.reasons) or '-'}")
+        if record.error:
+            click.echo(f"    error:    {record.error}")
+
+
+@runs.command("find")
+@click.option("--run-id", default=None, help="The OpenLineage run id (a unique prefix is enough).")
+@click.option("--table", default=None, help="A table the run wrote, e.g. silver/events.")
+@click.option("--version", type=click.IntRange(min=0), default=None, help="A Delta version of --table.")
+@click.option("--task", default=None, help="Only runs of this task.")
+@pass_settings
+def runs_find(
+    settings: Settings, run_id: str | None, table: str | None, version: int | None, task: str | None
+) -> None:
+    """Find archived runs (newest first) by run id, task, or the table version they wrote."""
+    from lakehouse.errors import LakehouseError
+    from lakehouse.runs import find_runs
+
+    if not (run_id or table or task):
+        raise click.UsageError("give --run-id, --table (with or without --version) or --task")
+    found = find_runs(settings, run_id=run_id, table=table, version=version, task=task)
+    if not found:
+        raise LakehouseError("no archived run matches: `lakehouse runs list` shows the latest ones")
+    _echo_runs(found)
+
+
+@runs.command("list")
+@click.option("--last", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
+@pass_settings
+def runs_list(settings: Settings, last: int) -> None:
+    """The latest archived runs, newest first."""
+    from lakehouse.runs import read_index
+
+    _echo_runs(list(reversed(read_index(settings)))[:last])
 
 
 @main.command()
@@ -191,7 +248,7 @@ def demo(settings: Settings, count: int | None) -> None:
         report = produce_all(settings, clickstream_events=count)
         marker.write_text("\n".join(report.lines()) + "\n")
         click.echo("produced: " + "; ".join(report.lines()))
-    build_dag(settings)
+    build_dag(settings, progress=click.echo)
     manager.start(["dashboard"])
     _print_status(settings)
     services = {s.name: s for s in manager.services().values()}

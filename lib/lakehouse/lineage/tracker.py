@@ -44,6 +44,9 @@ PARENT_RUN_VARIABLE = "LAKEHOUSE_PARENT_RUN_ID"
 PARENT_JOB_VARIABLE = "LAKEHOUSE_PARENT_JOB"
 PARENT_JOB_DEFAULT = "lakehouse-dag"
 NOTEBOOK_VARIABLE = "LAKEHOUSE_NOTEBOOK"
+# Set by `lakehouse build` for the kernel of each task it runs: the notebook's run then carries the id the
+# DAG archives its executed notebook under (lakehouse.runs).
+TASK_RUN_VARIABLE = "LAKEHOUSE_TASK_RUN_ID"
 
 # The run a kernel is tracking: a notebook re-run in JupyterLab replaces it (and its hook).
 _ACTIVE: LineageRun | None = None
@@ -276,7 +279,8 @@ def track_run(
         job: the task name, kebab-case as in pipeline.yaml (e.g. ``"silver-clean-events"``).
         inputs: tables read, as ``"<layer>.<name>"``.
         outputs: tables written, as ``"<layer>.<name>"``.
-        run_id: reuse a run id (default: a new UUID).
+        run_id: reuse a run id (default: ``$LAKEHOUSE_TASK_RUN_ID``, which `lakehouse build` sets for the
+            task it runs, else a new UUID).
         notebook: the notebook's path for the source-code facet (default: ``$LAKEHOUSE_NOTEBOOK``).
 
     Returns:
@@ -290,6 +294,7 @@ def track_run(
     global _ACTIVE
     if _ACTIVE is not None:
         _ACTIVE.unregister_hook()
+    run_id = run_id or os.environ.get(TASK_RUN_VARIABLE) or None
     run = LineageRun(settings, job, inputs, outputs, run_id=run_id, source=notebook)
     shell = _ipython_shell()
     run.start()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -25,6 +26,35 @@ from lakehouse.errors import ConfigError
 REGISTRY_FILE = "sources.yaml"
 REGISTRY_VARIABLE = "LAKEHOUSE_SOURCES"  # another registry file, e.g. a team's own sources
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+KINDS = ("kafka", "postgres", "postgres_cdc", "http", "mqtt")
+KAFKA_BACKED_KINDS = ("kafka", "postgres_cdc", "mqtt")
+
+
+def duration_seconds(text: str) -> float:
+    """Seconds in a duration like ``30s``, ``15m``, ``1h``, ``7d``.
+
+    Raises:
+        ValueError: the text is not ``<number><s|m|h|d>``.
+    """
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 1h, 7d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_kinds(text: str) -> list[str]:
+    """Source kinds from a comma-separated list (a bronze task's ``source_kinds`` parameter).
+
+    Raises:
+        ConfigError: a kind the workbench does not know.
+    """
+    kinds = [kind.strip() for kind in text.split(",") if kind.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown:
+        raise ConfigError(f"unknown source kind(s) {unknown} in {text!r}: the kinds are {list(KINDS)}")
+    return kinds
 
 
 class _Source(BaseModel):
@@ -163,6 +193,23 @@ class HttpSource(_Source):
     max_retries: int = Field(5, ge=0)
     flush_records: int = Field(500, ge=1, description="buffered delivery flushes at this many records…")
     flush_seconds: float = Field(5.0, gt=0, description="…or after this long, whichever comes first")
+    refresh: str | None = Field(
+        None,
+        description="how often `lakehouse build` pulls it (30m, 1h, 1d); unset: every build (an API has no "
+        "cheap change signal)",
+    )
+
+    @field_validator("refresh")
+    @classmethod
+    def _refresh(cls, value: str | None) -> str | None:
+        if value is not None:
+            duration_seconds(value)
+        return value
+
+    @property
+    def refresh_seconds(self) -> float | None:
+        """The declared refresh interval in seconds (None: pull on every build)."""
+        return duration_seconds(self.refresh) if self.refresh else None
 
 
 class DeviceRegistryLink(BaseModel):
@@ -269,19 +316,41 @@ class Registry(BaseModel):
         """The sources of one kind, in file order."""
         return [s for s in self.sources.values() if getattr(s, "kind", None) == kind]
 
+    def of_kinds(self, kinds: str, allowed: Iterable[str] | None = None) -> list[_Source]:
+        """The sources of the comma-separated ``kinds`` (e.g. ``"kafka,mqtt"``), in file order.
+
+        Args:
+            kinds: a bronze task's ``source_kinds`` parameter.
+            allowed: the kinds the caller can ingest (default: any).
+
+        Raises:
+            ConfigError: a kind the workbench does not know, or one outside ``allowed``.
+        """
+        wanted = set(parse_kinds(kinds))
+        if allowed is not None and wanted - set(allowed):
+            raise ConfigError(
+                f"source_kinds {kinds!r}: this task ingests only {sorted(allowed)}, "
+                f"not {sorted(wanted - set(allowed))}"
+            )
+        return [s for s in self.sources.values() if getattr(s, "kind", None) in wanted]
+
     def get(self, name: str) -> _Source:
         if name not in self.sources:
             raise ConfigError(f"no source {name!r} in the registry (known: {sorted(self.sources)})")
         return self.sources[name]
 
-    def kafka_ingest(self) -> dict[str, str]:
-        """Topic → bronze table name of every source that reaches bronze through Kafka."""
+    def kafka_ingest(self, kinds: str | None = None) -> dict[str, str]:
+        """Topic → bronze table name of every source that reaches bronze through Kafka.
+
+        Args:
+            kinds: only sources of these comma-separated kinds (default: every Kafka-backed kind).
+        """
+        wanted = set(parse_kinds(kinds)) if kinds is not None else set(KAFKA_BACKED_KINDS)
         plan: dict[str, str] = {}
         for source in self.sources.values():
-            if isinstance(source, KafkaSource | PostgresCdcSource):
-                plan[source.topic] = source.bronze
-            elif isinstance(source, MqttSource):
-                plan[source.kafka_topic] = source.bronze
+            topic = ingest_topic(source)
+            if topic is not None and getattr(source, "kind", None) in wanted:
+                plan[topic] = source.bronze
         return plan
 
     def kafka_topics(self) -> dict[str, tuple[int, int]]:
@@ -294,6 +363,15 @@ class Registry(BaseModel):
                 topics[source.kafka_topic] = (source.partitions, source.retention_ms)
                 topics[source.dead_letter_topic] = (1, source.retention_ms)
         return topics
+
+
+def ingest_topic(source: _Source) -> str | None:
+    """The Kafka topic bronze ingests ``source`` from (None: the source does not reach bronze via Kafka)."""
+    if isinstance(source, KafkaSource | PostgresCdcSource):
+        return source.topic
+    if isinstance(source, MqttSource):
+        return source.kafka_topic
+    return None
 
 
 def settings_variables(settings: Settings) -> dict[str, str]:
