@@ -307,7 +307,7 @@ def lab(settings: Settings, port: int, token: str | None) -> None:
 
 def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
-    from lakehouse.declared_cli import dag, silver
+    from lakehouse.declared_cli import dag, silver, table
     from lakehouse.governance.cli import catalog
     from lakehouse.iot.cli import iot
     from lakehouse.privacy.cli import privacy
@@ -315,7 +315,7 @@ def _register_groups() -> None:
     from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 
-    for group in (stream, processor, api, retail, iot, catalog, privacy, silver, dag):
+    for group in (stream, processor, api, retail, iot, catalog, privacy, silver, dag, table):
         main.add_command(group)
 
 

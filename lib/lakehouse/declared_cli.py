@@ -61,3 +61,31 @@ def sync(settings: Settings, check: bool) -> None:
 
     changed = sync_declared(settings, check=check)
     click.echo(f"{DECLARED}: {'written' if changed else 'up to date'}")
+
+
+@click.group(cls=LakehouseGroup)
+def table() -> None:
+    """Onboarding: draft a source's silver table from what it landed in bronze."""
+
+
+@table.command()
+@click.argument("source")
+@click.option("--owner", default=None, help="The owner to put in the contract (default: the source's).")
+@click.option("--write", is_flag=True, help="Write the files (default: print them).")
+@click.option("--force", is_flag=True, help="With --write: replace files that exist.")
+@pass_settings
+def scaffold(settings: Settings, source: str, owner: str | None, write: bool, force: bool) -> None:
+    """Draft catalog/silver/<name>.yaml (contract + build) and its starter suite from a bronze sample."""
+    from lakehouse.onboarding import scaffold_table
+
+    draft = scaffold_table(settings, source, owner=owner)
+    if not write:
+        files = ((draft.contract_path, draft.contract), (draft.suite_path, draft.suite), *draft.extra)
+        for path, text in files:
+            click.echo(f"--- {path}\n{text}")
+    else:
+        for path in draft.write(overwrite=force):
+            click.echo(f"wrote {path}")
+    for note in draft.notes:
+        click.echo(f"note: {note}")
+    click.echo(f"next: review the files, then `lakehouse build` builds {draft.table}")

@@ -1,0 +1,306 @@
+"""Onboarding a source into silver: draft its declaration, contract and starter suite from a bronze sample.
+
+``lakehouse table scaffold <source>`` reads what the source landed in bronze (a sample, with delta-rs: no
+Spark) and the source's registry entry, and drafts ``catalog/silver/<name>.yaml`` — the contract (columns and
+types, PII proposed by the scanner with ``treatment: tokenize``) with its ``build`` section (the input's
+format, the key, the sequence, the apply mode) — and ``quality/suites/silver/<name>.json`` (row count, key not
+null, key unique). The user reviews both; the DAG picks the table up on the next ``lakehouse build``.
+
+How each kind is drafted:
+
+* a Kafka or MQTT source **with a declared payload** reads it (``payload: <source>``): one column per declared
+  field, the key and sequence of the declaration, its event time with a watermark; append, deduplicated;
+* a Kafka or HTTP source without one: the JSON records' top-level fields, as text cast to the type the sample
+  suggests;
+* a PostgreSQL extract: the bronze columns, upserted by the primary key, latest watermark wins (a snapshot's
+  ``_op = 'D'`` rows are deletes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError
+
+_SPARK_TO_DELTA: Final = {
+    "bigint": "long",
+    "int": "integer",
+    "smallint": "short",
+    "tinyint": "byte",
+    "float": "float",
+}
+_SAMPLE_ROWS: Final = 1000
+
+
+@dataclass(frozen=True)
+class Draft:
+    """A drafted silver table: the contract file's text and the suite's, and where they go."""
+
+    table: str
+    contract_path: Path
+    contract: str
+    suite_path: Path
+    suite: str
+    notes: tuple[str, ...] = ()
+    # Other drafts the table needs, e.g. the contract of its bronze input when it has none yet.
+    extra: tuple[tuple[Path, str], ...] = ()
+
+    def write(self, *, overwrite: bool = False) -> list[Path]:
+        """Write the files (refusing to replace existing ones unless ``overwrite``)."""
+        written = []
+        files = ((self.contract_path, self.contract), (self.suite_path, self.suite), *self.extra)
+        for path, text in files:
+            if path.exists() and not overwrite:
+                raise ConfigError(f"{path} exists: review it, or pass --force to replace it")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+        return written
+
+
+def _delta_type(kind: str) -> str:
+    return _SPARK_TO_DELTA.get(kind.lower(), kind.lower())
+
+
+def _sample(settings: Settings, bronze: str) -> Any:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    path = settings.table_path("bronze", bronze)
+    try:
+        table = DeltaTable(path)
+    except TableNotFoundError:
+        raise ConfigError(
+            f"bronze/{bronze} has no data yet at {path}: land the source first (lakehouse build, or its "
+            "bronze task), then scaffold its silver table from what arrived"
+        ) from None
+    return table.to_pyarrow_dataset().head(_SAMPLE_ROWS).to_pandas()
+
+
+def _pii(sample: Any, column_of: dict[str, str]) -> dict[str, str]:
+    """Silver column → PII kind, from the scanner's findings on the bronze sample."""
+    from lakehouse.privacy.detectors import scan_frame
+
+    found = {}
+    for finding in scan_frame(sample):
+        if finding.proposed_classification != "pii":
+            continue
+        target = column_of.get(finding.column)
+        if target is not None:
+            found[target] = finding.kind
+    return found
+
+
+def _infer(values: list[Any]) -> str:
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return "boolean"
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "long"
+    if present and all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "double"
+    if present and all(isinstance(v, str) and re.match(r"^\d{4}-\d{2}-\d{2}$", v) for v in present):
+        return "date"
+    if present and all(
+        isinstance(v, str) and re.match(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}", v) for v in present
+    ):
+        return "timestamp"
+    return "string"
+
+
+def _json_fields(sample: Any, column: str) -> dict[str, str]:
+    documents = []
+    for text in sample[column].dropna().head(_SAMPLE_ROWS):
+        try:
+            document = json.loads(text)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(document, dict):
+            documents.append(document)
+    if not documents:
+        raise ConfigError(f"no JSON object among the sampled {column!r} values: is this a JSON source?")
+    names: list[str] = []
+    for document in documents:
+        names.extend(n for n in document if n not in names and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", n))
+    return {name: _infer([d.get(name) for d in documents]) for name in names}
+
+
+def scaffold_table(settings: Settings, source_name: str, *, owner: str | None = None) -> Draft:
+    """Draft the silver declaration, contract and suite of a registered source from its bronze sample.
+
+    Raises:
+        ConfigError: no such source, its bronze table is empty, or its kind cannot be drafted.
+    """
+    from lakehouse.sources.registry import load_registry
+
+    registry = load_registry(settings)
+    source = registry.sources.get(source_name)
+    if source is None:
+        raise ConfigError(f"no source {source_name!r} in the registry (known: {sorted(registry.sources)})")
+    sample = _sample(settings, source.bronze)
+    notes: list[str] = []
+    columns: list[dict[str, Any]] = []
+    column_of: dict[str, str] = {}
+    build: dict[str, Any]
+    payload = getattr(source, "record_payload", lambda: None)()
+    if source.kind in ("kafka", "mqtt") and payload is not None:
+        for name, field in payload.fields.items():
+            columns.append({"name": name, "type": _delta_type(field.sql_type.ddl())})
+            for path in field.paths(name):
+                column_of[f"value.{'.'.join(path)}"] = name
+        key = [*payload.key, *([payload.sequence] if payload.sequence else [])]
+        build = {
+            "inputs": [{"table": f"bronze.{source.bronze}", "format": "json", "payload": source_name}],
+            "key": key,
+            "sequence": ["ingested_at"],
+            "apply": "append",
+        }
+        if payload.event_time:
+            build["event_time"] = {
+                "column": payload.event_time,
+                "watermark": "1 hour",
+                "partition_by": payload.key,
+            }
+        columns.append({"name": "ingested_at", "type": "timestamp"})
+    elif source.kind in ("kafka", "mqtt", "http"):
+        text_column = "record" if "record" in sample.columns else "value"
+        fields = _json_fields(sample, text_column)
+        for name, kind in fields.items():
+            columns.append({"name": name, "type": kind})
+            column_of[f"{text_column}.{name}"] = name
+        position = ["fetched_at", "batch_id"] if source.kind == "http" else ["ingested_at"]
+        for position_column in position:
+            if position_column in sample.columns:
+                kind = "timestamp" if position_column.endswith("_at") else "string"
+                columns.append({"name": position_column, "type": kind})
+        key = [k for k in source.key if k in fields] or []
+        if not key:
+            notes.append("no key: the source declares none that the records carry; set build.key")
+        build = {
+            "inputs": [{"table": f"bronze.{source.bronze}", "format": "json", "column": text_column}],
+            "key": key,
+            "sequence": [c for c in position if c in sample.columns],
+            "apply": "upsert" if key and source.kind == "http" else "append",
+        }
+        notes.append(f"types inferred from {len(sample)} sampled records: review them")
+    elif source.kind == "postgres":
+        bookkeeping = {c for c in sample.columns if c.startswith("_")}
+        from lakehouse.governance.catalog import delta_schema
+
+        fields_of = {
+            name: kind for name, kind, _ in delta_schema(settings.table_path("bronze", source.bronze)) or []
+        }
+        for name in sample.columns:
+            if name not in bookkeeping:
+                columns.append({"name": name, "type": fields_of.get(name, "string")})
+                column_of[name] = name
+        watermark = str(getattr(source, "watermark", "") or "")
+        mode = getattr(source, "mode", "incremental")
+        sequence: list[str] = [watermark] if mode == "incremental" and watermark in sample.columns else []
+        if not sequence:
+            sequence = [c for c in ("_extracted_at", "_snapshot_id") if c in sample.columns][:1]
+            for extra_column in sequence:
+                columns.append({"name": extra_column, "type": fields_of.get(extra_column, "timestamp")})
+        build = {
+            "inputs": [{"table": f"bronze.{source.bronze}"}],
+            "key": list(source.key),
+            "sequence": sequence,
+            "apply": "upsert",
+        }
+        if "_op" in sample.columns:
+            build["deletes"] = "_op = 'D'"
+        columns += [
+            {
+                "name": "_deleted",
+                "type": "boolean",
+                "description": "A tombstone: the row was deleted at the source.",
+            },
+            {"name": "_source", "type": "string", "description": "The input the latest version came from."},
+            {"name": "_merged_at", "type": "timestamp", "description": "When silver last changed the row."},
+        ]
+    else:
+        raise ConfigError(
+            f"source {source_name!r} is {source.kind}: declare its silver table by hand "
+            "(a CDC stream carries several tables: one build input per table, format: wal2json)"
+        )
+    pii = _pii(sample, column_of)
+    for column in columns:
+        column.setdefault("description", "TODO: what this column means")
+        if column["name"] in pii:
+            column.update(classification="pii", pii=pii[column["name"]], treatment="tokenize")
+        else:
+            column.setdefault("classification", "internal")
+    if pii:
+        notes.append(f"PII proposed (tokenized in silver): {sorted(pii.items())}")
+    table = f"silver.{source.bronze}"
+    document = {
+        "table": table,
+        "owner": owner or source.owner,
+        "description": source.description or "TODO: what one row is",
+        "classification": "pii" if pii else "internal",
+        "retention_days": 365,
+        "freshness_sla": "24h",
+        "build": build,
+        "columns": columns,
+    }
+    header = (
+        f"# Drafted by `lakehouse table scaffold {source_name}` from {len(sample)} bronze rows: review it.\n"
+        "# The build section says how the silver engine builds the table (lakehouse.contracts.build).\n"
+    )
+    contract_text = header + yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=110)
+    from lakehouse.governance.catalog import TableContract
+
+    TableContract.model_validate(document)  # a draft that would not load is a bug here, not the user's
+    expectations: list[dict[str, Any]] = [
+        {
+            "type": "expect_table_row_count_to_be_between",
+            "kwargs": {"min_value": 0},
+            "meta": {"rule": "row_count", "action": "warn"},
+        },
+        *(
+            {
+                "type": "expect_column_values_to_not_be_null",
+                "kwargs": {"column": k},
+                "meta": {"rule": f"{k}_not_null", "action": "quarantine"},
+            }
+            for k in build["key"]
+        ),
+    ]
+    if build["key"]:
+        expectations.append(
+            {
+                "type": "expect_compound_columns_to_be_unique",
+                "kwargs": {"column_list": build["key"]},
+                "meta": {"rule": "key_unique", "action": "fail"},
+            }
+        )
+    suite = {
+        "name": table,
+        "meta": {"notes": "Drafted by lakehouse table scaffold: add the table's rules."},
+        "expectations": expectations,
+    }
+    extra: list[tuple[Path, str]] = []
+    bronze_contract = settings.root / "catalog" / "bronze" / f"{source.bronze}.yaml"
+    if not bronze_contract.exists():
+        from lakehouse.governance.catalog import scaffold_contract
+
+        extra.append(
+            (bronze_contract, scaffold_contract(settings, f"bronze.{source.bronze}", owner=source.owner))
+        )
+        notes.append(f"bronze.{source.bronze} had no contract: drafted {bronze_contract} too")
+    return Draft(
+        table=table,
+        extra=tuple(extra),
+        contract_path=settings.root / "catalog" / "silver" / f"{source.bronze}.yaml",
+        contract=contract_text,
+        suite_path=settings.root / settings.quality.suites_dir / "silver" / f"{source.bronze}.json",
+        suite=json.dumps(suite, indent=2) + "\n",
+        notes=tuple(notes),
+    )
