@@ -81,7 +81,9 @@ def _sample(settings: Settings, bronze: str) -> Any:
             f"bronze/{bronze} has no data yet at {path}: land the source first (lakehouse build, or its "
             "bronze task), then scaffold its silver table from what arrived"
         ) from None
-    return table.to_pyarrow_dataset().head(_SAMPLE_ROWS).to_pandas()
+    from lakehouse.governance.catalog import sample_frame
+
+    return sample_frame(table, _SAMPLE_ROWS)
 
 
 def _pii(sample: Any, column_of: dict[str, str]) -> dict[str, str]:
@@ -273,7 +275,15 @@ def scaffold_table(settings: Settings, source_name: str, *, owner: str | None = 
             for k in build["key"]
         ),
     ]
-    if build["key"]:
+    if len(build["key"]) == 1:
+        expectations.append(
+            {
+                "type": "expect_column_values_to_be_unique",
+                "kwargs": {"column": build["key"][0]},
+                "meta": {"rule": "key_unique", "action": "fail"},
+            }
+        )
+    elif build["key"]:
         expectations.append(
             {
                 "type": "expect_compound_columns_to_be_unique",

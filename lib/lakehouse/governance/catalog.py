@@ -572,6 +572,29 @@ _COMMON_MEANINGS = {
 }
 
 
+def sample_frame(table: Any, rows: int) -> pd.DataFrame:
+    """The first ``rows`` rows of a delta-rs table as pandas, text that is not UTF-8 decoded with U+FFFD.
+
+    Bronze keeps payloads as they arrived: a hostile record's bytes must not stop a sample of the table.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    head = table.to_pyarrow_dataset().head(rows)
+    columns = []
+    for index, field in enumerate(head.schema):
+        column = head.column(index)
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            raw = pc.cast(column, pa.large_binary())
+            column = pa.array(
+                [None if v is None else v.decode("utf-8", errors="replace") for v in raw.to_pylist()],
+                type=pa.large_string(),
+            )
+        columns.append(column)
+    frame: pd.DataFrame = pa.table(columns, names=head.schema.names).to_pandas()
+    return frame
+
+
 def scaffold_contract(settings: Settings, table: str, *, owner: str = "data-platform") -> str:
     """A draft YAML contract for ``table`` from its Delta schema (review before committing).
 
@@ -588,7 +611,7 @@ def scaffold_contract(settings: Settings, table: str, *, owner: str = "data-plat
     fields = delta_schema(path)
     if fields is None:
         raise ConfigError(f"no Delta table at {path}: build {table} first, then scaffold its contract")
-    sample = DeltaTable(path).to_pyarrow_dataset().head(1000).to_pandas()
+    sample = sample_frame(DeltaTable(path), 1000)
     findings = {f.column: f for f in scan_frame(sample)}
     layer = table.split(".", 1)[0]
     columns = []

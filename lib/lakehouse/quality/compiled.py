@@ -311,7 +311,7 @@ def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] |
         *[_col(c) for c in frame.columns],
         route.alias(ROUTE),
         failed.alias(FAILED),
-    ).withColumn(REASON, F.element_at(F.col(FAILED), 1))
+    ).withColumn(REASON, F.try_element_at(F.col(FAILED), F.lit(1)))
     return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1])
 
 

@@ -269,8 +269,8 @@ _LSN_PATTERN: Final = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
 def lsn_number(lsn: Column) -> Column:
     """A PostgreSQL LSN ``X/Y`` (hex) as a comparable 64-bit number; null when the text is not an LSN."""
     parts = F.split(lsn, "/")
-    high = F.conv(F.element_at(parts, 1), 16, 10).try_cast("bigint")
-    low = F.conv(F.element_at(parts, 2), 16, 10).try_cast("bigint")
+    high = F.conv(F.try_element_at(parts, F.lit(1)), 16, 10).try_cast("bigint")
+    low = F.conv(F.try_element_at(parts, F.lit(2)), 16, 10).try_cast("bigint")
     return F.when(lsn.rlike(_LSN_PATTERN), high * F.lit(4294967296) + low)
 
 
