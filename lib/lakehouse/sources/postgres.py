@@ -720,6 +720,9 @@ def parse_endpoint(conninfo: str, what: str = "connection") -> Endpoint:
     ports = str(params.pop("port", None) or "5432").split(",")
     if not hosts[0] or any(h.startswith("/") for h in hosts):
         raise ConfigError(f"{what} must name a TCP host (Spark's JDBC reader cannot use a Unix socket)")
+    ports = [port.strip() or "5432" for port in ports]  # libpq: an empty entry is the default port
+    if not all(port.isdigit() for port in ports):
+        raise ConfigError(f"{what} has a port that is not a number")
     if len(ports) == 1:
         ports = ports * len(hosts)
     if len(ports) != len(hosts):

@@ -81,11 +81,14 @@ def _pg_conninfo(value: SecretStr | None) -> SecretStr | None:
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        conninfo_to_dict(value.get_secret_value())
+        params = conninfo_to_dict(value.get_secret_value())
+        ports = str(params.get("port") or "").split(",")
+        if not all(port.strip().isdigit() for port in ports if port.strip()):
+            raise psycopg.ProgrammingError("a port is not a number")
     except psycopg.Error as exc:
         raise ValueError(
-            "connection is not a libpq connection string or postgresql:// URL "
-            f"({type(exc).__name__}; the value is not shown: it may hold a password)"
+            f"connection is not a libpq connection string or postgresql:// URL ({exc}; the value is not "
+            "shown: it may hold a password)"
         ) from None
     return value
 
