@@ -1221,15 +1221,12 @@ def _typed_position(state: ExtractState, columns: Sequence[PgColumn]) -> Extract
     return replace(state, watermark=typed[0], key=tuple(typed[1:]))
 
 
-def _align(frame: DataFrame, spark: SparkSession, bronze: str) -> DataFrame:
-    """``frame`` with timestamp columns cast to the type they already have in an existing bronze table.
+def _align(frame: DataFrame, existing: dict[str, Any]) -> DataFrame:
+    """``frame`` with timestamp columns cast to the type they already have in bronze (``existing``).
 
     Bronze written before timestamps without time zone were read as ``TIMESTAMP_NTZ`` holds them as
     ``TIMESTAMP`` (UTC); appending keeps that type rather than failing on the mismatch.
     """
-    if not is_delta_table(spark, bronze):
-        return frame
-    existing = {f.name: f.dataType for f in spark.read.format("delta").load(bronze).schema.fields}
     casts = {
         f.name: F.col(f.name).cast(existing[f.name])
         for f in frame.schema.fields
@@ -1237,6 +1234,12 @@ def _align(frame: DataFrame, spark: SparkSession, bronze: str) -> DataFrame:
         and {f.dataType.typeName(), existing[f.name].typeName()} == {"timestamp", "timestamp_ntz"}
     }
     return frame.withColumns(casts) if casts else frame
+
+
+def _bronze_types(spark: SparkSession, bronze: str, exists: bool) -> dict[str, Any]:
+    if not exists:
+        return {}
+    return {f.name: f.dataType for f in spark.read.format("delta").load(bronze).schema.fields}
 
 
 def bronze_position(frame: DataFrame, columns: Sequence[PgColumn]) -> tuple[int, tuple[Any, ...] | None]:
@@ -1319,35 +1322,47 @@ def extract_incremental(
                 f"postgres source {name!r}: its state {state_path(settings, name)} is of a {state.mode} "
                 "extract: delete it (and bronze) to change the mode"
             )
-        if state.sequence and not is_delta_table(spark, bronze):
+        exists = is_delta_table(spark, bronze)
+        if state.sequence and not exists:
             log.warning("bronze %s is gone: extracting %s from the start", bronze, name)
             state = ExtractState.fresh(name)
+        types = _bronze_types(spark, bronze, exists)
+        replay = bool(state.sequence) and exists  # only a run's first page can be one (see below)
         rows, batch_ids = 0, []
         while True:
             more = _execute(
                 conn, f"SELECT EXISTS (SELECT 1 FROM {shape.relation} WHERE {_after(source, shape, state)})"
             ).fetchone()
             # Nothing new: no write, bronze keeps its version (a first run still creates the table, empty).
-            if not (more and more[0]) and is_delta_table(spark, bronze):
+            if not (more and more[0]) and exists:
                 break
             sequence = state.sequence + 1
             batch_id = f"{name}-{state.app_id[-12:]}-{sequence:06d}"
-            page = _read_query(spark, endpoint, keyset_query(source, shape, state, page_size))
-            page = _align(page, spark, bronze).select(
-                "*",
-                F.current_timestamp().alias("_extracted_at"),
-                F.lit(batch_id).alias("_batch_id"),
-                F.lit(source.table).alias("_source_table"),
-            )
-            (
-                page.write.format("delta")
-                .mode("append")
-                .option("mergeSchema", "true")
-                .option("txnAppId", state.app_id)
-                .option("txnVersion", str(sequence))
-                .save(bronze)
-            )
             landed = spark.read.format("delta").load(bronze).where(F.col("_batch_id") == batch_id)
+            replay = replay and bool(landed.limit(1).count())
+            if not replay:
+                # One JDBC read, kept: the rows written are the rows the position is taken from.
+                page = _read_query(spark, endpoint, keyset_query(source, shape, state, page_size))
+                landed = (
+                    _align(page, types)
+                    .select(
+                        "*",
+                        F.current_timestamp().alias("_extracted_at"),
+                        F.lit(batch_id).alias("_batch_id"),
+                        F.lit(source.table).alias("_source_table"),
+                    )
+                    .localCheckpoint(eager=True)
+                )
+                (
+                    landed.write.format("delta")
+                    .mode("append")
+                    .option("mergeSchema", "true")
+                    .option("txnAppId", state.app_id)
+                    .option("txnVersion", str(sequence))
+                    .save(bronze)
+                )
+            # else: a crash after this batch landed and before its position was committed; Delta holds it
+            # (a write would be skipped as a duplicate transaction), so its position is taken from bronze.
             count, position = bronze_position(landed, columns)
             if position is None:  # the rows went between the check and the read: the position stands
                 state = replace(state, sequence=sequence)
@@ -1355,11 +1370,15 @@ def extract_incremental(
                 break
             state = replace(state, sequence=sequence, watermark=position[0], key=position[1:])
             write_state(settings, state)
-            rows += count
-            batch_ids.append(batch_id)
-            log.info("extract %s: page %d, %d rows, now at %s", name, sequence, count, position)
-            if count < page_size:
+            if replay:
+                log.info("extract %s: page %d had landed before a crash; now at %s", name, sequence, position)
+            else:
+                rows += count
+                batch_ids.append(batch_id)
+                log.info("extract %s: page %d, %d rows, now at %s", name, sequence, count, position)
+            if count < page_size and not replay:
                 break
+            replay, exists = False, True
     return ExtractReport(
         source=name,
         table=source.table,
@@ -1369,7 +1388,7 @@ def extract_incremental(
         batch_ids=tuple(batch_ids),
         watermark=state.watermark,
         key=state.key,
-        table_version=table_version(spark, bronze) if is_delta_table(spark, bronze) else -1,
+        table_version=table_version(spark, bronze),
         null_positions=nulls,
     )
 
@@ -1508,7 +1527,9 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
     if exists and state.checksum == checksum:
         log.info("extract %s: unchanged since snapshot %d (checksum %s)", name, state.sequence, checksum)
         return _snapshot_report(spark, source, bronze, state, (), {}, unchanged=True)
-    current = _align(_read_query(spark, endpoint, snapshot_query(shape)), spark, bronze)
+    current = _align(
+        _read_query(spark, endpoint, snapshot_query(shape)), _bronze_types(spark, bronze, exists)
+    )
     if exists:
         history = spark.read.format("delta").load(bronze)
         missing = [c for c in SNAPSHOT_COLUMNS if c not in history.columns]
@@ -1523,23 +1544,28 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
         last = 0
     sequence = max(state.sequence, last) + 1
     batch_id = f"{name}-{state.app_id[-12:]}-{sequence:06d}"
-    changes = snapshot_changes(current, previous, source.key).select(
-        "*",
-        F.lit(sequence).cast("bigint").alias("_snapshot"),
-        F.current_timestamp().alias("_extracted_at"),
-        F.lit(batch_id).alias("_batch_id"),
-        F.lit(source.table).alias("_source_table"),
+    # The snapshot number comes from bronze, so it is never one bronze already holds: no replay here.
+    changes = (
+        snapshot_changes(current, previous, source.key)
+        .select(
+            "*",
+            F.lit(sequence).cast("bigint").alias("_snapshot"),
+            F.current_timestamp().alias("_extracted_at"),
+            F.lit(batch_id).alias("_batch_id"),
+            F.lit(source.table).alias("_source_table"),
+        )
+        .localCheckpoint(eager=True)  # one read of the table: what lands is what is counted
     )
-    (
-        changes.write.format("delta")
-        .mode("append")
-        .option("mergeSchema", "true")
-        .option("txnAppId", state.app_id)
-        .option("txnVersion", str(sequence))
-        .save(bronze)
-    )
-    landed = spark.read.format("delta").load(bronze).where(F.col("_batch_id") == batch_id)
-    counts = {str(r["_op"]): int(r["count"]) for r in landed.groupBy("_op").count().collect()}
+    counts = {str(r["_op"]): int(r["count"]) for r in changes.groupBy("_op").count().collect()}
+    if counts or not exists:
+        (
+            changes.write.format("delta")
+            .mode("append")
+            .option("mergeSchema", "true")
+            .option("txnAppId", state.app_id)
+            .option("txnVersion", str(sequence))
+            .save(bronze)
+        )
     state = replace(state, sequence=sequence, checksum=checksum)
     write_state(settings, state)
     log.info("extract %s: snapshot %d landed %s", name, sequence, counts or "no change")
