@@ -22,12 +22,10 @@ from lakehouse.sources.postgres import (
     TableShape,
     bronze_position,
     keyset_query,
-    parse_endpoint,
     quote_identifier,
     raise_for_failures,
     read_state,
     retail_sources,
-    settings_endpoint,
     snapshot_changes,
     snapshot_hashes,
     snapshot_query,
@@ -35,6 +33,7 @@ from lakehouse.sources.postgres import (
     state_path,
     write_state,
 )
+from lakehouse.sources.postgres_connection import parse_endpoint, settings_endpoint
 from lakehouse.sources.registry import PostgresCdcSource, PostgresTableSource, Registry, load_registry
 from lakehouse.state import decode_typed, encode_typed, write_json
 
@@ -284,7 +283,7 @@ def test_registry_cdc_entries_take_a_connection_and_any_tables() -> None:
 
 def test_snapshot_query_hashes_each_row() -> None:
     assert snapshot_query(TableShape('"xp"."penguins"', {})) == (
-        'SELECT t.*, md5(t::text) AS "_row_hash" FROM "xp"."penguins" AS t'
+        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "xp"."penguins" AS t'
     )
 
 

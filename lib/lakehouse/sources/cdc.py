@@ -40,7 +40,7 @@ from kafka.errors import KafkaError
 from lakehouse import kafka_clients
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
-from lakehouse.sources.postgres import connect_to, settings_endpoint, source_endpoint
+from lakehouse.sources.postgres_connection import connect_to, settings_endpoint, source_endpoint
 from lakehouse.sources.registry import PostgresCdcSource
 
 log = logging.getLogger(__name__)

@@ -54,15 +54,20 @@ from decimal import ROUND_HALF_UP, Decimal
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, LakehouseError, ServiceError
+from lakehouse.sources.postgres_connection import (
+    STABLE_SESSION,
+    Endpoint,
+    connect_to,
+    settings_endpoint,
+    source_endpoint,
+)
 from lakehouse.sources.registry import PostgresCdcSource, PostgresTableSource
 from lakehouse.state import decode_typed, encode_typed, read_json, write_json
 from lakehouse.tables import is_delta_table, table_version
@@ -623,166 +628,6 @@ def generate_changes(
     return ChangeReport(kinds, tuple(plan))
 
 
-# --- connections ------------------------------------------------------------------------------------------
-
-# libpq parameters Spark's JDBC reader (pgjdbc) understands, and their pgjdbc names.
-_JDBC_PARAMETERS: Final = {
-    "sslmode": "sslmode",
-    "sslrootcert": "sslrootcert",
-    "sslcert": "sslcert",
-    "sslkey": "sslkey",
-    "sslpassword": "sslpassword",
-    "application_name": "ApplicationName",
-    "connect_timeout": "connectTimeout",
-    "options": "options",
-    "target_session_attrs": "targetServerType",
-    "gssencmode": "gssEncMode",
-    "channel_binding": "channelBinding",
-}
-_TARGET_SERVER: Final = {"any": "any", "read-write": "primary", "primary": "primary", "standby": "secondary",
-                         "prefer-standby": "preferSecondary", "read-only": "secondary"}  # fmt: skip
-# Every session an extract opens, psycopg's and the JDBC reader's, renders values the same way: the text
-# of a row (what snapshot hashes are taken of) and timestamp literals do not depend on the machine.
-_STABLE_SESSION: Final = (
-    "SET TIME ZONE 'UTC'; SET DateStyle TO 'ISO, YMD'; SET IntervalStyle TO 'postgres'; "
-    "SET extra_float_digits TO 1; SET bytea_output TO 'hex'"
-)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a source's database is, for psycopg (``conninfo``) and for Spark's JDBC reader.
-
-    ``label`` (``host:port/database``) is what messages show; the password appears in no repr.
-    """
-
-    label: str
-    database: str
-    conninfo: str = field(repr=False)
-    jdbc_url: str = field(repr=False)
-    user: str = ""
-    password: str = field(default="", repr=False)
-
-    def jdbc_options(self) -> dict[str, str]:
-        """Options for ``spark.read.format("jdbc")``: URL, driver, login and the stable session settings."""
-        options = {
-            "url": self.jdbc_url,
-            "driver": "org.postgresql.Driver",
-            "sessionInitStatement": _STABLE_SESSION,
-            # timestamp without time zone lands as TIMESTAMP_NTZ: its wall time, whatever the JVM's zone
-            "preferTimestampNTZ": "true",
-            "fetchsize": "10000",
-        }
-        if self.user:
-            options["user"] = self.user
-        if self.password:
-            options["password"] = self.password
-        return options
-
-    def mask(self, text: str) -> str:
-        """``text`` with the password (should a driver echo it) replaced by ``***``."""
-        return text.replace(self.password, "***") if self.password else text
-
-
-def settings_endpoint(settings: Settings) -> Endpoint:
-    """The environment file's PostgreSQL (the default connection of every postgres source)."""
-    pg = settings.postgres
-    return Endpoint(
-        label=f"{pg.host}:{pg.port}/{pg.database}",
-        database=pg.database,
-        conninfo=make_conninfo("", **pg.connect_kwargs(), connect_timeout=5),
-        jdbc_url=pg.jdbc_url,
-        user=pg.user,
-        password=pg.password,
-    )
-
-
-def parse_endpoint(conninfo: str, what: str = "connection") -> Endpoint:
-    """An :class:`Endpoint` from a libpq connection string or ``postgresql://`` URL.
-
-    Args:
-        conninfo: e.g. ``postgresql://reader:secret@db.example:5432/orders?sslmode=require``.
-        what: how messages name it (e.g. "source 'orders': connection").
-
-    Raises:
-        ConfigError: the string does not parse, names no TCP host, or has a parameter JDBC cannot take.
-
-    Example:
-        >>> parse_endpoint("postgresql://u:pw@db:6543/sales?sslmode=require").jdbc_url
-        'jdbc:postgresql://db:6543/sales?sslmode=require'
-    """
-    try:
-        params = conninfo_to_dict(conninfo)
-    except psycopg.Error as exc:
-        raise ConfigError(f"{what} is not a libpq connection string or postgresql:// URL") from exc
-    hosts = str(params.pop("hostaddr", None) or params.pop("host", None) or "").split(",")
-    params.pop("host", None)
-    ports = str(params.pop("port", None) or "5432").split(",")
-    if not hosts[0] or any(h.startswith("/") for h in hosts):
-        raise ConfigError(f"{what} must name a TCP host (Spark's JDBC reader cannot use a Unix socket)")
-    ports = [port.strip() or "5432" for port in ports]  # libpq: an empty entry is the default port
-    if not all(port.isdigit() for port in ports):
-        raise ConfigError(f"{what} has a port that is not a number")
-    if len(ports) == 1:
-        ports = ports * len(hosts)
-    if len(ports) != len(hosts):
-        raise ConfigError(f"{what} names {len(hosts)} hosts but {len(ports)} ports")
-    user = str(params.pop("user", "") or "")
-    password = str(params.pop("password", "") or "")
-    database = str(params.pop("dbname", "") or user)
-    if not database:
-        raise ConfigError(f"{what} names no database (dbname)")
-    query = []
-    for name, value in sorted(params.items()):
-        if name not in _JDBC_PARAMETERS:
-            raise ConfigError(
-                f"{what} has the parameter {name!r}, which Spark's JDBC reader cannot take "
-                f"(it takes {', '.join(sorted(_JDBC_PARAMETERS))})"
-            )
-        value = str(value)
-        if name == "target_session_attrs":
-            value = _TARGET_SERVER.get(value, value)
-        if name == "connect_timeout":
-            value = str(int(float(value)))
-        query.append(f"{_JDBC_PARAMETERS[name]}={quote(value, safe='')}")
-    address = ",".join(f"{host}:{port}" for host, port in zip(hosts, ports, strict=True))
-    jdbc = f"jdbc:postgresql://{address}/{quote(database, safe='')}"
-    jdbc += "?" + "&".join(query) if query else ""
-    timeout = {} if "connect_timeout" in conninfo_to_dict(conninfo) else {"connect_timeout": 5}
-    return Endpoint(
-        label=f"{address}/{database}",
-        database=database,
-        conninfo=make_conninfo(conninfo, **timeout),
-        jdbc_url=jdbc,
-        user=user,
-        password=password,
-    )
-
-
-def source_endpoint(settings: Settings, source: PostgresTableSource | PostgresCdcSource) -> Endpoint:
-    """The database of a postgres or postgres_cdc source: its ``connection``, else the environment's."""
-    if source.connection is None:
-        return settings_endpoint(settings)
-    return parse_endpoint(source.connection.get_secret_value(), f"source {source.name!r}: connection")
-
-
-def connect_to(endpoint: Endpoint, *, autocommit: bool = False, what: str = "") -> psycopg.Connection[Any]:
-    """A psycopg connection to ``endpoint``.
-
-    Raises:
-        ServiceError: the server does not answer or refuses the login (the message names the endpoint,
-            never the password).
-    """
-    try:
-        return psycopg.connect(endpoint.conninfo, autocommit=autocommit)
-    except psycopg.OperationalError as exc:
-        who = f"{what}: " if what else ""
-        raise ServiceError(
-            f"{who}cannot connect to PostgreSQL at {endpoint.label} ({endpoint.mask(str(exc).strip())}): "
-            "check that the server runs and the connection's user, password and database"
-        ) from exc
-
-
 def _execute(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] | None = None) -> Any:
     # Queries here are built from quoted identifiers and typed literals (see quote_identifier/sql_literal).
     return conn.execute(query, params)
@@ -1303,7 +1148,7 @@ def extract_incremental(
     endpoint = source_endpoint(settings, source)
     bronze = settings.table_path("bronze", source.bronze)
     with connect_to(endpoint, autocommit=True, what=f"postgres source {name!r}") as conn:
-        _execute(conn, _STABLE_SESSION)
+        _execute(conn, STABLE_SESSION)
         shape = describe_table(conn, source, endpoint)
         columns = shape.position(source)
         if not shape.is_unique([source.watermark, *source.key]):
@@ -1397,8 +1242,9 @@ def extract_incremental(
 
 
 def _row_text(alias: str = "t") -> str:
-    # The row's text in the stable session (_STABLE_SESSION): what a row's hash is taken of.
-    return f"{alias}::text"
+    # The row's text in the stable session (STABLE_SESSION): what a row's hash is taken of. ROW(t.*), not
+    # t::text: a column named t would win over the table alias.
+    return f"ROW({alias}.*)::text"
 
 
 def table_checksum(conn: psycopg.Connection[Any], shape: TableShape) -> str:
@@ -1420,7 +1266,7 @@ def snapshot_query(shape: TableShape) -> str:
 
     Example:
         >>> snapshot_query(TableShape('"public"."penguins"', {}))
-        'SELECT t.*, md5(t::text) AS "_row_hash" FROM "public"."penguins" AS t'
+        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "public"."penguins" AS t'
     """
     return f'SELECT t.*, md5({_row_text()}) AS "_row_hash" FROM {shape.relation} AS t'
 
@@ -1511,7 +1357,7 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
     endpoint = source_endpoint(settings, source)
     bronze = settings.table_path("bronze", source.bronze)
     with connect_to(endpoint, autocommit=True, what=f"postgres source {name!r}") as conn:
-        _execute(conn, _STABLE_SESSION)
+        _execute(conn, STABLE_SESSION)
         shape = describe_table(conn, source, endpoint)
         _check_snapshot_key(conn, source, shape)
         checksum = table_checksum(conn, shape)  # before the read: a change after it shows next time
@@ -1749,7 +1595,7 @@ def source_fingerprint(settings: Settings, source: PostgresTableSource | Postgre
         ConfigError: the source is of another kind, or its table or columns do not exist.
         ServiceError: the database does not answer.
     """
-    from lakehouse.sources.cdc import fingerprint_parts  # cdc imports this module
+    from lakehouse.sources.cdc import fingerprint_parts  # Kafka clients only when asked for
 
     if isinstance(source, PostgresCdcSource):
         endpoint = source_endpoint(settings, source)
@@ -1760,7 +1606,7 @@ def source_fingerprint(settings: Settings, source: PostgresTableSource | Postgre
         endpoint = source_endpoint(settings, source)
         kind, mode = "postgres", source.mode
         with connect_to(endpoint, autocommit=True, what=f"postgres source {source.name!r}") as conn:
-            _execute(conn, _STABLE_SESSION)
+            _execute(conn, STABLE_SESSION)
             shape = describe_table(conn, source, endpoint)
             if source.mode == "snapshot":
                 parts = [table_checksum(conn, shape)]
