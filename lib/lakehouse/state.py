@@ -4,6 +4,10 @@ One way to write them: the document goes to a temporary file in the same folder,
 (``fsync``), renamed over the old file and the folder is synced, so a crash leaves either the old state or the
 new one, never half of either. Reads are typed: :func:`read_state` validates the document into the model a
 module declares, and a damaged file is a :class:`~lakehouse.errors.DataError` that says what to do.
+
+Values JSON has no type for (a timestamp, a decimal, a UUID — a position an extract must resume from
+exactly) are kept as ``{"type": ..., "value": <exact text>}`` by :func:`encode_typed` and read back as the
+same Python value by :func:`decode_typed`.
 """
 
 from __future__ import annotations
@@ -11,9 +15,12 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Callable
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -98,3 +105,91 @@ def read_state(path: Path, model: type[T], *, what: str = "state file") -> T | N
         raise DataError(
             f"{what} {path} is damaged ({problems}): delete it to start from the beginning"
         ) from exc
+
+
+TYPED_VALUE_TYPES: Final = (
+    "bool",
+    "int",
+    "numeric",
+    "float",
+    "text",
+    "uuid",
+    "date",
+    "timestamp",
+    "timestamptz",
+)
+
+
+def encode_typed(value: object) -> dict[str, str]:
+    """A value as ``{"type": <type>, "value": <text>}``: the text holds it exactly, the type how to read it.
+
+    Types: ``bool``, ``int``, ``numeric`` (Decimal, scale kept), ``float`` (shortest round-trip text),
+    ``text``, ``uuid``, ``date``, ``timestamp`` (naive datetime) and ``timestamptz`` (aware datetime, its
+    offset kept), all to the microsecond.
+
+    Raises:
+        DataError: the value has none of these types (the message names the type).
+
+    Example:
+        >>> encode_typed(datetime(2024, 1, 1, 0, 0, 0, 123456))
+        {'type': 'timestamp', 'value': '2024-01-01T00:00:00.123456'}
+        >>> decode_typed(encode_typed(Decimal("1.50")))
+        Decimal('1.50')
+    """
+    if isinstance(value, bool):
+        return {"type": "bool", "value": "true" if value else "false"}
+    if isinstance(value, int):
+        return {"type": "int", "value": str(value)}
+    if isinstance(value, Decimal):
+        return {"type": "numeric", "value": str(value)}
+    if isinstance(value, float):
+        return {"type": "float", "value": repr(value)}
+    if isinstance(value, str):
+        return {"type": "text", "value": value}
+    if isinstance(value, uuid.UUID):
+        return {"type": "uuid", "value": str(value)}
+    if isinstance(value, datetime):  # before date: a datetime is a date
+        kind = "timestamp" if value.tzinfo is None else "timestamptz"
+        return {"type": kind, "value": value.isoformat()}
+    if isinstance(value, date):
+        return {"type": "date", "value": value.isoformat()}
+    known = ", ".join(TYPED_VALUE_TYPES)
+    raise DataError(f"cannot keep a {type(value).__name__} in a state file (types: {known})")
+
+
+def decode_typed(document: object) -> Any:
+    """The value :func:`encode_typed` wrote (``{"type": ..., "value": ...}``), as the same Python type.
+
+    Raises:
+        DataError: the document is not a typed value, or its text is not a value of its type.
+    """
+    if (
+        not isinstance(document, dict)
+        or set(document) != {"type", "value"}
+        or not isinstance(document["value"], str)
+    ):
+        raise DataError(f"{document!r} is not a typed value ({{'type': ..., 'value': '<text>'}})")
+    kind, text = document["type"], document["value"]
+    try:
+        if kind == "bool" and text in ("true", "false"):
+            return text == "true"
+        if kind == "int":
+            return int(text)
+        if kind == "numeric":
+            return Decimal(text)
+        if kind == "float":
+            return float(text)
+        if kind == "text":
+            return text
+        if kind == "uuid":
+            return uuid.UUID(text)
+        if kind == "date":
+            return date.fromisoformat(text)
+        if kind in ("timestamp", "timestamptz"):
+            value = datetime.fromisoformat(text)
+            if (value.tzinfo is None) != (kind == "timestamp"):
+                raise ValueError(f"a {kind} {'has no' if kind == 'timestamptz' else 'has a'} UTC offset")
+            return value
+    except (ValueError, InvalidOperation) as exc:
+        raise DataError(f"{text!r} is not a {kind} ({exc})") from exc
+    raise DataError(f"{document!r} has an unknown type (known: {', '.join(TYPED_VALUE_TYPES)})")

@@ -1,5 +1,6 @@
-"""Retail source and silver logic on inline data: CDNOW parsing, order splitting, the change plan, keyset SQL,
-wal2json decoding, CDC parsing/quarantine, latest-per-key and SCD2 staging."""
+"""Retail source and silver logic on inline data: CDNOW parsing, order splitting, the change plan, wal2json
+decoding, CDC parsing/quarantine, latest-per-key and SCD2 staging (the extract's SQL and state:
+test_postgres_extract.py)."""
 
 from __future__ import annotations
 
@@ -24,17 +25,13 @@ from lakehouse.sources.postgres import (
     RETAIL_TABLES,
     CustomerUpdate,
     DeleteOrder,
-    ExtractState,
     NewOrder,
     RetailState,
     StatusChange,
-    keyset_query,
     parse_cdnow,
     plan_changes,
     product_catalog,
-    retail_sources,
     split_order,
-    sql_literal,
 )
 
 pytestmark = pytest.mark.unit
@@ -90,32 +87,17 @@ def test_change_plan_needs_a_seeded_database() -> None:
         plan_changes(RetailState({}, {}, 1), 1, seed=1, order_date=date(2024, 1, 1))
 
 
-def test_keyset_query_compares_the_whole_position() -> None:
-    (items,) = [s for s in retail_sources() if s.table == "order_items"]
-    first = keyset_query(items, ExtractState.fresh("x"), 10)
-    assert "IS NOT NULL" in first and first.endswith('ORDER BY "updated_at", "order_id", "line_no" LIMIT 10')
-    later = keyset_query(items, ExtractState("x", "a", 3, "2024-01-01T00:00:00Z", (7, 2)), 5)
-    assert '("updated_at", "order_id", "line_no") > (\'2024-01-01T00:00:00Z\', 7, 2)' in later
-    with pytest.raises(ConfigError, match="reset"):
-        keyset_query(items, ExtractState("x", "a", 3, "2024-01-01", (7,)), 5)
-
-
-def test_sql_literals_are_quoted_and_unknown_types_refused() -> None:
-    assert sql_literal("O'Brien") == "'O''Brien'"
-    assert sql_literal(42) == "42"
-    assert sql_literal(datetime(2024, 1, 1, 12)) == "'2024-01-01T12:00:00'"
-    with pytest.raises(DataError):
-        sql_literal(1.5)
-
-
 def test_lsn_and_table_names() -> None:
     assert lsn_to_int("0/16B3748") == 0x16B3748
     assert lsn_to_int("1/0") > lsn_to_int("0/FFFFFFFF")
     with pytest.raises(DataError):
         lsn_to_int("16B3748")
     assert qualified_tables(["orders", "sales.orders"]) == ["public.orders", "sales.orders"]
-    with pytest.raises(ConfigError):
-        qualified_tables(["a,b"])
+    assert qualified_tables(["sales.*", "*.orders"]) == ["sales.*", "*.orders"]
+    assert qualified_tables(["crm.order lines", "a,b"]) == ["crm.order\\ lines", "public.a\\,b"]
+    for bad in ["a.b.c", "sales.", 'x."y"', "back\\slash"]:
+        with pytest.raises(ConfigError):
+            qualified_tables([bad])
 
 
 def _wal(action: str, lsn: str, **row: Any) -> dict[str, Any]:

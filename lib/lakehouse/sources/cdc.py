@@ -16,6 +16,10 @@ latest LSN per key, so a re-delivered change changes nothing.
 
 The Kafka value is wal2json's own change record (``action``, ``lsn``, ``timestamp``, ``schema``, ``table``,
 ``columns``, ``identity``, ``pk``) plus ``commit_lsn`` and ``slot``: bronze keeps what the database said.
+
+Any database and any tables: a source names its ``connection`` (default: the environment's PostgreSQL) and
+its ``tables`` as ``table``, ``schema.table``, ``schema.*`` or ``*.table`` (none: every table). Nothing here
+knows the demo's tables.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from kafka.errors import KafkaError
 from lakehouse import kafka_clients
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
-from lakehouse.sources.postgres import connect
+from lakehouse.sources.postgres_connection import connect_to, settings_endpoint, source_endpoint
 from lakehouse.sources.registry import PostgresCdcSource
 
 log = logging.getLogger(__name__)
@@ -65,27 +69,53 @@ def lsn_to_int(lsn: str) -> int:
         raise DataError(f"{lsn!r} is not a PostgreSQL LSN (X/Y in hex)") from exc
 
 
+_WAL2JSON_SPECIAL: Final = (" ", "'", ",", ".", "*")
+
+
+def _wal2json_name(part: str) -> str:
+    if part == "*":
+        return part
+    for char in _WAL2JSON_SPECIAL:  # wal2json reads these escaped with a backslash
+        part = part.replace(char, "\\" + char)
+    return part
+
+
 def qualified_tables(tables: Iterable[str]) -> list[str]:
-    """Table names as ``schema.table`` (``public`` when no schema is given), for wal2json's ``add-tables``."""
+    """Table names as ``schema.table`` (``public`` when no schema is given), for wal2json's ``add-tables``.
+
+    ``*`` as a whole part is wal2json's wildcard (``sales.*``: every table of ``sales``); spaces, quotes and
+    commas in a name are escaped as wal2json reads them.
+
+    Raises:
+        ConfigError: a name is empty, has more than two parts, or holds a backslash or double quote.
+
+    Example:
+        >>> qualified_tables(["orders", "sales.*", "crm.Order Lines"])
+        ['public.orders', 'sales.*', 'crm.Order\\\\ Lines']
+    """
     out = []
     for table in tables:
         parts = table.split(".")
-        if len(parts) > 2 or not all(parts) or any(c in table for c in ",* \\\"'"):
-            raise ConfigError(f"CDC table {table!r} must be 'table' or 'schema.table'")
-        out.append(table if len(parts) == 2 else f"public.{table}")
+        if len(parts) > 2 or not all(p.strip() for p in parts) or any(c in table for c in '\\"\x00'):
+            raise ConfigError(f"CDC table {table!r} must be 'table', 'schema.table', 'schema.*' or '*.table'")
+        if len(parts) == 1:
+            parts = ["public", *parts]
+        out.append(".".join(_wal2json_name(p) for p in parts))
     return out
 
 
-def wal2json_options(tables: Sequence[str]) -> list[str]:
-    """The wal2json option list (name, value, name, value …) for the peek call."""
-    return [
+def wal2json_options(tables: Sequence[str], *, transactions: bool = True) -> list[str]:
+    """The wal2json option list (name, value, name, value …) for the peek call (no tables: all of them)."""
+    options = [
         "format-version", "2",
         "include-lsn", "1",
         "include-timestamp", "1",
         "include-pk", "1",
-        "include-transaction", "1",
-        "add-tables", ",".join(qualified_tables(tables)),
+        "include-transaction", "1" if transactions else "0",
     ]  # fmt: skip
+    if tables:
+        options += ["add-tables", ",".join(qualified_tables(tables))]
+    return options
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,34 @@ def decode_transactions(rows: Iterable[tuple[str, str]], slot: str) -> list[Tran
     return transactions
 
 
+def _connect(settings: Settings, source: PostgresCdcSource | None) -> psycopg.Connection[Any]:
+    endpoint = source_endpoint(settings, source) if source is not None else settings_endpoint(settings)
+    what = f"postgres_cdc source {source.name!r}" if source is not None else ""
+    return connect_to(endpoint, autocommit=True, what=what)
+
+
+def fingerprint_parts(conn: psycopg.Connection[Any], source: PostgresCdcSource) -> list[str]:
+    """What :func:`lakehouse.sources.postgres.source_fingerprint` hashes for a CDC source: the slot's
+    confirmed position and the LSN of the first change it holds for the source's tables (``none``).
+
+    Peeks at most one transaction's changes (the slot does not move); no slot yet: the server's WAL
+    position, so the fingerprint changes once the slot exists.
+    """
+    row = conn.execute(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (source.slot,)
+    ).fetchone()
+    if row is None:
+        wal = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        return ["no-slot", str(wal[0]) if wal else ""]
+    options = wal2json_options(source.tables, transactions=False)
+    placeholders = ", ".join(["%s"] * len(options))
+    first = conn.execute(
+        f"SELECT lsn::text FROM pg_logical_slot_peek_changes(%s, NULL, 1, {placeholders}) LIMIT 1",  # type: ignore[arg-type]
+        (source.slot, *options),
+    ).fetchone()
+    return [str(row[0]), str(first[0]) if first else "none"]
+
+
 def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> bool:
     """Create the logical replication slot (wal2json) unless it exists. Returns True if it created it."""
     row = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
@@ -177,9 +235,12 @@ def ensure_slot(conn: psycopg.Connection[Any], slot: str) -> bool:
     return True
 
 
-def drop_slot(settings: Settings, slot: str) -> None:
-    """Drop a replication slot if it exists (it holds WAL on the server for as long as it lives)."""
-    with connect(settings, autocommit=True) as conn:
+def drop_slot(settings: Settings, slot: str, source: PostgresCdcSource | None = None) -> None:
+    """Drop a replication slot if it exists (it holds WAL on the server for as long as it lives).
+
+    ``source`` names the database (its ``connection``); the environment's PostgreSQL by default.
+    """
+    with _connect(settings, source) as conn:
         if conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone():
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
 
@@ -317,7 +378,7 @@ def run_cdc(
     report = CdcReport(source=source.name or source.slot, topic=source.topic)
     producer = cdc_producer(settings.kafka.bootstrap_servers)
     try:
-        with connect(settings, autocommit=True) as conn:
+        with _connect(settings, source) as conn:
             ensure_slot(conn, source.slot)
             while True:
                 consumed = capture_once(conn, producer, source, max_changes=max_changes, report=report)
@@ -328,6 +389,16 @@ def run_cdc(
                 time.sleep(poll_seconds)
     except KeyboardInterrupt:
         log.info("cdc %s stopped; the slot keeps the position", report.source)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise ConfigError(
+            f"postgres_cdc source {report.source!r}: the connection's role may not use replication slots "
+            f"({str(exc).strip()}): grant it REPLICATION (ALTER ROLE … REPLICATION) or connect as another"
+        ) from exc
+    except psycopg.Error as exc:
+        raise ServiceError(
+            f"postgres_cdc source {report.source!r}: logical decoding failed ({str(exc).strip()}): the "
+            "server needs wal_level=logical and the wal2json plugin"
+        ) from exc
     finally:
         producer.close(timeout=5)
     return report

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lakehouse.config import Settings, expand_variables
 from lakehouse.contracts.payload import FieldSpec, PayloadSpec, parse_path
@@ -107,29 +115,118 @@ class KafkaSource(_Source):
         return self.payload
 
 
+def _pg_identifier(value: str, what: str, *, qualified: bool = False) -> str:
+    """Check a PostgreSQL name as written in sources.yaml (quoted later, so its case is kept)."""
+    parts = value.split(".") if qualified else [value]
+    if not value or len(parts) > 2 or any(not part.strip() or "\x00" in part for part in parts):
+        form = "'table' or 'schema.table'" if qualified else "a column name"
+        raise ValueError(f"{what} {value!r} must be {form}")
+    return value
+
+
+def _pg_conninfo(value: SecretStr | None) -> SecretStr | None:
+    """Check a libpq connection string or ``postgresql://`` URL parses (its secrets are never echoed)."""
+    if value is None:
+        return None
+    import psycopg  # only postgres sources need it
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(value.get_secret_value())
+        ports = str(params.get("port") or "").split(",")
+        if not all(port.strip().isdigit() for port in ports if port.strip()):
+            raise psycopg.ProgrammingError("a port is not a number")
+    except psycopg.Error as exc:
+        raise ValueError(
+            f"connection is not a libpq connection string or postgresql:// URL ({exc}; the value is not "
+            "shown: it may hold a password)"
+        ) from None
+    return value
+
+
 class PostgresTableSource(_Source):
-    """A PostgreSQL table extracted incrementally by a high-watermark column plus the primary key."""
+    """A PostgreSQL table (or view) landed in bronze by an extract over JDBC.
+
+    ``mode: incremental`` (the default) reads the rows after the last ``(watermark, key)`` position in
+    keyset pages; ``mode: snapshot`` reads the whole table, for tables without a version column, and lands
+    only the rows that are new, changed or deleted since the last snapshot (see
+    :mod:`lakehouse.sources.postgres`). ``connection`` names another database (a libpq string or a
+    ``postgresql://`` URL, written as ``${VARIABLE}`` since it holds a password); the environment file's
+    PostgreSQL is the default. ``table`` is ``table`` (schema ``public``) or ``schema.table``; names are
+    used as written (quoted), so their case matters.
+    """
 
     kind: Literal["postgres"]
     table: str
-    watermark: str = "updated_at"
+    connection: SecretStr | None = Field(
+        None, description="libpq string or postgresql:// URL (default: the environment's PostgreSQL)"
+    )
+    mode: Literal["incremental", "snapshot"] = "incremental"
+    watermark: str = Field("updated_at", description="incremental: the column that grows with each change")
+
+    @field_validator("table")
+    @classmethod
+    def _table(cls, value: str) -> str:
+        return _pg_identifier(value, "table", qualified=True)
+
+    @field_validator("connection")
+    @classmethod
+    def _connection(cls, value: SecretStr | None) -> SecretStr | None:
+        return _pg_conninfo(value)
 
     @model_validator(mode="after")
     def _needs_key(self) -> PostgresTableSource:
         if not self.key:
             raise ValueError("a postgres source needs its primary key columns in `key`")
+        if len(set(self.key)) != len(self.key):
+            raise ValueError(f"key {self.key} names a column twice")
+        for column in self.key:
+            _pg_identifier(column, "key column")
+        if self.mode == "snapshot":
+            if "watermark" in self.model_fields_set:
+                raise ValueError("watermark is for mode incremental: a snapshot compares whole rows")
+        else:
+            _pg_identifier(self.watermark, "watermark")
+            if self.watermark in self.key:
+                raise ValueError(f"watermark {self.watermark!r} is also a key column: name it once")
         return self
+
+    @property
+    def schema_table(self) -> tuple[str, str]:
+        """``(schema, table)``, with schema ``public`` when the entry names none."""
+        schema, _, table = self.table.rpartition(".")
+        return schema or "public", table
 
 
 class PostgresCdcSource(_Source):
-    """Log-based change data capture: wal2json logical replication of ``tables`` into a Kafka topic."""
+    """Log-based change data capture: wal2json logical replication of ``tables`` into a Kafka topic.
+
+    ``tables`` are ``table``, ``schema.table``, ``schema.*`` or ``*.table``; an empty list captures every
+    table of the database. ``connection`` as for :class:`PostgresTableSource` (its role needs the
+    REPLICATION attribute).
+    """
 
     kind: Literal["postgres_cdc"]
     slot: str
     topic: str
-    tables: list[str]
+    tables: list[str] = Field(default_factory=list)
+    connection: SecretStr | None = Field(
+        None, description="libpq string or postgresql:// URL (default: the environment's PostgreSQL)"
+    )
     partitions: int = Field(3, ge=1)
     retention_ms: int = Field(604_800_000, ge=60_000)
+
+    @field_validator("connection")
+    @classmethod
+    def _connection(cls, value: SecretStr | None) -> SecretStr | None:
+        return _pg_conninfo(value)
+
+    @field_validator("slot")
+    @classmethod
+    def _slot(cls, value: str) -> str:
+        if not re.match(r"^[a-z0-9_]{1,63}$", value):
+            raise ValueError(f"slot {value!r} must be 1-63 of a-z, 0-9 and _ (PostgreSQL's rule for slots)")
+        return value
 
 
 class HttpAuth(BaseModel):
