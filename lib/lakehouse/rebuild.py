@@ -311,25 +311,21 @@ def kafka_check(ctx: ProbeContext, source: Any, recorded: Any) -> Check:
 
 
 def postgres_fingerprint(settings: Settings, source: Any) -> Any:
-    """A PostgreSQL table's row count and newest watermark (a minimal fingerprint; see the module notes).
+    """The source's fingerprint (:func:`lakehouse.sources.postgres.source_fingerprint`): the watermark and key
+    position for an incremental extract, the table's checksum for a snapshot, the slot's position for CDC.
 
-    An incremental extract takes rows whose watermark moved, so count + max(watermark) changes whenever there
-    is something to take (inserts, updates that bump the watermark, deletes).
+    A source that cannot be reached is reported as such (the extract then fails with the reason and the
+    other sources still run).
     """
     import psycopg
 
-    from lakehouse.sources.postgres import connect, quote_identifier
+    from lakehouse.errors import LakehouseError
+    from lakehouse.sources.postgres import source_fingerprint
 
-    query = (
-        f"SELECT count(*), max({quote_identifier(source.watermark)})::text "
-        f"FROM {quote_identifier(source.table)}"
-    )
-    with connect(settings) as conn:
-        try:
-            rows, newest = conn.execute(query).fetchone() or (0, None)
-        except psycopg.errors.UndefinedTable:
-            return {"table": "missing"}
-    return {"rows": int(rows), "watermark": newest}
+    try:
+        return {"fingerprint": source_fingerprint(settings, source)}
+    except (LakehouseError, OSError, psycopg.Error) as exc:
+        return {"unavailable": str(exc).splitlines()[0][:200]}
 
 
 def postgres_check(ctx: ProbeContext, source: Any, recorded: Any) -> Check:
