@@ -132,18 +132,18 @@ def declared_tasks(settings: Settings) -> list[dict[str, Any]]:
         if build is not None:
             q_layer, _, q_name = (build.quarantine or f"{name}_quarantine").partition(".")
             product["quarantine"] = f"{{{{workspace}}}}/lake/{q_layer}/{q_name}"
-        files = {"contract": f"catalog/{layer}/{table}.yaml"}
+        resources = {"contract": f"catalog/{layer}/{table}.yaml"}
         suite = Path(settings.quality.suites_dir) / layer / f"{table}.json"
         if (settings.root / suite).is_file():
-            files["suite"] = str(suite)
+            resources["suite"] = str(suite)
         model = catalog.tables[name].model
         if model is not None and model.sql:
-            files["sql"] = model.sql
+            resources["sql"] = model.sql
         task: dict[str, Any] = {
             "source": NOTEBOOK if build is not None else MODEL_NOTEBOOK,
             "name": task_name(name),
             # resources_: files whose content is part of the task's code, for Ploomber and lakehouse build
-            "params": {"lakehouse_env": "{{env_name}}", "table": name, "resources_": files},
+            "params": {"lakehouse_env": "{{env_name}}", "table": name, "resources_": resources},
             "product": product,
         }
         if upstream[name]:
