@@ -128,3 +128,19 @@ def test_records_without_a_declaration_are_sampled_for_their_fields(project: Set
 def test_a_source_that_landed_nothing_says_what_to_do_first(project: Settings) -> None:
     with pytest.raises(ConfigError, match=r"no data yet.*land the source first"):
         scaffold_table(project, "members")
+
+
+def test_a_sample_survives_bytes_that_are_not_utf8() -> None:
+    import pyarrow.dataset as ds
+
+    from lakehouse.governance.catalog import sample_frame
+
+    hostile = pa.array([b"\xff not json", b'{"id": 1}'], type=pa.binary()).view(pa.string())
+    table = pa.table({"value": hostile, "offset": [0, 1]})
+
+    class Table:
+        def to_pyarrow_dataset(self) -> ds.Dataset:
+            return ds.dataset(table)
+
+    frame = sample_frame(Table(), 10)
+    assert list(frame["value"]) == ["\ufffd not json", '{"id": 1}']

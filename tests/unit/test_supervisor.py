@@ -122,3 +122,20 @@ def test_a_started_service_is_recorded_and_stopped_with_its_group(settings: Sett
     (record,) = manager.verify_own(["tiny"], since=0)
     assert (record.pid, record.port, record.run_id) == (pid, port, manager.run_id)
     assert manager.stop_service("tiny") and manager.pid("tiny") is None
+
+
+def test_a_listener_is_ours_when_it_descends_from_the_started_process() -> None:
+    import os
+    import subprocess
+    import sys
+
+    from lakehouse.stack.supervisor import descends_from
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert descends_from(child.pid, os.getpid()) is True
+        assert descends_from(os.getpid(), child.pid) is False
+    finally:
+        child.kill()
+        child.wait()
+    assert descends_from(child.pid, os.getpid()) is None  # gone: the caller looks again

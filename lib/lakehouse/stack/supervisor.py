@@ -135,6 +135,17 @@ def process_tree(pid: int) -> set[int]:
         return set()
 
 
+def descends_from(pid: int, ancestor: int) -> bool | None:
+    """Whether process ``pid`` is ``ancestor`` or below it; None when ``pid`` is gone."""
+    try:
+        process = psutil.Process(pid)
+        return pid == ancestor or any(parent.pid == ancestor for parent in process.parents())
+    except psutil.NoSuchProcess:
+        return None
+    except psutil.Error:
+        return False
+
+
 def tree_rss(pid: int) -> int:
     """Resident memory of a process and all its children, in bytes."""
     total = 0
@@ -323,11 +334,18 @@ class Supervisor:
         # The port answering is not proof enough: another process (one left by an earlier run, started by
         # hand, or running as another user) may hold it while the one just started dies on a bad flag.
         assert service.port is not None
-        listeners = listener_pids(service.port)
-        if not listeners:
-            return  # the OS hides the owner (another user's socket): the health check decides
-        if listeners & process_tree(pid):
-            return
+        for _ in range(5):
+            listeners = listener_pids(service.port)
+            if not listeners:
+                return  # the OS hides the owner (another user's socket): the health check decides
+            verdicts = {listener: descends_from(listener, pid) for listener in listeners}
+            if any(verdicts.values()):
+                return
+            if all(verdict is not None for verdict in verdicts.values()):
+                break
+            # The socket was attributed to a child that has exited since (PostgreSQL forks a backend per
+            # connection, and each inherits the listening socket): look again.
+            time.sleep(0.2)
         foreign = ", ".join(describe_process(p) for p in sorted(listeners))
         self.stop_service(service.name)
         raise ServiceError(
