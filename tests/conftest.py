@@ -83,8 +83,12 @@ class _Stack:
         for folder in (settings.workspace, *manager.external_dirs()):
             if folder.exists():
                 shutil.rmtree(folder)
-        manager.start(self.BASE)
-        ensure_topics(settings)
+        try:
+            manager.start(self.BASE)
+            ensure_topics(settings)
+        except BaseException:
+            manager.stop()  # a failed start leaves nothing running: the next run starts clean
+            raise
         self.started = True
         self.names = list(self.BASE)
         return settings
