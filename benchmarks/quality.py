@@ -12,7 +12,11 @@ purpose, so the quarantine and drop routing really runs), materialises it, then 
   ``quality.pandas_max_rows``, else Spark) and building the routing join (which runs lazily, inside the
   writes that consume ``valid``/``quarantined``).
 
-Prints both times and validate ÷ write. Target: ratio <= 0.2.
+* compiled — the same suite compiled into Spark predicates (:mod:`lakehouse.quality.compiled`, what the
+  declarative silver engine runs): one aggregate over the batch counts every rule, the routing is a
+  projection the write evaluates.
+
+Prints the times and validate ÷ write for both; target: ratio <= 0.2.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pyspark.sql import functions as F
 from lakehouse.clickstream import EVENT_TYPES
 from lakehouse.config import Settings, load_settings
 from lakehouse.quality import CheckedBatch, check_batch, load_suite
+from lakehouse.quality.compiled import CompiledSuite, Evaluation, evaluate
 from lakehouse.spark import get_spark
 
 
@@ -91,13 +96,21 @@ def measure(spark: SparkSession, settings: Settings, rows: int, target: str, rep
             rows=rows,
         )
 
+    compiled_suite = CompiledSuite.of(suite)
+
+    def compiled() -> Evaluation:
+        return evaluate(batch, compiled_suite)
+
     write()  # warm up: table creation, GX import and context
     checked = validate()
+    routed = compiled()
     write_s = best(repeat, write)
     validate_s = best(repeat, validate)
-    ratio = validate_s / write_s
+    compiled_s = best(repeat, compiled)
+    assert (routed.quarantined, routed.dropped) == (checked.quarantined_count, checked.dropped)
     return (
-        f"{rows:>9} {checked.engine:>7} {write_s:>8.2f} {validate_s:>10.2f} {ratio:>6.2f} "
+        f"{rows:>9} {checked.engine:>7} {write_s:>8.2f} {validate_s:>10.2f} {validate_s / write_s:>6.2f} "
+        f"{compiled_s:>10.2f} {compiled_s / write_s:>6.2f} "
         f"{checked.quarantined_count:>11} {checked.dropped:>7}"
     )
 
@@ -109,11 +122,22 @@ def main() -> None:
     parser.add_argument("--env", default=None)
     parser.add_argument("--rows", type=int, nargs="+", default=[20_000, 200_000])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--mode", choices=["connect", "classic"], default="connect")
     args = parser.parse_args()
     settings = load_settings(args.env)
-    spark = get_spark(settings)
-    header = ("rows", "engine", "write s", "validate s", "ratio", "quarantined", "dropped")
-    widths = (9, 7, 8, 10, 6, 11, 7)
+    spark = get_spark(settings, mode="classic") if args.mode == "classic" else get_spark(settings)
+    header = (
+        "rows",
+        "engine",
+        "write s",
+        "validate s",
+        "ratio",
+        "compiled s",
+        "ratio",
+        "quarantined",
+        "dropped",
+    )
+    widths = (9, 7, 8, 10, 6, 10, 6, 11, 7)
     print(" ".join(f"{name:>{width}}" for name, width in zip(header, widths, strict=True)))
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         for rows in args.rows:
