@@ -597,10 +597,9 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     rejected = marked.where(F.col(OUTCOME) == "quarantine").withColumn(RULES, F.array(F.col(REASON)))
     inserts = int(stats["insert"])
     if inserts and (build.references or (ctx.quality and build.quality)):
-        accepted, extra_rejected, dropped, orphans = _check(accepted, inserts, batch_id, ctx)
+        accepted, extra_rejected, rejected_now, dropped, orphans = _check(accepted, inserts, batch_id, ctx)
         counts.dropped, counts.orphans = dropped, orphans
         rejected = rejected.unionByName(extra_rejected)
-        rejected_now = extra_rejected.count() if extra_rejected is not None else 0
         counts.quarantined += rejected_now
         inserts -= rejected_now + dropped
     txn = {"txnAppId": ctx.app_id, "txnVersion": str(batch_id)}
@@ -620,8 +619,13 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
 
 def _check(
     accepted: DataFrame, rows: int, batch_id: int, ctx: RunContext
-) -> tuple[DataFrame, DataFrame, int, int]:
-    """Compiled suite and references on the accepted rows: (accepted, newly rejected, dropped, orphans)."""
+) -> tuple[DataFrame, DataFrame, int, int, int]:
+    """Compiled suite and references on the accepted rows.
+
+    Returns:
+        The rows still accepted, the newly rejected ones, and how many were quarantined, dropped and orphans
+        (counted by the suite's one aggregate, not by reading the rows again).
+    """
     from lakehouse.quality import compiled as cq
 
     table, build = ctx.table, ctx.table.build
@@ -647,7 +651,7 @@ def _check(
                     ref.table,
                     ref.action,
                 )
-    dropped = 0
+    dropped = quality_quarantined = 0
     route = F.lit(None).cast("string")
     if ctx.quality and build.quality:
         from lakehouse.quality.suites import load_suite, suite_path
@@ -685,7 +689,7 @@ def _check(
             route = F.col(cq.ROUTE)
             reason = F.col(cq.REASON)
             rules_column = F.col(cq.FAILED)
-            dropped = evaluation.dropped
+            dropped, quality_quarantined = evaluation.dropped, evaluation.quarantined
     for rule, flag in quarantine_flags:
         hit = F.col(flag)
         reason = F.when(reason.isNull() & hit, F.lit(rule)).otherwise(reason)
@@ -696,9 +700,16 @@ def _check(
         .withColumn("_route_reason", reason)
         .withColumn("_route_rules", rules_column)
     )
-    if quarantine_flags and dropped:  # a row both dropped and orphan-quarantined counts once, as quarantined
+    quarantined = quality_quarantined
+    if quarantine_flags:  # orphans join the quarantine; a row both dropped and orphaned counts once, there
         frame = frame.localCheckpoint(eager=True)
-        dropped = frame.where(F.col("_route") == "drop").count()
+        routed = first_row(
+            frame.agg(
+                F.count(F.when(F.col("_route") == "quarantine", 1)).alias("q"),
+                F.count(F.when(F.col("_route") == "drop", 1)).alias("d"),
+            )
+        )
+        quarantined, dropped = int(routed["q"]), int(routed["d"])
     keep = [c for c in accepted.columns]
     valid = frame.where(F.col("_route").isNull()).select(*keep)
     rejected = frame.where(F.col("_route") == "quarantine").select(
@@ -706,7 +717,7 @@ def _check(
         F.col("_route_reason").alias(REASON),
         F.col("_route_rules").alias(RULES),
     )
-    return valid, rejected, dropped, orphans
+    return valid, rejected, quarantined, dropped, orphans
 
 
 def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx: RunContext) -> None:
