@@ -3,28 +3,28 @@
 The contract already says what the table *is* — its columns, types, PII treatment. The ``build`` section says
 where its rows come from and how they are applied; a column's ``expr`` (Spark SQL) says how it is computed
 from the parsed input. One engine (:mod:`lakehouse.silver.engine`) runs any declaration, in the DAG and in
-continuous mode. Example (a device fleet's readings, deduplicated by device and sequence number)::
+continuous mode. Example (smart meters' readings, deduplicated by meter and sequence number)::
 
     build:
       inputs:
-        - table: bronze.glucose
+        - table: bronze.meter_readings
           format: json                 # the payload is JSON text in column `value`
           fields:                      # payload fields (Spark types; nested objects as struct<...>)
-            device: string
+            meter: string
             seq: bigint
-            reading: struct<mg_dl:double, at:string>
-      key: [device_id, seq]
+            usage: struct<kwh:double, at:string>
+      key: [meter_id, seq]
       sequence: [ingested_at]
       apply: append                    # append | upsert | scd2
-      event_time: {column: measured_at, watermark: 1 hour, partition_by: [device_id]}
+      event_time: {column: measured_at, watermark: 1 hour, partition_by: [meter_id]}
       reject:                          # first match is the quarantine reason
-        - {reason: implausible_glucose, when: "glucose_mg_dl NOT BETWEEN 10 AND 1000"}
+        - {reason: negative_usage, when: "kwh < 0"}
       references:
-        - {columns: [device_id], table: silver.devices, action: warn}
+        - {columns: [meter_id], table: silver.meters, action: warn}
     columns:
-      - {name: device_id, type: string, expr: payload.device}
-      - {name: glucose_mg_dl, type: double, expr: payload.reading.mg_dl}
-      - {name: measured_at, type: timestamp, expr: try_to_timestamp(payload.reading.at)}
+      - {name: meter_id, type: string, expr: payload.meter}
+      - {name: kwh, type: double, expr: payload.usage.kwh}
+      - {name: measured_at, type: timestamp, expr: try_to_timestamp(payload.usage.at)}
 
 Nothing here imports Spark: configuration is checked (and errors name the file and field) without a session.
 """
