@@ -168,7 +168,8 @@ def test_ploomber_plot_draws_every_task_and_edge(stack: Settings, tmp_path: Path
         for match in re.finditer(r'"id": "([^"]+)", "label": [^{}]*?(?:"parentIds": \[([^\]]*)\])?\}', html)
     }
     spec = yaml.safe_load((stack.root / "pipeline.yaml").read_text())
-    expected = {task["name"]: set(task.get("upstream", [])) for task in spec["tasks"]}
+    imported = yaml.safe_load((stack.root / spec["meta"]["import_tasks_from"]).read_text())  # declared tables
+    expected = {task["name"]: set(task.get("upstream", [])) for task in [*spec["tasks"], *imported]}
     assert drawn == expected
     default = _ploomber(stack, "plot", cwd=tmp_path)  # the README's form: the default backend
     assert default.returncode == 0, default.stderr[-3000:]
