@@ -274,7 +274,8 @@ def lsn_number(lsn: Column) -> Column:
     return F.when(lsn.rlike(_LSN_PATTERN), high * F.lit(4294967296) + low)
 
 
-def _cdc_value(row: Column, name: str) -> Column:
+def cdc_value(row: Column, name: str) -> Column:
+    """The JSON text of one column of a wal2json row array (null when absent or JSON null)."""
     return F.try_element_at(F.filter(row, lambda c: c["name"] == F.lit(name)), F.lit(1))["value"]
 
 
@@ -330,7 +331,7 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
     )
     row = F.when(c["action"] == "D", c["identity"]).otherwise(c["columns"])
     names = table.computed_columns() + [n for n in spec.columns if n not in table.columns]
-    payload = F.struct(*[_cdc_value(row, n).alias(n) for n in names])
+    payload = F.struct(*[cdc_value(row, n).alias(n) for n in names])
     lsn, commit = lsn_number(c["lsn"]), lsn_number(c["commit_lsn"])
     error = (
         F.when(F.json_object_keys(text).isNull() | c.isNull(), F.lit("malformed_json"))

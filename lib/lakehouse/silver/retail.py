@@ -49,6 +49,8 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.privacy.tokenize import tokenize_columns
 from lakehouse.silver.batches import add_missing_columns, await_stream
+from lakehouse.silver.engine import cdc_value as _field
+from lakehouse.silver.engine import lsn_number
 from lakehouse.sources.postgres import RETAIL_TABLES, RetailTable
 from lakehouse.sources.registry import PostgresTableSource
 from lakehouse.tables import delta_ref, ensure_table
@@ -125,7 +127,6 @@ _META: Final = (
     ("_source", "string"),
     ("_merged_at", "timestamp"),
 )
-_LSN_PATTERN: Final = r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"
 _ACTIONS: Final = ("I", "U", "D")
 
 
@@ -177,19 +178,6 @@ class RetailSilverTables:
 
 
 # --- parsing CDC records ----------------------------------------------------------------------------------
-
-
-def lsn_number(lsn: Column) -> Column:
-    """``X/Y`` (hex) → a comparable 64-bit number; null when the text is not an LSN."""
-    parts = F.split(lsn, "/")
-    high = F.conv(F.element_at(parts, 1), 16, 10).try_cast("bigint")
-    low = F.conv(F.element_at(parts, 2), 16, 10).try_cast("bigint")
-    return F.when(lsn.rlike(_LSN_PATTERN), high * F.lit(4294967296) + low)
-
-
-def _field(row: Column, name: str) -> Column:
-    """The JSON text of one column of a wal2json row array (null when absent or JSON null)."""
-    return F.try_element_at(F.filter(row, lambda c: c["name"] == F.lit(name)), F.lit(1))["value"]
 
 
 def classify_cdc(bronze: DataFrame) -> DataFrame:
