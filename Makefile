@@ -94,7 +94,7 @@ test-unit: venv jars ## The fast tier: lib functions on small data, no service s
 
 .PHONY: test
 test: setup ## Every test: unit, integration (the real services, started by the run), DAG, nbval, browser
-	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=30
 
 .PHONY: fresh-check
 fresh-check: ## Before a stop: the two README commands in a clean clone (own workspace, HOME, ports)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,12 +14,14 @@ from typing import Any
 import psutil
 import pytest
 import requests
+import yaml
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from lakehouse.config import Settings
+from lakehouse.config import Settings, load_settings
 from lakehouse.errors import ServiceError
+from lakehouse.silver import engine
 from lakehouse.streaming.cli import stream
 from lakehouse.streaming.continuous import (
     QuerySpec,
@@ -28,6 +31,7 @@ from lakehouse.streaming.continuous import (
     read_status,
     run_foreground,
     running_pid,
+    running_silver_inputs,
     running_topics,
 )
 from lakehouse.streaming.ingest import ingest_available
@@ -38,7 +42,7 @@ from lakehouse.streaming.realtime import (
     start_device_minute,
     start_events_per_minute,
 )
-from lakehouse.tables import count_rows
+from lakehouse.tables import count_rows, is_delta_table
 
 pytestmark = pytest.mark.integration
 
@@ -279,7 +283,7 @@ def _registry(tmp_path: Path, topic: str, bronze: str) -> Path:
     return path
 
 
-def _wait(what: str, check: Any, timeout: float = 120.0) -> Any:
+def _wait(what: str, check: Any, timeout: float = 300.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -347,3 +351,106 @@ def test_continuous_mode_ingests_reports_and_stops_cleanly(
     report = ingest_available(spark, stack, topic, table=table, checkpoint=checkpoint)
     assert report.rows == 7
     assert count_rows(spark, table) == 47
+
+
+def _declared_project(stack: Settings, tmp_path: Path, topic: str, name: str) -> Path:
+    """A user's project: the catalog plus their topic's bronze and silver contracts, a registry of one source."""
+    root = tmp_path / "project"
+    root.mkdir()
+    for folder in ("catalog", "quality", "models"):
+        shutil.copytree(stack.root / folder, root / folder)
+    for file in ("pipeline.yaml", "pipeline.declared.yaml"):
+        shutil.copy(stack.root / file, root / file)
+    env = yaml.safe_load((stack.root / "env.test.yaml").read_text())
+    env["workspace"] = str(stack.workspace)  # the test stack's lake, Kafka and Spark
+    (root / "env.test.yaml").write_text(yaml.safe_dump(env))
+    (root / "sources.yaml").write_text(
+        yaml.safe_dump(
+            {"sources": {name: {"kind": "kafka", "topic": topic, "partitions": 2, "bronze": name}}}
+        )
+    )
+    kafka = [("key", "string"), ("value", "string"), ("topic", "string"), ("partition", "integer"),
+             ("offset", "long"), ("kafka_timestamp", "timestamp"), ("ingested_at", "timestamp"),
+             ("ingest_date", "date")]  # fmt: skip
+    documents = [
+        {
+            "table": f"bronze.{name}",
+            "columns": [{"name": c, "type": t, "classification": "internal"} for c, t in kafka],
+        },
+        {
+            "table": f"silver.{name}",
+            "build": {
+                "inputs": [
+                    {"table": f"bronze.{name}", "format": "json", "fields": {"id": "string", "n": "bigint"}}
+                ],
+                "key": ["id"],
+                "sequence": ["offset"],
+            },
+            "columns": [
+                {"name": "id", "type": "string", "classification": "internal", "expr": "payload.id"},
+                {"name": "n", "type": "long", "classification": "internal", "expr": "payload.n"},
+                {"name": "offset", "type": "long", "classification": "internal"},
+            ],
+        },
+    ]
+    for document in documents:
+        layer, table = str(document["table"]).split(".")
+        meta = {"owner": "tests", "description": f"{name} ({layer})", "classification": "internal"}
+        (root / "catalog" / layer / f"{table}.yaml").write_text(yaml.safe_dump({**document, **meta}))
+    return root
+
+
+def test_continuous_mode_streams_the_declared_silver_tables_it_feeds(
+    stack: Settings, spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic, name = _topic(stack), f"meter_{uuid.uuid4().hex[:8]}"
+    root = _declared_project(stack, tmp_path, topic, name)
+    monkeypatch.setenv("LAKEHOUSE_ROOT", str(root))  # the CLI and the supervisor it starts read this project
+    local = load_settings(stack.env_name, root=root)
+    table = engine.silver_table(local, f"silver.{name}")
+    runner = CliRunner()
+    obj = {"env": stack.env_name}
+    readings = [(f"m{i}", {"id": f"m{i}", "n": i}) for i in range(30)]
+    try:
+        started = runner.invoke(
+            stream, ["start", "--no-realtime", "--no-influx", "--trigger", "1 second"], obj=obj
+        )
+        assert started.exit_code == 0, started.output
+        assert f"bronze_{topic}" in started.output and f"silver_{name}_{name}" in started.output
+        _send(stack, topic, [*readings, readings[0], ("bad", "{not json")])
+
+        def settled() -> dict[str, int] | None:
+            if not is_delta_table(spark, table.audit):
+                return None
+            totals = engine.reconcile(spark, table)
+            return totals if totals["input_rows"] == 32 else None
+
+        totals = _wait("silver to take the 32 readings from bronze", settled)
+        assert (totals["applied"], totals["duplicates"], totals["quarantined"]) == (30, 1, 1)
+        assert engine.check_table(spark, table)["input_rows"] == 32
+        assert running_silver_inputs(local, table.name) == {name}
+        rows = [q for q in (read_status(local) or {})["queries"] if q["kind"] == "silver"]
+        assert [(q["silver"], q["input"], q["isActive"]) for q in rows] == [(table.name, name, True)]
+        # The DAG's run of the same table meanwhile leaves the streamed input (and its checkpoint) alone.
+        left = engine.build_table(
+            spark, local, table.name, table=table, skip=running_silver_inputs(local, table.name)
+        )
+        assert left.counts == {}
+    finally:
+        stopped = runner.invoke(stream, ["stop"], obj=obj)
+    assert stopped.exit_code == 0, stopped.output
+    assert running_silver_inputs(local, table.name) == set()
+
+    # After continuous mode, the DAG's availableNow run continues from the same checkpoints.
+    _send(stack, topic, [(f"m{i}", {"id": f"m{i}", "n": i}) for i in range(30, 35)])
+    landed = ingest_available(
+        spark,
+        local,
+        topic,
+        table=local.table_path("bronze", name),
+        checkpoint=local.checkpoint_path(f"bronze_{topic}"),
+    )
+    assert landed.rows == 5
+    report = engine.build_table(spark, local, table.name, table=table)
+    assert (report.total.input_rows, report.total.applied) == (5, 5)
+    assert spark.read.format("delta").load(table.path).count() == 35

@@ -561,3 +561,26 @@ def test_an_input_reads_its_source_s_declared_payload(spark: Any, settings: Sett
     ]
     assert rows[1]["measured_at"] == datetime(2023, 11, 14, 22, 18, 20)
     assert sorted(r["reason"] for r in run.quarantine()) == ["missing_device_id", "missing_seq"]
+
+
+# --- streams: the DAG's availableNow run and continuous mode share checkpoints --------------------------
+
+
+def test_an_input_streamed_by_continuous_mode_is_left_to_it(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    local = _settings(settings, tmp_path)
+    table = _table(settings, READINGS, tmp_path)
+    (spec,) = table.build.inputs
+    spark.createDataFrame(
+        [(_reading("d1", 1, 0), 0), (_reading("d1", 2, 1), 1), ("not json", 2)], RAW_SCHEMA
+    ).write.format("delta").save(table.input_paths[spec.label])
+
+    left = engine.build_table(spark, local, table.name, run_id="dag-1", table=table, skip={spec.label})
+    assert left.counts == {} and spark.read.format("delta").load(table.path).count() == 0
+
+    built = engine.build_table(spark, local, table.name, run_id="dag-2", table=table)
+    assert (built.total.input_rows, built.total.applied, built.total.quarantined) == (3, 2, 1)
+    # The checkpoint remembers: a second run (or continuous mode after it) reads nothing twice.
+    again = engine.build_table(spark, local, table.name, run_id="dag-3", table=table)
+    assert again.counts == {} and engine.check_table(spark, table)["input_rows"] == 3

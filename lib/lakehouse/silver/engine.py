@@ -30,12 +30,13 @@ import logging
 import operator
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, Final, Literal
 
+import tenacity
 from great_expectations import ExpectationSuite
 from pyspark.errors import AnalysisException
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -738,6 +739,18 @@ def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx:
         save_validation(ctx.settings, table, ctx.run_id, batch_id, outcome, table_pii(ctx.settings, table))
 
 
+# Delta's optimistic concurrency: two inputs of one table streamed at once (continuous mode beside a DAG run
+# of another input) can both MERGE into it; the loser sees a conflict and may simply run again.
+_CONFLICT = re.compile(
+    r"Concurrent(Append|DeleteRead|DeleteDelete|Transaction|Write)Exception|DELTA_CONCURRENT"
+)
+
+
+def is_write_conflict(error: BaseException) -> bool:
+    """Whether ``error`` is Delta's conflict between concurrent writers (retrying the write is safe)."""
+    return bool(_CONFLICT.search(f"{type(error).__name__}: {error}"))
+
+
 def _apply(accepted: DataFrame, rows: int, spark: SparkSession, ctx: RunContext, txn: dict[str, str]) -> int:
     """Write the accepted rows by the table's apply mode; return how many rows it added to the table."""
     table, build = ctx.table, ctx.table.build
@@ -746,6 +759,23 @@ def _apply(accepted: DataFrame, rows: int, spark: SparkSession, ctx: RunContext,
         return rows
     if rows == 0:
         return 0
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(is_write_conflict),
+        stop=tenacity.stop_after_attempt(6),
+        wait=tenacity.wait_random_exponential(multiplier=0.5, max=8),
+        before_sleep=lambda state: log.warning(
+            "%s <- %s: concurrent write, merging again (attempt %d)",
+            table.name,
+            ctx.spec.label,
+            state.attempt_number,
+        ),
+        reraise=True,
+    )
+    return retrying(_merge, accepted, spark, ctx)
+
+
+def _merge(accepted: DataFrame, spark: SparkSession, ctx: RunContext) -> int:
+    table, build = ctx.table, ctx.table.build
     if build.apply == "upsert":
         return apply.upsert(
             spark,
@@ -872,6 +902,57 @@ class BuildReport:
 Trigger = Literal["availableNow"] | str
 
 
+def start_input(
+    spark: SparkSession,
+    settings: Settings,
+    table: SilverTable,
+    spec: InputSpec,
+    *,
+    run_id: str,
+    trigger: Trigger = "availableNow",
+    quality: bool = True,
+    drift: set[str] | None = None,
+) -> StreamingQuery | None:
+    """Start the stream of one input (None while the input has no table yet); it is not awaited.
+
+    ``trigger`` is ``availableNow`` (the DAG) or a processing-time interval like ``"30 seconds"``
+    (continuous mode): the same declaration, checkpoint and audit either way.
+    """
+    path = table.input_paths[spec.label]
+    if not is_delta_table(spark, path):
+        log.info("%s: input %s has no table yet; nothing to read", table.name, spec.table)
+        return None
+    checkpoint = input_checkpoint(table, spec)
+    ctx = RunContext(
+        table=table,
+        spec=spec,
+        settings=settings,
+        run_id=run_id,
+        app_id=txn_app_id(checkpoint, f"{table.name}-{spec.label}"),
+        quality=quality,
+        drift=drift if drift is not None else set(),
+    )
+
+    def handle(batch: DataFrame, batch_id: int, ctx: RunContext = ctx) -> None:
+        process_batch(batch, batch_id, ctx)
+
+    writer = spark.readStream.format("delta").load(path).writeStream.foreachBatch(handle)
+    writer = writer.option("checkpointLocation", checkpoint).queryName(
+        f"silver_{table.contract.name}_{spec.label}_{settings.env_name}"
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if trigger == "availableNow"
+        else writer.trigger(processingTime=trigger)
+    )
+    return writer.start()
+
+
+def input_checkpoint(table: SilverTable, spec: InputSpec) -> str:
+    """The checkpoint of one input's stream (shared by the DAG's runs and continuous mode)."""
+    return f"{table.checkpoints}/{spec.label}"
+
+
 def start(
     spark: SparkSession,
     settings: Settings,
@@ -880,41 +961,26 @@ def start(
     run_id: str,
     trigger: Trigger = "availableNow",
     quality: bool = True,
+    skip: Collection[str] = (),
 ) -> list[StreamingQuery]:
-    """Start one stream per input (``availableNow`` or a processing-time interval like ``"30 seconds"``)."""
+    """Start one stream per input (``availableNow``: one after the other, each awaited).
+
+    ``skip`` names inputs (labels) left alone: continuous mode streams them right now, on the same
+    checkpoint, so a DAG run must not.
+    """
     ensure_tables(spark, table)
     check_declaration(spark, table)
     queries = []
     drift: set[str] = set()
     for spec in table.build.inputs:
-        path = table.input_paths[spec.label]
-        if not is_delta_table(spark, path):
-            log.info("%s: input %s has no table yet; nothing to read", table.name, spec.table)
+        if spec.label in skip:
+            log.info("%s: input %s is streamed by continuous mode; left to it", table.name, spec.label)
             continue
-        checkpoint = f"{table.checkpoints}/{spec.label}"
-        ctx = RunContext(
-            table=table,
-            spec=spec,
-            settings=settings,
-            run_id=run_id,
-            app_id=txn_app_id(checkpoint, f"{table.name}-{spec.label}"),
-            quality=quality,
-            drift=drift,
+        query = start_input(
+            spark, settings, table, spec, run_id=run_id, trigger=trigger, quality=quality, drift=drift
         )
-
-        def handle(batch: DataFrame, batch_id: int, ctx: RunContext = ctx) -> None:
-            process_batch(batch, batch_id, ctx)
-
-        writer = spark.readStream.format("delta").load(path).writeStream.foreachBatch(handle)
-        writer = writer.option("checkpointLocation", checkpoint).queryName(
-            f"silver_{table.contract.name}_{spec.label}_{settings.env_name}"
-        )
-        writer = (
-            writer.trigger(availableNow=True)
-            if trigger == "availableNow"
-            else writer.trigger(processingTime=trigger)
-        )
-        query = writer.start()
+        if query is None:
+            continue
         if trigger == "availableNow":  # inputs one after the other: the table's MERGEs never race
             await_stream(query, f"{table.name} <- {spec.label}")
         queries.append(query)
@@ -929,6 +995,7 @@ def build_table(
     run_id: str | None = None,
     quality: bool = True,
     table: SilverTable | None = None,
+    skip: Collection[str] = (),
 ) -> BuildReport:
     """Bring a declared silver table up to date with its inputs (``availableNow``) and say what happened.
 
@@ -939,7 +1006,7 @@ def build_table(
     """
     table = table or silver_table(settings, name)
     run = run_id or str(uuid.uuid4())
-    start(spark, settings, table, run_id=run, quality=quality)
+    start(spark, settings, table, run_id=run, quality=quality, skip=skip)
     return report(spark, table, run)
 
 

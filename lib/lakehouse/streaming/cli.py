@@ -18,7 +18,7 @@ from lakehouse.config import Settings
 
 @click.group(cls=LakehouseGroup)
 def stream() -> None:
-    """Continuous mode: every Kafka-backed bronze ingest plus the real-time gold rollups, supervised."""
+    """Continuous mode: Kafka → bronze, the silver tables it feeds and real-time gold, supervised."""
 
 
 @stream.command()
@@ -29,7 +29,10 @@ def stream() -> None:
     default=None,
     help="Another sources.yaml (default: the project's).",
 )
-@click.option("--no-realtime", is_flag=True, help="Only the bronze ingests, no real-time gold rollups.")
+@click.option("--no-realtime", is_flag=True, help="No real-time gold rollups.")
+@click.option(
+    "--no-silver", is_flag=True, help="No declared silver tables (the DAG builds them from bronze instead)."
+)
 @click.option("--no-influx", is_flag=True, help="Real-time rollups to Delta only, not to InfluxDB.")
 @click.option(
     "--trigger",
@@ -46,6 +49,7 @@ def start(
     foreground: bool,
     registry: str | None,
     no_realtime: bool,
+    no_silver: bool,
     no_influx: bool,
     trigger_interval: str | None,
     lateness: str | None,
@@ -59,6 +63,7 @@ def start(
     options = SupervisorOptions(
         registry=registry,
         realtime=not no_realtime,
+        silver=not no_silver,
         influx=not no_influx,
         trigger_interval=trigger_interval,
         lateness=lateness,

@@ -26,6 +26,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +43,7 @@ from lakehouse.state import write_json
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["bronze", "rt_events", "rt_device"]
+Kind = Literal["bronze", "silver", "rt_events", "rt_device"]
 
 
 # -- what to run --------------------------------------------------------------------------------------------
@@ -55,6 +56,8 @@ class QuerySpec:
     topic: str
     table: str
     checkpoint: str
+    silver: str | None = None  # kind silver: the declared table (``silver.<name>``) …
+    input: str | None = None  # … and the input (label) this query streams into it
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class SupervisorOptions:
 
     registry: str | None = None
     realtime: bool = True
+    silver: bool = True
     influx: bool = True
     trigger_interval: str | None = None
     lateness: str | None = None
@@ -75,6 +79,8 @@ class SupervisorOptions:
             args += ["--registry", self.registry]
         if not self.realtime:
             args.append("--no-realtime")
+        if not self.silver:
+            args.append("--no-silver")
         if not self.influx:
             args.append("--no-influx")
         if self.trigger_interval:
@@ -85,7 +91,8 @@ class SupervisorOptions:
 
 
 def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[QuerySpec]:
-    """The queries continuous mode runs: bronze per Kafka-backed source, then the real-time gold rollups.
+    """The queries continuous mode runs: bronze per Kafka-backed source, the declared silver tables' inputs
+    that those bronze tables feed, then the real-time gold rollups.
 
     Raises:
         ConfigError: the registry is missing or invalid.
@@ -116,6 +123,8 @@ def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[Q
                 checkpoint=settings.checkpoint_path(f"bronze_{topic}"),
             )
         )
+    if options.silver:
+        specs += _silver_specs(settings, {spec.table: spec.topic for spec in specs})
     if options.realtime and CLICKSTREAM_TOPIC in topics:
         specs.append(
             QuerySpec(
@@ -136,6 +145,36 @@ def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[Q
                 checkpoint=settings.checkpoint_path("gold_rt_device_minute"),
             )
         )
+    return specs
+
+
+def _silver_specs(settings: Settings, bronze: dict[str, str]) -> list[QuerySpec]:
+    """One query per input of a declared silver table that reads a bronze table continuous mode ingests.
+
+    The query runs the declaration's engine with a processing-time trigger on the input's own checkpoint,
+    so the DAG's ``availableNow`` run of the same table leaves that input to it
+    (:func:`running_silver_inputs`).
+    """
+    from lakehouse.silver import engine
+
+    specs = []
+    for name in engine.declared_tables(settings):
+        table = engine.silver_table(settings, name)
+        for spec in table.build.inputs:
+            path = table.input_paths[spec.label]
+            if path not in bronze:
+                continue
+            specs.append(
+                QuerySpec(
+                    name=f"{name.replace('.', '_')}_{spec.label}",
+                    kind="silver",
+                    topic=bronze[path],
+                    table=table.path,
+                    checkpoint=engine.input_checkpoint(table, spec),
+                    silver=name,
+                    input=spec.label,
+                )
+            )
     return specs
 
 
@@ -190,6 +229,18 @@ def running_topics(settings: Settings) -> set[str]:
         return set()
     status = read_status(settings) or {}
     return {q["topic"] for q in status.get("queries", []) if q.get("kind") == "bronze"}
+
+
+def running_silver_inputs(settings: Settings, table: str) -> set[str]:
+    """The inputs of declared table ``table`` that continuous mode streams now (the DAG leaves them to it)."""
+    if running_pid(settings) is None:
+        return set()
+    status = read_status(settings) or {}
+    return {
+        str(q["input"])
+        for q in status.get("queries", [])
+        if q.get("kind") == "silver" and q.get("silver") == table and q.get("input")
+    }
 
 
 @contextlib.contextmanager
@@ -251,6 +302,7 @@ class QuerySupervisor:
         self.running = {spec.name: _Running(spec) for spec in specs}
         self.stopping = threading.Event()
         self.started_at = _now()
+        self.run_id = str(uuid.uuid4())  # silver's audit rows of this supervisor's run
         self.state = "starting"
         self._probe = LagProbe(settings.kafka.bootstrap_servers)
         self._spark: Any = None
@@ -269,7 +321,9 @@ class QuerySupervisor:
         interval = options.trigger_interval or self.settings.streaming.trigger_interval
         influx = InfluxTarget.from_settings(self.settings) if options.influx else None
         lateness = options.lateness or DEFAULT_LATENESS
-        if spec.kind == "bronze":
+        if spec.kind == "silver":
+            query = self._start_silver(spec, interval)
+        elif spec.kind == "bronze":
             query = start_ingest(
                 self._spark,
                 self.settings,
@@ -304,6 +358,21 @@ class QuerySupervisor:
         entry.query = query
         entry.batch_at_start = None
         log.info("started %s (id %s)", spec.name, query.id)
+
+    def _start_silver(self, spec: QuerySpec, interval: str) -> Any:
+        from lakehouse.silver import engine
+
+        assert spec.silver is not None and spec.input is not None
+        table = engine.silver_table(self.settings, spec.silver)
+        (declared,) = [i for i in table.build.inputs if i.label == spec.input]
+        engine.ensure_tables(self._spark, table)
+        engine.check_declaration(self._spark, table)
+        query = engine.start_input(
+            self._spark, self.settings, table, declared, run_id=self.run_id, trigger=interval
+        )
+        if query is None:  # its bronze table has no rows yet: try again after the backoff
+            raise ServiceError(f"{spec.name}: {declared.table} has no table yet")
+        return query
 
     def _try_start(self, entry: _Running) -> None:
         try:
@@ -382,7 +451,9 @@ class QuerySupervisor:
             "processedRowsPerSecond": _progress_value(progress, "processedRowsPerSecond"),
             "lastProgressTime": _progress_value(progress, "timestamp"),
             "lastDataBatch": entry.last_data or None,
-            "lag": self._probe.try_lag(spec.topic, spec.checkpoint),
+            "lag": None if spec.kind == "silver" else self._probe.try_lag(spec.topic, spec.checkpoint),
+            "silver": spec.silver,
+            "input": spec.input,
             "restarts": entry.restarts,
             "lastError": entry.last_error,
         }
@@ -407,11 +478,14 @@ class QuerySupervisor:
 
         self._spark = get_spark(self.settings, app_name="lakehouse-stream")
         try:
+            # Running once the session is attached: the queries start one by one (a slow start of one is in
+            # its own status row, and `lakehouse stream status` shows which are active).
+            self.state = "running"
+            self.write_status()
             for entry in self.running.values():
                 if self.stopping.is_set():
                     break
                 self._try_start(entry)
-            self.state = "running"
             while not self.stopping.is_set():
                 for entry in self.running.values():
                     self._watch(entry)
