@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import panel_server
 import pytest
 from playwright.sync_api import Locator, Page, expect
 
@@ -31,10 +32,8 @@ def choose(page: Page, widget: str, option: str) -> None:
     page.keyboard.press("Escape")
 
 
-def assert_no_traceback(page: Page, dashboard: Dashboard) -> None:
-    expect(page.get_by_text("Traceback")).to_have_count(0)
-    log = dashboard.log.read_text(encoding="utf-8", errors="replace")
-    assert "Traceback" not in log, f"the server logged a traceback:\n{dashboard.log_tail()}"
+def assert_no_traceback(page: Page, dashboard: Any) -> None:
+    panel_server.assert_no_traceback(page, dashboard.log)
 
 
 def screenshot(page: Page, path: Path) -> Path:
