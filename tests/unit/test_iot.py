@@ -15,20 +15,20 @@ from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import load_settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.iot.bridge import InvalidMessage, Normalizer, dead_letter, normalize
-from lakehouse.iot.devices import (
-    MALFORMED_CASES,
-    REPLAY_DEVICE,
-    read_occupancy,
-    replay_messages,
-    replay_schedule,
-    simulate_fleet,
-)
 from lakehouse.iot.registry import UNASSIGNED_SITE, DeviceRegistry
 from lakehouse.silver.telemetry import (
     SILVER_TELEMETRY,
     mark_duplicates_and_late,
     offline_intervals,
     parse_telemetry,
+)
+from lakehouse.simulate.devices import (
+    MALFORMED_CASES,
+    REPLAY_DEVICE,
+    read_occupancy,
+    replay_messages,
+    replay_schedule,
+    simulate_fleet,
 )
 
 pytestmark = pytest.mark.unit

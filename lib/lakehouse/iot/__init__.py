@@ -15,7 +15,8 @@ from lakehouse.iot.bridge import (
     mqtt_source,
     normalize,
 )
-from lakehouse.iot.devices import (
+from lakehouse.iot.registry import DeviceRegistry, RegisteredDevice
+from lakehouse.simulate.devices import (
     Device,
     DeviceMessage,
     FleetFlaws,
@@ -29,7 +30,6 @@ from lakehouse.iot.devices import (
     simulate_fleet,
     simulate_to_mqtt,
 )
-from lakehouse.iot.registry import DeviceRegistry, RegisteredDevice
 
 __all__ = [
     "DEAD_LETTER_REASONS",
