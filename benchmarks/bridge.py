@@ -25,8 +25,8 @@ from pathlib import Path
 
 from lakehouse.config import load_settings
 from lakehouse.iot.bridge import Bridge, BridgeConfig, BridgeStats, ensure_bridge_topics
-from lakehouse.iot.registry import DeviceRegistry
 from lakehouse.simulate.devices import FleetFlaws, simulate_fleet
+from lakehouse.sources.device_registry import DeviceRegistry
 from lakehouse.stack import ServiceManager
 
 NO_FLAWS = FleetFlaws(late=0, very_late=0, duplicate=0, malformed=0, offline=0, skewed_devices=0)

@@ -15,7 +15,6 @@ from lakehouse.iot.bridge import (
     mqtt_source,
     normalize,
 )
-from lakehouse.iot.registry import DeviceRegistry, RegisteredDevice
 from lakehouse.simulate.devices import (
     Device,
     DeviceMessage,
@@ -30,6 +29,7 @@ from lakehouse.simulate.devices import (
     simulate_fleet,
     simulate_to_mqtt,
 )
+from lakehouse.sources.device_registry import DeviceRegistry, RegisteredDevice
 
 __all__ = [
     "DEAD_LETTER_REASONS",
