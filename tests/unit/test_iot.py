@@ -14,7 +14,6 @@ import pytest
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import load_settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.iot.bridge import InvalidMessage, Normalizer, dead_letter, normalize
 from lakehouse.silver.telemetry import (
     SILVER_TELEMETRY,
     mark_duplicates_and_late,
@@ -30,6 +29,7 @@ from lakehouse.simulate.devices import (
     simulate_fleet,
 )
 from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
+from lakehouse.sources.mqtt import InvalidMessage, Normalizer, dead_letter, normalize
 
 pytestmark = pytest.mark.unit
 

@@ -3,18 +3,6 @@
 
 from __future__ import annotations
 
-from lakehouse.iot.bridge import (
-    DEAD_LETTER_REASONS,
-    Bridge,
-    BridgeConfig,
-    BridgeStats,
-    InvalidMessage,
-    Normalizer,
-    dead_letter,
-    ensure_bridge_topics,
-    mqtt_source,
-    normalize,
-)
 from lakehouse.simulate.devices import (
     Device,
     DeviceMessage,
@@ -30,6 +18,18 @@ from lakehouse.simulate.devices import (
     simulate_to_mqtt,
 )
 from lakehouse.sources.device_registry import DeviceRegistry, RegisteredDevice
+from lakehouse.sources.mqtt import (
+    DEAD_LETTER_REASONS,
+    Bridge,
+    BridgeConfig,
+    BridgeStats,
+    InvalidMessage,
+    Normalizer,
+    dead_letter,
+    ensure_bridge_topics,
+    mqtt_source,
+    normalize,
+)
 
 __all__ = [
     "DEAD_LETTER_REASONS",

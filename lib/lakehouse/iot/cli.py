@@ -101,7 +101,7 @@ def bridge(
     The MQTT session is persistent: messages published while the bridge is down are delivered when it
     starts again with the same client id. SIGINT/SIGTERM stop it gracefully (flush, then disconnect).
     """
-    from lakehouse.iot.bridge import Bridge, BridgeConfig, ensure_bridge_topics
+    from lakehouse.sources.mqtt import Bridge, BridgeConfig, ensure_bridge_topics
 
     options = {"client_id": client_id, "kafka_topic": kafka_topic, "dead_letter_topic": dead_letter_topic}
     overrides = {key: value for key, value in options.items() if value}
