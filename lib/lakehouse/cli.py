@@ -309,9 +309,9 @@ def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
     from lakehouse.declared_cli import dag, silver, table
     from lakehouse.governance.cli import catalog
-    from lakehouse.iot.cli import iot
     from lakehouse.privacy.cli import privacy
     from lakehouse.sources.http_cli import api
+    from lakehouse.sources.mqtt_cli import iot
     from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 
