@@ -130,9 +130,9 @@ def simulate(
 @pass_settings
 def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: str | None) -> None:
     """Kafka → bronze: drain what is there (default) or keep streaming (--continuous)."""
+    from lakehouse.sources.kafka import ingest_available, start_ingest
     from lakehouse.sources.registry import load_registry
     from lakehouse.spark import get_spark
-    from lakehouse.streaming.ingest import ingest_available, start_ingest
 
     bronze = load_registry(settings).kafka_ingest().get(topic, topic.replace(".", "_"))
     table = settings.table_path("bronze", bronze)

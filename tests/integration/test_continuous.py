@@ -22,6 +22,7 @@ from kafka.admin import NewTopic
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import ServiceError
 from lakehouse.silver import engine
+from lakehouse.sources.kafka import ingest_available
 from lakehouse.streaming.cli import stream
 from lakehouse.streaming.continuous import (
     QuerySpec,
@@ -34,7 +35,6 @@ from lakehouse.streaming.continuous import (
     running_silver_inputs,
     running_topics,
 )
-from lakehouse.streaming.ingest import ingest_available
 from lakehouse.streaming.realtime import (
     InfluxTarget,
     clickstream_events,

@@ -23,8 +23,8 @@ from lakehouse.config import Settings
 from lakehouse.silver.telemetry import TelemetryTables, clean_telemetry
 from lakehouse.simulate.devices import PublishReport, Simulation, publish, simulate_fleet
 from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
+from lakehouse.sources.kafka import ingest_available
 from lakehouse.sources.mqtt import Bridge, BridgeConfig, ensure_bridge_topics
-from lakehouse.streaming.ingest import ingest_available
 
 pytestmark = pytest.mark.integration
 

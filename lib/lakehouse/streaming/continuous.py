@@ -4,7 +4,7 @@ The supervisor holds a Spark Connect session and runs
 
 * the bronze ingest of every Kafka-backed source in the registry (``kafka`` → its topic, ``postgres_cdc`` →
   its topic, ``mqtt`` → its ``kafka_topic``) — the very query and checkpoint the DAG's ``availableNow`` run
-  uses (:func:`lakehouse.streaming.ingest.start_ingest` with ``continuous=True``), so the two modes hand over
+  uses (:func:`lakehouse.sources.kafka.start_ingest` with ``continuous=True``), so the two modes hand over
   to each other without losing or repeating a record;
 * the real-time gold rollups of :mod:`lakehouse.streaming.realtime` (clickstream events per minute, IoT device
   minutes) when their topics are registered.
@@ -309,7 +309,7 @@ class QuerySupervisor:
 
     # starting -----------------------------------------------------------------------------------------------
     def _start(self, entry: _Running) -> None:
-        from lakehouse.streaming.ingest import start_ingest
+        from lakehouse.sources.kafka import start_ingest
         from lakehouse.streaming.realtime import (
             DEFAULT_LATENESS,
             InfluxTarget,
