@@ -235,8 +235,8 @@ def runs_list(settings: Settings, last: int) -> None:
 def demo(settings: Settings, count: int | None) -> None:
     """The main job: services up, events produced (first run only), DAG built, where to look printed."""
     from lakehouse.dag import build as build_dag
-    from lakehouse.demo import produce_all
     from lakehouse.jvm import fetch_jars
+    from lakehouse.simulate.demo import produce_all
     from lakehouse.stack import ServiceManager, ensure_topics
 
     fetch_jars(settings.root)
