@@ -6,7 +6,7 @@ Both runs publish the same N simulated device payloads with ``mosquitto_pub -l -
 on the same Mosquitto broker, and time from the first publish to the last message handled:
 
 * baseline: ``mosquitto_sub -q 1 -C N`` receiving them (how fast this broker delivers at QoS 1 at all);
-* bridge: :class:`lakehouse.iot.bridge.Bridge` receiving them, normalising, producing to Kafka (idempotent,
+* bridge: :class:`lakehouse.sources.mqtt.Bridge` receiving them, normalising, producing to Kafka (idempotent,
   ``acks=all``), waiting for Kafka and only then acknowledging each message to MQTT.
 
 Prints both rates and their ratio (the bridge is bound by kafka-python's per-record produce in Python).
@@ -24,9 +24,9 @@ import uuid
 from pathlib import Path
 
 from lakehouse.config import load_settings
-from lakehouse.iot.bridge import Bridge, BridgeConfig, BridgeStats, ensure_bridge_topics
-from lakehouse.iot.devices import FleetFlaws, simulate_fleet
-from lakehouse.iot.registry import DeviceRegistry
+from lakehouse.simulate.devices import FleetFlaws, simulate_fleet
+from lakehouse.sources.device_registry import DeviceRegistry
+from lakehouse.sources.mqtt import Bridge, BridgeConfig, BridgeStats, ensure_bridge_topics
 from lakehouse.stack import ServiceManager
 
 NO_FLAWS = FleetFlaws(late=0, very_late=0, duplicate=0, malformed=0, offline=0, skewed_devices=0)

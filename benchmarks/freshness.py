@@ -26,9 +26,9 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
 from lakehouse.config import load_settings
+from lakehouse.sources.kafka import start_ingest
 from lakehouse.spark import get_spark
 from lakehouse.stack import ServiceManager
-from lakehouse.streaming.ingest import start_ingest
 
 _UNITS = {"millisecond": 0.001, "second": 1.0, "minute": 60.0}
 

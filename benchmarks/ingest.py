@@ -21,9 +21,9 @@ from kafka.admin import NewTopic
 
 from lakehouse.config import load_settings
 from lakehouse.simulate import Flaws, generate_events, produce
+from lakehouse.sources.kafka import ingest_available
 from lakehouse.spark import get_spark
 from lakehouse.stack import ServiceManager, java_executable
-from lakehouse.streaming.ingest import ingest_available
 
 
 def consumer_perf(settings, topic: str, messages: int) -> float:

@@ -130,9 +130,9 @@ def simulate(
 @pass_settings
 def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: str | None) -> None:
     """Kafka → bronze: drain what is there (default) or keep streaming (--continuous)."""
+    from lakehouse.sources.kafka import ingest_available, start_ingest
     from lakehouse.sources.registry import load_registry
     from lakehouse.spark import get_spark
-    from lakehouse.streaming.ingest import ingest_available, start_ingest
 
     bronze = load_registry(settings).kafka_ingest().get(topic, topic.replace(".", "_"))
     table = settings.table_path("bronze", bronze)
@@ -235,8 +235,8 @@ def runs_list(settings: Settings, last: int) -> None:
 def demo(settings: Settings, count: int | None) -> None:
     """The main job: services up, events produced (first run only), DAG built, where to look printed."""
     from lakehouse.dag import build as build_dag
-    from lakehouse.demo import produce_all
     from lakehouse.jvm import fetch_jars
+    from lakehouse.simulate.demo import produce_all
     from lakehouse.stack import ServiceManager, ensure_topics
 
     fetch_jars(settings.root)
@@ -309,9 +309,9 @@ def _register_groups() -> None:
     """Command groups that live beside the code they drive."""
     from lakehouse.declared_cli import dag, silver, table
     from lakehouse.governance.cli import catalog
-    from lakehouse.iot.cli import iot
     from lakehouse.privacy.cli import privacy
     from lakehouse.sources.http_cli import api
+    from lakehouse.sources.mqtt_cli import iot
     from lakehouse.sources.postgres_cli import retail
     from lakehouse.streaming.cli import processor, stream
 

@@ -1,4 +1,4 @@
-"""The third-party API path end to end: the real ECB rates served by fx_server (with faults) → HTTP connector
+"""The third-party API path end to end: the real ECB rates served by fx_api (with faults) → HTTP connector
 → buffered delivery → bronze (delta-rs) → silver fx_rates → gold revenue in a reporting currency (Spark)."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.gold.fx import with_reporting_currency
 from lakehouse.silver import engine
+from lakehouse.simulate.fx_api import Faults, RunningServer, load_ecb_rates, start_server
 from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
-from lakehouse.sources.fx_server import Faults, RunningServer, load_ecb_rates, start_server
 from lakehouse.sources.http import PullTargets, RetryPolicy, pull_source
 from lakehouse.sources.registry import HttpAuth, HttpPagination, HttpSource
 

@@ -21,7 +21,15 @@ from kafka.admin import NewTopic
 
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import ServiceError
+from lakehouse.gold.realtime import (
+    InfluxTarget,
+    clickstream_events,
+    events_per_minute,
+    start_device_minute,
+    start_events_per_minute,
+)
 from lakehouse.silver import engine
+from lakehouse.sources.kafka import ingest_available
 from lakehouse.streaming.cli import stream
 from lakehouse.streaming.continuous import (
     QuerySpec,
@@ -33,14 +41,6 @@ from lakehouse.streaming.continuous import (
     running_pid,
     running_silver_inputs,
     running_topics,
-)
-from lakehouse.streaming.ingest import ingest_available
-from lakehouse.streaming.realtime import (
-    InfluxTarget,
-    clickstream_events,
-    events_per_minute,
-    start_device_minute,
-    start_events_per_minute,
 )
 from lakehouse.tables import count_rows, is_delta_table
 
@@ -168,7 +168,7 @@ def test_event_windows_land_in_delta_and_influx_and_a_replay_changes_nothing(
     windows = events_per_minute(clickstream_events(static.option("subscribe", topic).load()))
     replayed = windows.where(windows.window_start < base + timedelta(minutes=3))
     sink_args = (tables["events_table"], tables["sessions_table"])
-    from lakehouse.streaming.realtime import EventsSink, app_id_for
+    from lakehouse.gold.realtime import EventsSink, app_id_for
 
     sink = EventsSink(*sink_args, app_id_for(checkpoint, "rt-events"), target)
     sink(replayed, batch_id)

@@ -25,7 +25,7 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from lakehouse.config import Settings
-from lakehouse.iot.devices import DeviceMessage, publish
+from lakehouse.simulate.devices import DeviceMessage, publish
 
 pytestmark = pytest.mark.integration
 

@@ -20,11 +20,11 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from lakehouse.config import Settings
-from lakehouse.iot.bridge import Bridge, BridgeConfig, ensure_bridge_topics
-from lakehouse.iot.devices import PublishReport, Simulation, publish, simulate_fleet
-from lakehouse.iot.registry import UNASSIGNED_SITE, DeviceRegistry
 from lakehouse.silver.telemetry import TelemetryTables, clean_telemetry
-from lakehouse.streaming.ingest import ingest_available
+from lakehouse.simulate.devices import PublishReport, Simulation, publish, simulate_fleet
+from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
+from lakehouse.sources.kafka import ingest_available
+from lakehouse.sources.mqtt import Bridge, BridgeConfig, ensure_bridge_topics
 
 pytestmark = pytest.mark.integration
 

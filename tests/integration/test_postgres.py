@@ -24,6 +24,7 @@ from lakehouse.silver.retail import (
     merge_retail_extract,
 )
 from lakehouse.sources.cdc import cdc_producer, drop_slot, lsn_to_int, peek_changes, publish, run_cdc
+from lakehouse.sources.kafka import ingest_available
 from lakehouse.sources.postgres import (
     RETAIL_TABLES,
     CustomerUpdate,
@@ -37,7 +38,6 @@ from lakehouse.sources.postgres import (
     table_rows,
 )
 from lakehouse.sources.registry import PostgresCdcSource
-from lakehouse.streaming.ingest import ingest_available
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from lakehouse.config import Settings, TopicSettings
 from lakehouse.errors import ServiceError
 from lakehouse.silver.events import CleanTables, clean_events
 from lakehouse.simulate import Flaws, generate_events, produce
-from lakehouse.streaming.ingest import ingest_available, start_ingest
+from lakehouse.sources.kafka import ingest_available, start_ingest
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ GROUP_MODULES = [
     "lakehouse.streaming.cli",
     "lakehouse.sources.http_cli",
     "lakehouse.sources.postgres_cli",
-    "lakehouse.iot.cli",
+    "lakehouse.sources.mqtt_cli",
 ]
 
 

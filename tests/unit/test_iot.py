@@ -14,8 +14,13 @@ import pytest
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import load_settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.iot.bridge import InvalidMessage, Normalizer, dead_letter, normalize
-from lakehouse.iot.devices import (
+from lakehouse.silver.telemetry import (
+    SILVER_TELEMETRY,
+    mark_duplicates_and_late,
+    offline_intervals,
+    parse_telemetry,
+)
+from lakehouse.simulate.devices import (
     MALFORMED_CASES,
     REPLAY_DEVICE,
     read_occupancy,
@@ -23,13 +28,8 @@ from lakehouse.iot.devices import (
     replay_schedule,
     simulate_fleet,
 )
-from lakehouse.iot.registry import UNASSIGNED_SITE, DeviceRegistry
-from lakehouse.silver.telemetry import (
-    SILVER_TELEMETRY,
-    mark_duplicates_and_late,
-    offline_intervals,
-    parse_telemetry,
-)
+from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
+from lakehouse.sources.mqtt import InvalidMessage, Normalizer, dead_letter, normalize
 
 pytestmark = pytest.mark.unit
 

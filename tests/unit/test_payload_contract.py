@@ -343,7 +343,7 @@ def test_a_bad_registry_entry_names_the_file_and_the_field(tmp_path: Path) -> No
 
 
 def test_the_bridge_refuses_an_mqtt_source_without_a_payload(tmp_path: Path) -> None:
-    from lakehouse.iot.bridge import Normalizer
+    from lakehouse.sources.mqtt import Normalizer
 
     settings = load_settings("test", root=ROOT)
     bare = {k: v for k, v in MQTT_ENTRY.items() if k not in {"payload", "topic_pattern", "ordering"}}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lakehouse.errors import ConfigError
-from lakehouse.streaming.realtime import (
+from lakehouse.gold.realtime import (
     clickstream_events,
     device_minute,
     device_telemetry,

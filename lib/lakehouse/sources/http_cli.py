@@ -63,7 +63,7 @@ def fx_server(
     slow_seconds: float,
 ) -> None:
     """Serve the real ECB reference rates as a paginated, token-protected HTTP API (Ctrl-C stops)."""
-    from lakehouse.sources.fx_server import Faults, serve
+    from lakehouse.simulate.fx_api import Faults, serve
 
     faults = Faults(throttle_first, retry_after, fail_every, slow_every, slow_seconds)
     port = port or settings.fx_api.port

@@ -1,1 +1,3 @@
-"""Structured Streaming jobs: sources, sinks and the transforms between them."""
+"""Continuous mode: the supervisor that keeps every streaming query running, and the topic-to-topic
+processors (the connectors these queries run live in :mod:`lakehouse.sources`, the rollups in
+:mod:`lakehouse.gold`)."""

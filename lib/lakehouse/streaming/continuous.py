@@ -4,9 +4,9 @@ The supervisor holds a Spark Connect session and runs
 
 * the bronze ingest of every Kafka-backed source in the registry (``kafka`` → its topic, ``postgres_cdc`` →
   its topic, ``mqtt`` → its ``kafka_topic``) — the very query and checkpoint the DAG's ``availableNow`` run
-  uses (:func:`lakehouse.streaming.ingest.start_ingest` with ``continuous=True``), so the two modes hand over
+  uses (:func:`lakehouse.sources.kafka.start_ingest` with ``continuous=True``), so the two modes hand over
   to each other without losing or repeating a record;
-* the real-time gold rollups of :mod:`lakehouse.streaming.realtime` (clickstream events per minute, IoT device
+* the real-time gold rollups of :mod:`lakehouse.gold.realtime` (clickstream events per minute, IoT device
   minutes) when their topics are registered.
 
 Every few seconds it writes a status JSON (per query: id, active, last batch, rows, rates, last progress time
@@ -309,13 +309,13 @@ class QuerySupervisor:
 
     # starting -----------------------------------------------------------------------------------------------
     def _start(self, entry: _Running) -> None:
-        from lakehouse.streaming.ingest import start_ingest
-        from lakehouse.streaming.realtime import (
+        from lakehouse.gold.realtime import (
             DEFAULT_LATENESS,
             InfluxTarget,
             start_device_minute,
             start_events_per_minute,
         )
+        from lakehouse.sources.kafka import start_ingest
 
         spec, options = entry.spec, self.options
         interval = options.trigger_interval or self.settings.streaming.trigger_interval
@@ -531,7 +531,7 @@ def run_foreground(settings: Settings, options: SupervisorOptions | None = None)
     with _exclusive(files.lock):
         specs = plan(settings, options)
         if options.influx and any(spec.kind != "bronze" for spec in specs):
-            from lakehouse.streaming.realtime import InfluxTarget
+            from lakehouse.gold.realtime import InfluxTarget
 
             InfluxTarget.from_settings(settings).ping()
         supervisor = QuerySupervisor(settings, specs, options)

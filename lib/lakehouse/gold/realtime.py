@@ -48,7 +48,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, ServiceError
 from lakehouse.kafka_clients import require_broker
 from lakehouse.silver.telemetry import TELEMETRY_RECORD
-from lakehouse.streaming.ingest import kafka_source
+from lakehouse.sources.kafka import kafka_source
 from lakehouse.tables import ensure_table
 
 log = logging.getLogger(__name__)

@@ -44,7 +44,7 @@ def simulate(
     settings: Settings, devices: int, messages: int, rate: float, seed: int | None, start: str
 ) -> None:
     """Publish a simulated sensor fleet (with offline devices, skewed clocks, bad payloads) to MQTT."""
-    from lakehouse.iot.devices import simulate_to_mqtt
+    from lakehouse.simulate.devices import simulate_to_mqtt
 
     simulation, report = simulate_to_mqtt(
         settings, devices=devices, messages=messages, rate=rate, seed=seed, start=_start(start)
@@ -65,7 +65,7 @@ def simulate(
 @pass_settings
 def replay(settings: Settings, rate: float | None, speedup: float, limit: int | None) -> None:
     """Replay the real UCI occupancy sensor readings as device uci-occupancy (--speedup or --rate)."""
-    from lakehouse.iot.devices import replay_to_mqtt
+    from lakehouse.simulate.devices import replay_to_mqtt
 
     report = replay_to_mqtt(settings, speedup=speedup, rate=rate, limit=limit)
     click.echo(f"replayed {report.sent} occupancy readings in {report.seconds:.1f}s")
@@ -101,7 +101,7 @@ def bridge(
     The MQTT session is persistent: messages published while the bridge is down are delivered when it
     starts again with the same client id. SIGINT/SIGTERM stop it gracefully (flush, then disconnect).
     """
-    from lakehouse.iot.bridge import Bridge, BridgeConfig, ensure_bridge_topics
+    from lakehouse.sources.mqtt import Bridge, BridgeConfig, ensure_bridge_topics
 
     options = {"client_id": client_id, "kafka_topic": kafka_topic, "dead_letter_topic": dead_letter_topic}
     overrides = {key: value for key, value in options.items() if value}

@@ -643,7 +643,7 @@ def simulate_to_mqtt(
     Returns:
         The simulation (ground truth) and what was published.
     """
-    from lakehouse.iot.registry import DeviceRegistry
+    from lakehouse.sources.device_registry import DeviceRegistry
 
     simulation = simulate_fleet(
         devices, messages, seed=settings.simulator.seed if seed is None else seed, start=start
@@ -670,7 +670,7 @@ def replay_to_mqtt(
         rate: a fixed number of messages per second instead (0 = as fast as possible).
         limit: replay only the first ``limit`` readings.
     """
-    from lakehouse.iot.registry import DeviceRegistry
+    from lakehouse.sources.device_registry import DeviceRegistry
 
     readings = read_occupancy()[:limit]
     DeviceRegistry.open(settings, registry_path).provision([(REPLAY_DEVICE, REPLAY_SITE, REPLAY_FIRMWARE)])

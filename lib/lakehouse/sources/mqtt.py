@@ -58,7 +58,7 @@ from lakehouse.contracts.payload import (
     iso_millis,
 )
 from lakehouse.errors import ConfigError, ServiceError
-from lakehouse.iot.registry import DeviceRegistry
+from lakehouse.sources.device_registry import DeviceRegistry
 
 if TYPE_CHECKING:
     from lakehouse.sources.registry import MqttSource

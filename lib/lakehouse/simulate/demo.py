@@ -50,7 +50,7 @@ def produce_retail(settings: Settings, changes: int = 300) -> dict[str, int]:
 
 def produce_iot(settings: Settings, devices: int = 20, messages: int = 2000) -> dict[str, int]:
     """Devices and the UCI replay publish over MQTT while the bridge forwards to Kafka, then it stops."""
-    from lakehouse.iot.devices import replay_to_mqtt, simulate_to_mqtt
+    from lakehouse.simulate.devices import replay_to_mqtt, simulate_to_mqtt
 
     command = lakehouse_command(settings.env_name, "iot", "bridge")
     bridge = subprocess.Popen(
