@@ -40,7 +40,6 @@ _LAYER_ORDER = (
     "bronze/ingest_events",
     "bronze/pull_apis",
     "bronze",
-    "silver/clean_events",
     "silver",
     "gold/build_sessions",
     "gold/build_daily_kpis",

@@ -17,7 +17,8 @@ Two payload versions are live on the topic, as in any real app whose clients upd
      "event_time": "2024-11-01T10:00:00.123Z", ..., "amount": {"value": 59.9, "currency": "EUR"},
      "consent": {"analytics": true}}
 
-Silver normalises both into :data:`SILVER_EVENTS`.
+Silver normalises both into :data:`SILVER_EVENTS` as ``catalog/silver/events.yaml`` declares (its ``build``
+section and column expressions, run by :mod:`lakehouse.silver.engine`).
 """
 
 from __future__ import annotations
@@ -140,18 +141,5 @@ SILVER_EVENTS: Final = StructType(
         # Last, where Delta schema evolution (mergeSchema) puts a new column: an HMAC token
         # (lakehouse.privacy.tokenize), never the address itself.
         StructField("client_ip", StringType()),
-    ]
-)
-
-# Quarantine: the raw payload kept whole, with why it was set aside and by which run.
-QUARANTINE: Final = StructType(
-    [
-        StructField("value", StringType()),
-        StructField("reason", StringType(), False),
-        StructField("event_id", StringType()),
-        StructField("source_partition", IntegerType()),
-        StructField("source_offset", LongType()),
-        StructField("batch_id", LongType(), False),
-        StructField("quarantined_at", TimestampType(), False),
     ]
 )

@@ -279,7 +279,7 @@ class TaskOutcome:
     error: str | None = None
 
     def line(self) -> str:
-        """One line for the console: ``ran      silver-clean-events  bronze/clickstream v12 -> v14``."""
+        """One line for the console: ``ran      silver-events  bronze/clickstream v12 -> v14``."""
         why = "; ".join(self.reasons)
         if self.action in ("ran", "failed"):
             why += f" ({self.seconds:.0f} s, run {self.run_id})"

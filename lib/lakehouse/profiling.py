@@ -56,7 +56,6 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
     "silver": (
         "events",
         "events_quarantine",
-        "events_reconciliation",
         "telemetry",
         "telemetry_quarantine",
         "telemetry_reconciliation",
@@ -72,6 +71,9 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
         "dim_customer",
     ),
 }
+# Profiled with a layer: its bookkeeping in the audit layer. The silver engine's reconciliation of every
+# declared table is one table, by table name (input rows = applied + quarantined + duplicates + dropped).
+LAYER_AUDIT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {"silver": ("audit.silver_batches",)}
 DEFAULT_SAMPLE_ROWS: Final = 5000
 DEFAULT_SEED: Final = 20240601
 _LAYERS: Final = ("bronze", "silver", "gold")
@@ -310,6 +312,23 @@ td,th{{border:1px solid #d8dee4;padding:4px 10px;text-align:left}}</style></head
     return index
 
 
+def layer_tables(layers: Sequence[str]) -> list[str]:
+    """The tables :func:`profile_tables` profiles for ``layers`` (``<layer>.<name>``), in order.
+
+    Each layer's :data:`PROFILE_TABLES`, then its bookkeeping (:data:`LAYER_AUDIT_TABLES`).
+
+    Raises:
+        ConfigError: an unknown layer.
+    """
+    for layer in layers:
+        if layer not in PROFILE_TABLES:
+            raise ConfigError(f"cannot profile layer {layer!r}: use {', '.join(PROFILE_TABLES)}")
+    return [
+        *(f"{layer}.{name}" for layer in layers for name in PROFILE_TABLES[layer]),
+        *(table for layer in layers for table in LAYER_AUDIT_TABLES.get(layer, ())),
+    ]
+
+
 def profile_tables(
     settings: Settings,
     layers: Sequence[str] = ("bronze", "silver"),
@@ -324,7 +343,7 @@ def profile_tables(
 
     Args:
         settings: the environment.
-        layers: the layers whose :data:`PROFILE_TABLES` are profiled (ignored when ``tables`` is given).
+        layers: the layers whose :func:`layer_tables` are profiled (ignored when ``tables`` is given).
         sample_rows: at most this many rows per table.
         pii: PII columns per table; ``None`` asks the catalog.
         tables: explicit ``<layer>.<name>`` list.
@@ -336,12 +355,7 @@ def profile_tables(
     Raises:
         ConfigError: an unknown layer or a malformed table name.
     """
-    for layer in layers:
-        if layer not in PROFILE_TABLES:
-            raise ConfigError(f"cannot profile layer {layer!r}: use {', '.join(PROFILE_TABLES)}")
-    wanted = (
-        list(tables) if tables is not None else [f"{lay}.{n}" for lay in layers for n in PROFILE_TABLES[lay]]
-    )
+    wanted = list(tables) if tables is not None else layer_tables(layers)
     known = pii if pii is not None else pii_columns(settings)
     results: list[ProfileResult] = []
     missing: list[str] = []

@@ -22,7 +22,7 @@ written only after a success. A task that failed is marked so and reruns on the 
 committed before failing shows up as new Delta versions for its downstream tasks, which then rerun too.
 
 Example:
-    >>> record = TaskRecord(task="silver-clean-events", status="success", at="2024-10-01T00:00:00+00:00",
+    >>> record = TaskRecord(task="silver-events", status="success", at="2024-10-01T00:00:00+00:00",
     ...                     code="abc", inputs={"table:bronze/clickstream": {"delta": 12}})
     >>> decide(record, code="abc", inputs={"table:bronze/clickstream": Check({"delta": 14},
     ...        "bronze/clickstream v12 -> v14")}).reasons

@@ -31,7 +31,7 @@ OTHER_REASON = "in_set:event_type"
 OTHER_ROWS = 5
 LATE_TABLE = "silver.events_quarantine"  # SLA 1 s: late by the time the page loads
 FRESH_TABLE = "silver.events"  # SLA 30 d
-LINEAGE_JOB = "silver-clean-events"
+LINEAGE_JOB = "silver-events"
 CONTRACTS = {
     "silver/events.yaml": """\
 table: silver.events

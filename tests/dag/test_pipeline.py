@@ -14,7 +14,7 @@ import pytest
 
 from lakehouse.config import Settings
 from lakehouse.dag import build, ploomber_env
-from lakehouse.silver.events import CleanTables, reconcile
+from lakehouse.silver import engine
 from lakehouse.simulate import simulate_to_kafka
 
 pytestmark = pytest.mark.dag
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.dag
 # Downstream of the Kafka-backed bronze task: re-run when Kafka has new records.
 NOTEBOOKS = [
     "bronze/ingest_events",
-    "silver/clean_events",
+    "silver/events",
     "gold/build_sessions",
     "gold/build_daily_kpis",
     "gold/build_revenue",
@@ -33,7 +33,7 @@ NOTEBOOKS = [
 EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/fx_rates", "gold/fx_monthly"]
 DOWNSTREAM_OF_CLICKSTREAM = [
     "bronze-ingest-events",
-    "silver-clean-events",
+    "silver-events",
     "gold-build-sessions",
     "gold-build-daily-kpis",
     "gold-build-revenue",
@@ -74,12 +74,12 @@ def test_the_dag_builds_every_product(stack: Settings, built: dict[str, Any]) ->
 
 def test_counts_reconcile_with_what_was_produced(stack: Settings, spark: Any, built: dict[str, Any]) -> None:
     kinds = built["report"].by_kind
-    totals = reconcile(spark, CleanTables.from_settings(stack))
-    assert totals.bronze_rows == built["report"].sent
-    assert totals.silver_rows == kinds.get("valid", 0) + kinds.get("late", 0)
-    assert totals.quarantined == kinds.get("malformed", 0) + kinds.get("very_late", 0)
-    assert totals.duplicates == kinds.get("duplicate", 0)
-    assert totals.balanced
+    totals = engine.check_table(spark, engine.silver_table(stack, "silver.events"))  # raises unless balanced
+    assert totals["input_rows"] == built["report"].sent
+    assert totals["applied"] == kinds.get("valid", 0) + kinds.get("late", 0)
+    assert totals["quarantined"] == kinds.get("malformed", 0) + kinds.get("very_late", 0)
+    assert totals["duplicates"] == kinds.get("duplicate", 0)
+    assert totals["late"] == kinds.get("very_late", 0)
 
 
 def test_a_second_build_with_nothing_new_runs_nothing(stack: Settings, built: dict[str, Any]) -> None:
@@ -92,7 +92,8 @@ def test_a_second_build_with_nothing_new_runs_nothing(stack: Settings, built: di
 def test_new_events_rerun_bronze_and_everything_downstream(
     stack: Settings, spark: Any, built: dict[str, Any]
 ) -> None:
-    before = reconcile(spark, CleanTables.from_settings(stack))
+    events = engine.silver_table(stack, "silver.events")
+    before = engine.check_table(spark, events)
     more = simulate_to_kafka(stack, count=300, run=1)
     report = build(stack)
     # exactly the Kafka bronze task and what reads its clickstream table, directly or not
@@ -100,10 +101,10 @@ def test_new_events_rerun_bronze_and_everything_downstream(
         o.line() for o in report.outcomes
     )
     assert f"clickstream: {more.sent} records in Kafka" in report.outcome("bronze-ingest-events").reasons[0]
-    assert any("bronze/clickstream v" in r for r in report.outcome("silver-clean-events").reasons)
-    after = reconcile(spark, CleanTables.from_settings(stack))
-    assert after.bronze_rows == before.bronze_rows + more.sent
-    assert after.silver_rows > before.silver_rows and after.balanced
+    assert any("bronze/clickstream v" in r for r in report.outcome("silver-events").reasons)
+    after = engine.check_table(spark, events)  # still balanced
+    assert after["input_rows"] == before["input_rows"] + more.sent
+    assert after["applied"] > before["applied"]
     executed = _executed(stack)
     assert all(executed[nb] > built["executed"][nb] for nb in NOTEBOOKS)
 
@@ -196,7 +197,7 @@ TASKS = [
     "bronze-ingest-events",
     "bronze-pull-apis",
     "bronze-extract-retail",
-    "silver-clean-events",
+    "silver-events",
     "silver-fx-rates",
     "silver-merge-retail",
     "silver-clean-telemetry",
@@ -279,7 +280,7 @@ def test_every_task_is_traced_with_openlineage(stack: Settings, built: dict[str,
     for job in TASKS:
         states = [e["eventType"] for e in by_job[job]]
         assert "START" in states and "COMPLETE" in states and "FAIL" not in states, (job, states)
-    complete = next(e for e in reversed(by_job["silver-clean-events"]) if e["eventType"] == "COMPLETE")
+    complete = next(e for e in reversed(by_job["silver-events"]) if e["eventType"] == "COMPLETE")
     silver = next(d for d in complete["outputs"] if d["name"].endswith("/silver/events"))
     assert silver["facets"]["delta"]["version"] >= 1
     assert silver["facets"]["dataQualityMetrics"]["rowCount"] > 0

@@ -30,8 +30,8 @@ import pandas as pd
 from lakehouse.config import load_settings
 from lakehouse.lineage import track_run
 settings = load_settings(lakehouse_env).model_copy(update={"workspace": Path(workspace)})
-run = track_run(settings, job="silver-clean-events", inputs=["bronze.clickstream"],
-                outputs=["silver.events"], notebook="notebooks/silver/clean_events.ipynb")
+run = track_run(settings, job="silver-events", inputs=["bronze.clickstream"],
+                outputs=["silver.events"], notebook="notebooks/silver/build_table.ipynb")
 """
 _WRITE = """\
 write_deltalake(settings.table_path("silver", "events"),
@@ -104,7 +104,7 @@ def test_a_notebook_that_succeeds_emits_start_then_complete_with_delta_facets(
     assert output["dataQualityMetrics"]["rowCount"] == len(table.to_pandas()) == 4
     assert [field["name"] for field in output["schema"]["fields"]] == [f.name for f in table.schema().fields]
     assert events[1]["inputs"][0]["facets"]["dataQualityMetrics"]["rowCount"] == 2
-    assert events[1]["job"]["facets"]["sourceCodeLocation"]["path"] == "notebooks/silver/clean_events.ipynb"
+    assert events[1]["job"]["facets"]["sourceCodeLocation"]["path"] == "notebooks/silver/build_table.ipynb"
     _validate(events)
 
 

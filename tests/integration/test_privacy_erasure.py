@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -50,10 +51,25 @@ def test_spark_tokens_equal_python_hmac(spark: Any, stack: Settings) -> None:
     assert got == [token(v, key) for v in values]
 
 
-def test_classify_tokenizes_client_ip(spark: Any) -> None:
+def _events(settings: Settings, tmp_path: Path) -> Any:
+    """The declared silver.events, reading ``tmp_path/bronze`` and writing a private lake."""
+    from lakehouse.silver import engine
+
+    declared = engine.silver_table(settings, "silver.events")
+    return dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
+        quarantine=str(tmp_path / "quarantine"),
+        audit=str(tmp_path / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoint"),
+        input_paths={label: str(tmp_path / "bronze") for label in declared.input_paths},
+    )
+
+
+def test_the_events_declaration_tokenizes_client_ip(spark: Any, stack: Settings, tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from lakehouse.silver.events import classify
+    from lakehouse.silver import engine
 
     value = json.dumps(
         {
@@ -70,8 +86,14 @@ def test_classify_tokenizes_client_ip(spark: Any) -> None:
         [(value, 0, 1, datetime(2025, 1, 1, tzinfo=UTC))],
         "value string, partition int, offset long, ingested_at timestamp",
     )
-    row = classify(bronze, tokenization_key="k").collect()[0]
-    assert row["reason"] is None and row["client_ip"] == token("2a02:1:2:3:4::5", "k")
+    table = dataclasses.replace(_events(stack, tmp_path), tokenization_key="k")
+    engine.ensure_tables(spark, table)
+    spec = table.build.inputs[0]
+    ctx = engine.RunContext(table=table, spec=spec, settings=stack, run_id="r", app_id="a", quality=False)
+    counts = engine.process_batch(bronze, 0, ctx)
+    assert (counts.applied, counts.quarantined) == (1, 0)
+    row = spark.read.format("delta").load(table.path).collect()[0]
+    assert row["client_ip"] == token("2a02:1:2:3:4::5", "k")
 
 
 def test_untagged_pii_in_a_silver_frame_fails(spark: Any, stack: Settings) -> None:
@@ -235,7 +257,7 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
 
     from lakehouse.clickstream import BRONZE_EVENTS
     from lakehouse.privacy.scanner import scan_frame
-    from lakehouse.silver.events import CleanTables, clean_events
+    from lakehouse.silver import engine
     from lakehouse.simulate.clickstream import Flaws, generate_events
 
     now = datetime.now(UTC)
@@ -244,18 +266,12 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
         (e.key.decode(), e.value.decode(), "t", 0, offset, now, now, now.date())
         for offset, e in enumerate(events)
     ]
-    tables = CleanTables(
-        bronze=str(tmp_path / "bronze"),
-        silver=str(tmp_path / "silver"),
-        quarantine=str(tmp_path / "quarantine"),
-        reconciliation=str(tmp_path / "reconciliation"),
-        checkpoint=str(tmp_path / "checkpoint"),
-    )
-    spark.createDataFrame(rows, BRONZE_EVENTS).write.format("delta").save(tables.bronze)
-    report = clean_events(spark, stack, tables=tables)
-    assert report.inserted == len(events)
+    table = _events(stack, tmp_path)
+    spark.createDataFrame(rows, BRONZE_EVENTS).write.format("delta").save(str(tmp_path / "bronze"))
+    report = engine.build_table(spark, stack, table.name, table=table)
+    assert report.total.applied == len(events)
     expected = {json.loads(e.value)["event_id"]: json.loads(e.value)["client_ip"] for e in events}
-    silver = spark.read.format("delta").load(tables.silver).select("event_id", "client_ip").toPandas()
+    silver = spark.read.format("delta").load(table.path).select("event_id", "client_ip").toPandas()
     key = stack.privacy.tokenization_key
     assert dict(zip(silver["event_id"], silver["client_ip"], strict=True)) == {
         event_id: token(ip, key) for event_id, ip in expected.items()

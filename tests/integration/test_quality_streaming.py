@@ -1,7 +1,8 @@
-"""Quality actions inside the real silver events stream (foreachBatch on Spark Connect), end to end."""
+"""Quality actions inside the declared silver events stream (foreachBatch on Spark Connect), end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -13,7 +14,9 @@ import pytest
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.quality import QualityError, build_data_docs, results_for_run
-from lakehouse.silver.events import CleanTables, clean_events
+from lakehouse.quality.compiled import ENGINE
+from lakehouse.silver import engine
+from lakehouse.silver.engine import SilverTable
 
 pytestmark = pytest.mark.integration
 
@@ -47,20 +50,23 @@ def _write_bronze(spark: Any, path: str, payloads: list[str], offset_start: int 
     spark.createDataFrame(rows, BRONZE_EVENTS).write.format("delta").mode("append").save(path)
 
 
-def _tables(tmp_path: Path) -> CleanTables:
-    return CleanTables(
-        bronze=str(tmp_path / "bronze"),
-        silver=str(tmp_path / "silver"),
+def _events(settings: Settings, tmp_path: Path) -> SilverTable:
+    """The declared silver.events, reading and writing a private lake."""
+    declared = engine.silver_table(settings, "silver.events")
+    return dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
         quarantine=str(tmp_path / "quarantine"),
-        reconciliation=str(tmp_path / "reconciliation"),
-        checkpoint=str(tmp_path / "checkpoints" / "silver"),
+        audit=str(tmp_path / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoints" / "silver"),
+        input_paths={label: str(tmp_path / "bronze") for label in declared.input_paths},
     )
 
 
 def test_warn_drop_and_quarantine_route_rows_in_foreach_batch(
     stack: Settings, spark: Any, tmp_path: Path
 ) -> None:
-    tables = _tables(tmp_path)
+    table = _events(stack, tmp_path)
     good = [_payload(i) for i in range(20)]
     quarantine = [
         _payload(100, country="Germany"),
@@ -69,24 +75,24 @@ def test_warn_drop_and_quarantine_route_rows_in_foreach_batch(
     drop = [_payload(200, user_id="test-robot"), _payload(201, user_id="test-robot")]
     warn = [_payload(300, platform="smart_fridge")]
     parse_failure = ["{not json"]
-    _write_bronze(spark, tables.bronze, good + quarantine + drop + warn + parse_failure)
+    _write_bronze(spark, table.input_paths["clickstream"], good + quarantine + drop + warn + parse_failure)
     run_id = str(uuid.uuid4())
 
-    report = clean_events(spark, stack, tables=tables, run_id=run_id)
+    report = engine.build_table(spark, stack, table.name, run_id=run_id, table=table).total
 
-    assert report.bronze_rows == 26
+    assert report.input_rows == 26
     assert report.dropped == 2
     assert report.quarantined == 3  # two by quality rules, one by the parser
-    assert report.inserted == 21  # the warn row is kept
-    assert report.totals.check().balanced and report.totals.dropped == 2
-    quarantined = {r["event_id"]: r for r in spark.read.format("delta").load(tables.quarantine).collect()}
+    assert report.applied == 21  # the warn row is kept
+    assert engine.check_table(spark, table)["dropped"] == 2  # and the audit balances
+    quarantined = {r["event_id"]: r for r in spark.read.format("delta").load(table.quarantine).collect()}
     by_reason = {r["reason"]: r for r in quarantined.values()}
     assert set(by_reason) == {"country_iso3166", "quantity_in_range", "malformed_json"}
     assert by_reason["country_iso3166"]["failed_rules"] == ["country_iso3166"]
     assert by_reason["country_iso3166"]["run_id"] == run_id
-    assert by_reason["country_iso3166"]["value"] is not None
+    assert by_reason["country_iso3166"]["record"] is not None
     assert by_reason["malformed_json"]["failed_rules"] == ["malformed_json"]
-    silver_users = {r["user_id"] for r in spark.read.format("delta").load(tables.silver).collect()}
+    silver_users = {r["user_id"] for r in spark.read.format("delta").load(table.path).collect()}
     assert "test-robot" not in silver_users and "u-0300" in silver_users
 
     results = results_for_run(stack, run_id)
@@ -95,7 +101,7 @@ def test_warn_drop_and_quarantine_route_rows_in_foreach_batch(
     assert not rules.loc["platform_known", "success"] and rules.loc["platform_known", "action"] == "warn"
     assert rules.loc["not_internal_test_traffic", "unexpected_count"] == 2
     assert rules.loc["event_id_not_null", "success"]
-    assert set(results["engine"]) == {"pandas"}
+    assert set(results["engine"]) == {ENGINE}  # the suite compiled into the stream's own Spark plan
 
     index = build_data_docs(stack)
     assert index.is_file()
@@ -107,15 +113,15 @@ def test_warn_drop_and_quarantine_route_rows_in_foreach_batch(
 def test_fail_action_stops_the_stream_after_persisting_results(
     stack: Settings, spark: Any, tmp_path: Path
 ) -> None:
-    tables = _tables(tmp_path)
-    _write_bronze(spark, tables.bronze, [_payload(i) for i in range(5)], offset_start=-5)
+    table = _events(stack, tmp_path)
+    _write_bronze(spark, table.input_paths["clickstream"], [_payload(i) for i in range(5)], offset_start=-5)
     run_id = str(uuid.uuid4())
 
     with pytest.raises(QualityError, match="source_offset_non_negative"):
-        clean_events(spark, stack, tables=tables, run_id=run_id)
+        engine.build_table(spark, stack, table.name, run_id=run_id, table=table)
 
     results = results_for_run(stack, run_id)
     failed = results[~results["success"]]
     assert list(failed["rule"]) == ["source_offset_non_negative"]
     assert failed.iloc[0]["action"] == "fail" and failed.iloc[0]["unexpected_count"] == 5
-    assert spark.read.format("delta").load(tables.silver).count() == 0
+    assert spark.read.format("delta").load(table.path).count() == 0

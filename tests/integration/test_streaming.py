@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -17,7 +18,8 @@ from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from lakehouse.config import Settings, TopicSettings
 from lakehouse.errors import ServiceError
-from lakehouse.silver.events import CleanTables, clean_events
+from lakehouse.silver import engine
+from lakehouse.silver.engine import SilverTable
 from lakehouse.simulate import Flaws, generate_events, produce
 from lakehouse.sources.kafka import ingest_available, start_ingest
 
@@ -34,13 +36,16 @@ def _new_topic(settings: Settings, partitions: int = 2) -> str:
     return name
 
 
-def _tables(tmp_path: Path) -> CleanTables:
-    return CleanTables(
-        bronze=str(tmp_path / "bronze"),
-        silver=str(tmp_path / "silver"),
+def _events(settings: Settings, tmp_path: Path) -> SilverTable:
+    """The declared silver.events, reading and writing a private lake."""
+    declared = engine.silver_table(settings, "silver.events")
+    return dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
         quarantine=str(tmp_path / "quarantine"),
-        reconciliation=str(tmp_path / "reconciliation"),
-        checkpoint=str(tmp_path / "checkpoints" / "silver"),
+        audit=str(tmp_path / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoints" / "silver"),
+        input_paths={label: str(tmp_path / "bronze") for label in declared.input_paths},
     )
 
 
@@ -62,26 +67,33 @@ def test_produce_bronze_silver_reconciles_with_the_simulator(
     topic = _new_topic(stack)
     events = list(generate_events(1500, seed=3, days=2, flaws=Flaws()))
     report = produce(events, bootstrap_servers=stack.kafka.bootstrap_servers, topic=topic)
-    tables = _tables(tmp_path)
+    table = _events(stack, tmp_path)
     ingested = ingest_available(
-        spark, stack, topic, table=tables.bronze, checkpoint=str(tmp_path / "checkpoints" / "bronze")
+        spark,
+        stack,
+        topic,
+        table=str(tmp_path / "bronze"),
+        checkpoint=str(tmp_path / "checkpoints" / "bronze"),
     )
     assert ingested.rows == report.sent == len(events)
 
-    cleaned = clean_events(spark, stack, tables=tables)
+    cleaned = engine.build_table(spark, stack, table.name, table=table).total
     kinds = report.by_kind
-    assert cleaned.bronze_rows == len(events)
-    assert cleaned.inserted == kinds.get("valid", 0) + kinds.get("late", 0)
+    assert cleaned.input_rows == len(events)
+    assert cleaned.applied == kinds.get("valid", 0) + kinds.get("late", 0)
     assert cleaned.quarantined == kinds.get("malformed", 0) + kinds.get("very_late", 0)
     assert cleaned.duplicates == kinds.get("duplicate", 0)
     assert cleaned.late == kinds.get("very_late", 0)
-    assert cleaned.totals.check().balanced
-    reasons = {r["reason"] for r in spark.read.format("delta").load(tables.quarantine).collect()}
+    totals = engine.check_table(
+        spark, table
+    )  # raises unless input = applied + quarantined + duplicates + dropped
+    assert totals["input_rows"] == len(events)
+    reasons = {r["reason"] for r in spark.read.format("delta").load(table.quarantine).collect()}
     assert {"malformed_json", "late_beyond_watermark"} <= reasons
 
     # A second run finds nothing new and changes nothing.
-    again = clean_events(spark, stack, tables=tables)
-    assert again.bronze_rows == 0 and again.totals == cleaned.totals
+    again = engine.build_table(spark, stack, table.name, table=table).total
+    assert again.input_rows == 0 and engine.check_table(spark, table) == totals
 
 
 def _bronze_offsets(spark: Any, table: str) -> list[tuple[int, int]]:

@@ -86,7 +86,7 @@ def test_complete_carries_delta_schema_version_rowcount_and_assertions(lake: Set
     _write(lake, "bronze.clickstream", pd.DataFrame({"user_id": ["a", "b", "c"], "n": [1, 2, 3]}))
     out_path = _write(lake, "silver.events", pd.DataFrame({"user_id": ["a"], "score": [0.5]}))
     _write(lake, "silver.events", pd.DataFrame({"user_id": ["b", None], "score": [1.5, 2.5]}))
-    run = track_run(lake, "silver-clean-events", ["bronze.clickstream"], ["silver.events"])
+    run = track_run(lake, "silver-events", ["bronze.clickstream"], ["silver.events"])
     audit = lake.table_path("audit", "validation_results")
     write_deltalake(audit, _validation_rows(run.run_id, "silver.events", [True, False]))
     write_deltalake(audit, _validation_rows(str(uuid.uuid4()), "silver.events", [True]), mode="append")
@@ -136,7 +136,7 @@ def test_context_manager_emits_fail_with_error_and_reraises(lake: Settings) -> N
 
 
 def test_fail_is_emitted_once_and_complete_after_fail_is_ignored(lake: Settings) -> None:
-    run = track_run(lake, "silver-clean-events", [], ["silver.events"])
+    run = track_run(lake, "silver-events", [], ["silver.events"])
     assert run.fail(RuntimeError("one")) is not None
     assert run.fail(RuntimeError("two")) is None
     assert run.complete() is None
@@ -233,7 +233,7 @@ def _http(settings: Settings, url: str, api_key: str | None = None) -> Settings:
 def test_http_transport_posts_each_event(lake: Settings, receiver: Any) -> None:
     url, received = receiver
     settings = _http(lake, url, api_key="secret-key")
-    run = track_run(settings, "silver-clean-events", ["bronze.clickstream"], ["silver.events"])
+    run = track_run(settings, "silver-events", ["bronze.clickstream"], ["silver.events"])
     run.complete()
     assert [path for path, _, _ in received] == ["/api/v1/lineage", "/api/v1/lineage"]
     assert [body["eventType"] for _, _, body in received] == ["START", "COMPLETE"]
@@ -247,7 +247,7 @@ def test_http_down_keeps_the_event_in_the_file(lake: Settings, receiver: Any) ->
     dead = url.rsplit(":", 1)[0] + ":9"  # discard port on loopback: nothing listens
     settings = _http(lake, dead)
     emitter = LineageEmitter(settings)
-    run = track_run(settings, "silver-clean-events", [], ["silver.events"])
+    run = track_run(settings, "silver-events", [], ["silver.events"])
     run.emitter = emitter
     run.complete()  # must not raise
     assert [event["eventType"] for event in _events(settings)] == ["START", "COMPLETE"]
@@ -260,7 +260,7 @@ def test_http_without_url_is_a_config_error(lake: Settings) -> None:
 
 def test_graph_joins_notebook_and_spark_events(lake: Settings) -> None:
     track_run(
-        lake, "silver-clean-events", ["bronze.clickstream"], ["silver.events", "silver.events_quarantine"]
+        lake, "silver-events", ["bronze.clickstream"], ["silver.events", "silver.events_quarantine"]
     ).complete()
     with pytest.raises(RuntimeError):
         with lineage_run(lake, "gold-build-sessions", ["silver.events"], ["gold.sessions"]):
@@ -279,8 +279,8 @@ def test_graph_joins_notebook_and_spark_events(lake: Settings) -> None:
     spark_file.write_text(json.dumps(spark_event) + "\nnot json\n")
     edges = lineage_graph(lake)
     rows = {(r.job, r.input, r.output, r.state) for r in edges.itertuples()}
-    assert ("silver-clean-events", "bronze.clickstream", "silver.events", "COMPLETE") in rows
-    assert ("silver-clean-events", "bronze.clickstream", "silver.events_quarantine", "COMPLETE") in rows
+    assert ("silver-events", "bronze.clickstream", "silver.events", "COMPLETE") in rows
+    assert ("silver-events", "bronze.clickstream", "silver.events_quarantine", "COMPLETE") in rows
     assert ("gold-build-sessions", "silver.events", "gold.sessions", "FAIL") in rows
     assert (
         "connect.execute_save_into_data_source_command",

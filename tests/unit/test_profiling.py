@@ -122,6 +122,20 @@ def test_empty_lake_gets_an_index_that_says_so(settings: Settings) -> None:
     assert "No table has been profiled yet" in index
 
 
+def test_silver_s_reconciliation_is_the_engine_s_audit_table(settings: Settings) -> None:
+    # One audit table reconciles every declared silver table (by name): no per-table reconciliation tables.
+    silver = profiling.layer_tables(("silver",))
+    assert "audit.silver_batches" in silver and "silver.events" in silver
+    assert "silver.events_reconciliation" not in silver
+    audit = pd.DataFrame(
+        {"table": ["silver.events", "silver.fx_rates"], "input_rows": [10, 3], "applied": [9, 3]}
+    )
+    write_deltalake(settings.table_path("audit", "silver_batches"), audit)
+    [result] = profiling.profile_tables(settings, layers=("silver",))
+    assert (result.table, result.total_rows) == ("audit.silver_batches", 2)
+    assert "input_rows" in result.path.read_text(encoding="utf-8")
+
+
 def test_scrub_text_replaces_emails_and_ips_only() -> None:
     assert profiling.scrub_text(f"mail {PLANTED_EMAIL} from {PLANTED_IP}") == "mail <email> from <ipv4>"
     assert profiling.scrub_text("app 5.2.0 build 1.2.3.4.5") == "app 5.2.0 build 1.2.3.4.5"

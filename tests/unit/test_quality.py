@@ -44,7 +44,6 @@ DAG_TABLES = [
         for n in (
             "events",
             "events_quarantine",
-            "events_reconciliation",
             "telemetry",
             "telemetry_quarantine",
             "telemetry_reconciliation",

@@ -236,7 +236,7 @@ def test_runs_are_archived_and_found_by_run_id_and_by_table_version(lake: Settin
     first = archive_run(
         lake,
         run_id="11111111-aaaa-4000-8000-000000000000",
-        task="silver-clean-events",
+        task="silver-events",
         status="success",
         started=started,
         ended=started + timedelta(seconds=30),
@@ -245,14 +245,14 @@ def test_runs_are_archived_and_found_by_run_id_and_by_table_version(lake: Settin
         reasons=["bronze/clickstream v12 -> v14"],
     )
     assert first.notebook == str(
-        lake.workspace / "runs" / "2024-10-01" / first.run_id / "silver-clean-events.ipynb"
+        lake.workspace / "runs" / "2024-10-01" / first.run_id / "silver-events.ipynb"
     )
     assert Path(first.notebook).read_text() == executed.read_text()
     executed.write_text("overwritten by the next run")
     second = archive_run(
         lake,
         run_id="22222222-bbbb-4000-8000-000000000000",
-        task="silver-clean-events",
+        task="silver-events",
         status="failed",
         started=started + timedelta(hours=1),
         ended=started + timedelta(hours=1, seconds=5),

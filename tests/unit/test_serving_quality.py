@@ -203,8 +203,8 @@ def test_lineage_graph_from_jsonl(workspace: Settings) -> None:
     folder = workspace.reports / "lineage"
     folder.mkdir(parents=True)
     lines = [
-        lineage_event("START", "silver-clean-events", "r1", ["bronze.clickstream"], [], 0),
-        lineage_event("COMPLETE", "silver-clean-events", "r1", ["bronze.clickstream"], ["silver.events"], 1),
+        lineage_event("START", "silver-events", "r1", ["bronze.clickstream"], [], 0),
+        lineage_event("COMPLETE", "silver-events", "r1", ["bronze.clickstream"], ["silver.events"], 1),
         lineage_event("COMPLETE", "gold-build-sessions", "r2", ["silver.events"], ["gold.sessions"], 2),
         "this line is not JSON",
     ]
@@ -213,18 +213,18 @@ def test_lineage_graph_from_jsonl(workspace: Settings) -> None:
     edges = quality.lineage_edges(workspace)
     assert sorted(map(tuple, edges[["job", "input", "output"]].values.tolist())) == [
         ("gold-build-sessions", "silver.events", "gold.sessions"),
-        ("silver-clean-events", "bronze.clickstream", "silver.events"),
+        ("silver-events", "bronze.clickstream", "silver.events"),
     ]
     graph = quality.lineage_network(workspace, edges)
     assert set(graph.edges) == {
-        ("bronze.clickstream", "job:silver-clean-events"),
-        ("job:silver-clean-events", "silver.events"),
+        ("bronze.clickstream", "job:silver-events"),
+        ("job:silver-events", "silver.events"),
         ("silver.events", "job:gold-build-sessions"),
         ("job:gold-build-sessions", "gold.sessions"),
     }
     # laid out left to right in dependency order
     x = {node: graph.nodes[node]["pos"][0] for node in graph}
-    assert x["bronze.clickstream"] < x["job:silver-clean-events"] < x["silver.events"] < x["gold.sessions"]
+    assert x["bronze.clickstream"] < x["job:silver-events"] < x["silver.events"] < x["gold.sessions"]
 
 
 def test_catalog_frame_lists_columns_with_pii_tags(workspace: Settings) -> None:

@@ -276,7 +276,7 @@ def track_run(
 
     Args:
         settings: the environment (its ``lineage`` section selects the transport).
-        job: the task name, kebab-case as in pipeline.yaml (e.g. ``"silver-clean-events"``).
+        job: the task name, kebab-case as in pipeline.yaml (e.g. ``"silver-events"``).
         inputs: tables read, as ``"<layer>.<name>"``.
         outputs: tables written, as ``"<layer>.<name>"``.
         run_id: reuse a run id (default: ``$LAKEHOUSE_TASK_RUN_ID``, which `lakehouse build` sets for the
@@ -287,7 +287,7 @@ def track_run(
         The running :class:`LineageRun`; call ``run.complete()`` in the notebook's last cell.
 
     Example:
-        >>> run = track_run(settings, job="silver-clean-events",            # doctest: +SKIP
+        >>> run = track_run(settings, job="silver-events",            # doctest: +SKIP
         ...                 inputs=["bronze.clickstream"], outputs=["silver.events"])
         >>> run.complete()                                                   # doctest: +SKIP
     """
