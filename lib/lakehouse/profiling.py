@@ -59,8 +59,6 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
         "events_reconciliation",
         "telemetry",
         "telemetry_quarantine",
-        "telemetry_reconciliation",
-        "device_offline",
         "fx_rates",
         "fx_rates_quarantine",
         "retail_customers",

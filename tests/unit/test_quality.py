@@ -47,8 +47,6 @@ DAG_TABLES = [
             "events_reconciliation",
             "telemetry",
             "telemetry_quarantine",
-            "telemetry_reconciliation",
-            "device_offline",
             "fx_rates",
             "fx_rates_quarantine",
             "retail_customers",
@@ -69,6 +67,7 @@ DAG_TABLES = [
             "rt_events_per_minute",
             "rt_sessions_per_minute",
             "rt_device_minute",
+            "device_offline",
         )
     ),
 ]
