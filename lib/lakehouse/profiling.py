@@ -58,8 +58,6 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
         "events_quarantine",
         "telemetry",
         "telemetry_quarantine",
-        "telemetry_reconciliation",
-        "device_offline",
         "fx_rates",
         "fx_rates_quarantine",
         "retail_customers",

@@ -30,7 +30,14 @@ NOTEBOOKS = [
     "quality/profile_tables",
     "quality/check_governance",
 ]
-EVERY_NOTEBOOK = [*NOTEBOOKS, "bronze/pull_apis", "silver/fx_rates", "gold/fx_monthly"]
+EVERY_NOTEBOOK = [
+    *NOTEBOOKS,
+    "bronze/pull_apis",
+    "silver/fx_rates",
+    "gold/fx_monthly",
+    "silver/telemetry",
+    "gold/device_offline",
+]
 DOWNSTREAM_OF_CLICKSTREAM = [
     "bronze-ingest-events",
     "silver-events",
@@ -200,11 +207,12 @@ TASKS = [
     "silver-events",
     "silver-fx-rates",
     "silver-merge-retail",
-    "silver-clean-telemetry",
+    "silver-telemetry",
     "gold-build-sessions",
     "gold-build-daily-kpis",
     "gold-build-revenue",
     "gold-fx-monthly",
+    "gold-device-offline",
     "ml-train-conversion",
     "quality-profile-tables",
     "governance-check-catalog",

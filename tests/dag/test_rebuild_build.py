@@ -19,10 +19,11 @@ from lakehouse.simulate import simulate_to_kafka
 pytestmark = pytest.mark.dag
 
 TOPIC = "iot.telemetry"  # the demo's MQTT source (sources.yaml): bronze/iot_telemetry → silver/telemetry
-# What reads bronze/iot_telemetry, directly or not (pipeline.yaml).
+# What reads bronze/iot_telemetry, directly or not (pipeline.yaml and the declared tasks).
 TELEMETRY_TASKS = [
     "bronze-ingest-events",
-    "silver-clean-telemetry",
+    "silver-telemetry",
+    "gold-device-offline",
     "quality-profile-tables",
     "governance-check-catalog",
 ]
@@ -79,20 +80,16 @@ def test_a_task_that_failed_after_committing_reruns_with_its_downstream(
     before, committed = failed_then_rebuilt["versions"]
     assert failed.failed == ["bronze-ingest-events"], _lines(failed)
     assert "value_not_null" in (failed.outcome("bronze-ingest-events").error or ""), _lines(failed)
-    assert failed.outcome("silver-clean-telemetry").action == "blocked"
+    assert failed.outcome("silver-telemetry").action == "blocked"
     assert committed is not None and before is not None and committed > before, (
         "bronze committed, then failed"
     )
 
     assert sorted(rebuilt.ran) == sorted(TELEMETRY_TASKS), _lines(rebuilt)
     assert rebuilt.outcome("bronze-ingest-events").reasons[0].startswith("failed in an earlier build")
-    assert (
-        f"bronze/iot_telemetry v{before} -> v{committed}" in rebuilt.outcome("silver-clean-telemetry").reasons
-    )
+    assert f"bronze/iot_telemetry v{before} -> v{committed}" in rebuilt.outcome("silver-telemetry").reasons
     quarantine = DeltaTable(stack.table_path("silver", "telemetry_quarantine")).to_pandas()
-    routed = quarantine[
-        (quarantine["source_partition"] == partition) & (quarantine["source_offset"] == offset)
-    ]
+    routed = quarantine[(quarantine["partition"] == partition) & (quarantine["offset"] == offset)]
     assert routed["reason"].tolist() == ["malformed_json"], "silver saw what the failed bronze run committed"
 
 
@@ -112,7 +109,7 @@ def test_runs_are_found_by_run_id_and_by_the_table_version_they_wrote(
     assert archived.is_file() and failed.run_id in str(archived)
     assert "value_not_null" in archived.read_text()  # the partial notebook shows the failing cell
 
-    silver = failed_then_rebuilt["rebuilt"].outcome("silver-clean-telemetry")
+    silver = failed_then_rebuilt["rebuilt"].outcome("silver-telemetry")
     version = delta_version(stack.table_path("silver", "telemetry_quarantine"))
     by_table = runner.invoke(
         main,
@@ -141,6 +138,6 @@ def test_runs_are_found_by_run_id_and_by_the_table_version_they_wrote(
     for event in events:
         states.setdefault((event["job"]["name"], event["run"]["runId"]), set()).add(event["eventType"])
     assert states.get(("bronze-ingest-events", failed.run_id)) == {"START", "FAIL"}
-    assert states.get(("silver-clean-telemetry", silver.run_id)) == {"START", "COMPLETE"}
+    assert states.get(("silver-telemetry", silver.run_id)) == {"START", "COMPLETE"}
     missing = runner.invoke(main, ["--env", stack.env_name, "runs", "find", "--run-id", "no-such-run"])
     assert missing.exit_code == 1 and "no archived run matches" in missing.output

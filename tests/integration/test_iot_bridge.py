@@ -1,8 +1,11 @@
-"""Devices → Mosquitto → bridge → Kafka → bronze → silver, on the real services; the bridge is killed mid-stream."""
+"""Devices → Mosquitto → bridge → Kafka → bronze → silver → gold, on the real services; the bridge is killed
+mid-stream. Silver is the declared silver.telemetry (the engine), the offline intervals gold.device_offline's
+gaps model."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +23,8 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from lakehouse.config import Settings
-from lakehouse.silver.telemetry import TelemetryTables, clean_telemetry
+from lakehouse.gold import models
+from lakehouse.silver import engine
 from lakehouse.simulate.devices import PublishReport, Simulation, publish, simulate_fleet
 from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
 from lakehouse.sources.kafka import ingest_available
@@ -202,32 +206,40 @@ def test_killed_bridge_loses_nothing_and_silver_has_each_reading_once(
         m.payload for m in simulation.messages if m.kind == "malformed"
     }
 
-    tables = TelemetryTables(
-        bronze=str(tmp_path / "bronze"),
-        silver=str(tmp_path / "silver"),
+    declared = engine.silver_table(mqtt, "silver.telemetry")
+    bronze = str(tmp_path / "bronze")
+    table = dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
         quarantine=str(tmp_path / "quarantine"),
-        reconciliation=str(tmp_path / "reconciliation"),
-        offline=str(tmp_path / "offline"),
-        checkpoint=str(tmp_path / "checkpoints" / "silver"),
+        audit=str(tmp_path / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoints" / "silver"),
+        input_paths={label: bronze for label in declared.input_paths},
     )
     ingested = ingest_available(
         spark,
         mqtt,
         config.kafka_topic,
-        table=tables.bronze,
+        table=bronze,
         checkpoint=str(tmp_path / "checkpoints" / "bronze"),
     )
     assert ingested.rows == len(records)
-    report = clean_telemetry(spark, mqtt, tables=tables, watermark="15 minutes")
-    assert report.totals.check().balanced
-    silver = spark.read.format("delta").load(tables.silver)
+    engine.build_table(spark, mqtt, table.name, table=table)  # its declared 15-minute watermark per device
+    totals = engine.check_table(spark, table)  # bronze = applied + quarantined + duplicates + dropped
+    assert totals["input_rows"] == len(records)
+    assert (totals["applied"], totals["late"]) == (len(simulation.accepted_keys()), kinds["very_late"])
+    silver = spark.read.format("delta").load(table.path)
     keys = [(r["device_id"], r["seq"]) for r in silver.select("device_id", "seq").collect()]
     assert len(keys) == len(set(keys)), "each (device_id, seq) exactly once"
     assert set(keys) == simulation.accepted_keys()
-    quarantine = spark.read.format("delta").load(tables.quarantine).collect()
+    quarantine = spark.read.format("delta").load(table.quarantine).collect()
     assert Counter(r["reason"] for r in quarantine) == {"late_beyond_watermark": kinds["very_late"]}
 
-    offline = spark.read.format("delta").load(tables.offline).collect()
+    model = models.gold_model(mqtt, "gold.device_offline")  # the demo's declared model, on this silver
+    offline = models.TRANSFORMS[str(model.model.python)](
+        spark, {"silver.telemetry": silver}, model.model.params
+    )
+    offline = offline.collect()
     found = sorted((r["device_id"], r["offline_from"].replace(tzinfo=UTC)) for r in offline)
     expected = sorted((g.device_id, g.last_seen) for g in simulation.offline)
     assert [d for d, _ in found] == [d for d, _ in expected]

@@ -29,9 +29,10 @@ DAG_TABLES = {
     "bronze": "clickstream fx_rates iot_telemetry retail_cdc retail_customers retail_orders retail_order_items "
     "retail_products",
     "silver": "events events_quarantine telemetry telemetry_quarantine "
-    "telemetry_reconciliation device_offline fx_rates fx_rates_quarantine retail_customers retail_orders "
+    "fx_rates fx_rates_quarantine retail_customers retail_orders "
     "retail_order_items retail_products retail_cdc_quarantine retail_merge_log dim_customer",
-    "gold": "sessions daily_kpis revenue_daily rt_events_per_minute rt_sessions_per_minute rt_device_minute",
+    "gold": "sessions daily_kpis revenue_daily rt_events_per_minute rt_sessions_per_minute rt_device_minute "
+    "device_offline",
     "audit": "validation_results erasures silver_batches",
 }
 

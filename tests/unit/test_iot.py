@@ -1,25 +1,21 @@
-"""IoT: payload normalisation, dead-letter reasons, the device registry, the fleet simulator and silver rules."""
+"""IoT: payload normalisation, dead-letter reasons, the device registry and the fleet simulator.
+
+Silver's rules for the bridged records are the declaration's (tests/unit/test_telemetry_declaration.py), and
+device offline intervals the gaps transform's (tests/unit/test_gaps.py)."""
 
 from __future__ import annotations
 
 import base64
 import json
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import load_settings
-from lakehouse.errors import ConfigError, DataError
-from lakehouse.silver.telemetry import (
-    SILVER_TELEMETRY,
-    mark_duplicates_and_late,
-    offline_intervals,
-    parse_telemetry,
-)
+from lakehouse.errors import ConfigError
 from lakehouse.simulate.devices import (
     MALFORMED_CASES,
     REPLAY_DEVICE,
@@ -242,112 +238,3 @@ def test_occupancy_replay_reads_the_real_uci_readings() -> None:
     assert replay_schedule(readings[:3], speedup=960) == [0.0, 1.0, 2.0]
     with pytest.raises(ConfigError):
         replay_schedule(readings, speedup=0)
-
-
-# --- silver rules on inline bronze rows -------------------------------------------------------------------
-
-
-def _record(device: str, seq: int, minute: float, **extra: Any) -> str:
-    time = datetime(2024, 11, 1, 10, tzinfo=UTC) + timedelta(minutes=minute)
-    record = normalize(
-        f"devices/{device}/telemetry",
-        _payload(device_id=device, seq=seq, ts=time.isoformat()),
-        NOW,
-    )
-    record.update(extra)
-    return json.dumps(record)
-
-
-def _bronze(spark: Any, values: list[str]) -> Any:
-    rows = [
-        ("k", value, "iot.telemetry", 0, offset, NOW, NOW, NOW.date()) for offset, value in enumerate(values)
-    ]
-    return spark.createDataFrame(rows, BRONZE_EVENTS)
-
-
-def _empty_silver(spark: Any) -> Any:
-    return spark.createDataFrame([], SILVER_TELEMETRY)
-
-
-def test_parse_quarantines_broken_records_with_reasons(spark: Any) -> None:
-    values = [
-        _record("d1", 1, 0),
-        "{oops",
-        json.dumps({"seq": 2, "device_time": "2024-11-01T10:00:00.000Z"}),
-        json.dumps({"device_id": "d1", "device_time": "2024-11-01T10:00:00.000Z"}),
-        json.dumps({"device_id": "d1", "seq": 3, "device_time": "half past ten"}),
-    ]
-    rows = parse_telemetry(_bronze(spark, values)).orderBy("source_offset").collect()
-    assert [r["reason"] for r in rows] == [
-        None,
-        "malformed_json",
-        "missing_device_id",
-        "missing_seq",
-        "invalid_device_time",
-    ]
-    assert rows[0]["device_time"].replace(tzinfo=None) == datetime(2024, 11, 1, 10)  # session time zone: UTC
-    assert rows[0]["temperature_c"] == 21.5
-
-
-def test_duplicates_and_lateness_are_judged_per_device(spark: Any) -> None:
-    values = [
-        _record("d1", 1, 0),
-        _record("d1", 2, 60),  # d1 jumps an hour ahead
-        _record("d2", 1, 0),  # d2's clock is behind: not late, it is another device
-        _record("d1", 1, 0),  # re-delivery → duplicate
-        _record("d1", 3, 50),  # 10 minutes behind d1's newest → accepted out of order
-        _record("d1", 4, 30),  # 30 minutes behind → late beyond a 15-minute watermark
-        _record("d2", 1, 0),  # re-delivery → duplicate
-    ]
-    marked = mark_duplicates_and_late(
-        parse_telemetry(_bronze(spark, values)), _empty_silver(spark), "15 minutes"
-    )
-    rows = marked.orderBy("source_offset").collect()
-    assert [r["outcome"] for r in rows] == [
-        "insert",
-        "insert",
-        "insert",
-        "duplicate",
-        "insert",
-        "quarantine",
-        "duplicate",
-    ]
-    assert rows[5]["reason"] == "late_beyond_watermark"
-
-
-def test_silver_carries_dedupe_and_watermark_across_batches(spark: Any) -> None:
-    earlier = mark_duplicates_and_late(
-        parse_telemetry(_bronze(spark, [_record("d1", 1, 0), _record("d1", 2, 60)])),
-        _empty_silver(spark),
-        "15 minutes",
-    )
-    silver = earlier.where("outcome = 'insert'").select(*SILVER_TELEMETRY.fieldNames())
-    later = mark_duplicates_and_late(
-        parse_telemetry(_bronze(spark, [_record("d1", 2, 60), _record("d1", 3, 20), _record("d2", 1, 20)])),
-        silver,
-        "15 minutes",
-    )
-    assert [r["outcome"] for r in later.orderBy("source_offset").collect()] == [
-        "duplicate",
-        "quarantine",
-        "insert",
-    ]
-
-
-def test_offline_intervals_are_gaps_longer_than_n_expected_intervals(spark: Any) -> None:
-    minutes = [0, 1, 2, 3, 4, 30, 31, 32, 33]  # one 26-minute gap
-    values = [_record("d1", seq, minute) for seq, minute in enumerate(minutes)]
-    values += [_record("d2", seq, minute * 1.0) for seq, minute in enumerate(range(10))]
-    parsed = parse_telemetry(_bronze(spark, values)).select(*SILVER_TELEMETRY.fieldNames())
-    found = offline_intervals(parsed, gap_factor=5).collect()
-    assert [(r["device_id"], r["gap_seconds"], r["expected_interval_s"]) for r in found] == [
-        ("d1", 1560.0, 60.0)
-    ]
-    assert offline_intervals(parsed, gap_factor=5, expected_interval_s=600).count() == 0
-    with pytest.raises(ConfigError):
-        offline_intervals(parsed, gap_factor=1)
-
-
-def test_parse_needs_bronze_columns(spark: Any) -> None:
-    with pytest.raises(DataError, match="missing"):
-        parse_telemetry(spark.createDataFrame([("x",)], "value string"))

@@ -46,8 +46,6 @@ DAG_TABLES = [
             "events_quarantine",
             "telemetry",
             "telemetry_quarantine",
-            "telemetry_reconciliation",
-            "device_offline",
             "fx_rates",
             "fx_rates_quarantine",
             "retail_customers",
@@ -68,6 +66,7 @@ DAG_TABLES = [
             "rt_events_per_minute",
             "rt_sessions_per_minute",
             "rt_device_minute",
+            "device_offline",
         )
     ),
 ]

@@ -105,8 +105,9 @@ class EventTimeSpec(_Model):
     """Bounded lateness: a row older than the newest event seen before it, minus ``watermark``, is late.
 
     "Seen before it" is per ``partition_by`` group (e.g. a Kafka partition or a device) in ``order_by`` order
-    within a batch, and the newest ``column`` already in silver across batches. Late rows are quarantined
-    with reason ``late_beyond_watermark``.
+    within a batch, and across batches the newest ``column`` already in silver — of the row's group when the
+    ``partition_by`` columns are columns of the table (devices with skewed clocks are judged each on its
+    own), else of the whole table. Late rows are quarantined with reason ``late_beyond_watermark``.
     """
 
     column: str

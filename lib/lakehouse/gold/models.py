@@ -210,3 +210,6 @@ def _merge(spark: SparkSession, frame: DataFrame, model: GoldModel) -> int:
     finally:
         spark.catalog.dropTempView(view)
     return spark.read.format("delta").load(model.path).count()
+
+
+from lakehouse.gold import gaps as _gaps  # noqa: E402, F401  (registers its transforms; it imports transform)

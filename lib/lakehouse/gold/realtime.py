@@ -47,7 +47,6 @@ from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, ServiceError
 from lakehouse.kafka_clients import require_broker
-from lakehouse.silver.telemetry import TELEMETRY_RECORD
 from lakehouse.sources.kafka import kafka_source
 from lakehouse.tables import ensure_table
 
@@ -64,8 +63,20 @@ EVENTS_MEASUREMENT: Final = "events_per_minute"
 SESSIONS_MEASUREMENT: Final = "active_sessions_per_minute"
 DEVICE_MEASUREMENT: Final = "device_minute"
 
-# One bridged MQTT reading, as the MQTT → Kafka bridge writes it (Kafka key: device_id): silver's contract.
-IOT_TELEMETRY: Final = TELEMETRY_RECORD
+# The fields of a bridged MQTT reading (Kafka key: device_id) this rollup reads; the record is the one the
+# iot_telemetry payload declares (sources.yaml), and silver reads it whole through that declaration.
+IOT_TELEMETRY: Final = StructType(
+    [
+        StructField("device_id", StringType()),
+        StructField("seq", LongType()),
+        StructField("device_time", StringType()),
+        StructField("site", StringType()),
+        *[
+            StructField(name, DoubleType())
+            for name in ("temperature_c", "humidity_pct", "co2_ppm", "battery_pct")
+        ],
+    ]
+)
 
 RT_EVENTS_PER_MINUTE: Final = StructType(
     [

@@ -215,6 +215,7 @@ def silver_table(settings: Settings, table: str) -> SilverTable:
     for spec in build.inputs:
         if spec.payload is not None:
             payloads[spec.label] = _declared_payload(settings, table, spec.payload)
+            _check_payload_read(contract, spec, payloads[spec.label])
     layer, _, name = table.partition(".")
     quarantine = build.quarantine or f"{table}_quarantine"
     return SilverTable(
@@ -230,6 +231,23 @@ def silver_table(settings: Settings, table: str) -> SilverTable:
         quarantine_columns=tuple((c.name, c.type) for c in catalog.contract(quarantine).columns),
         payloads=payloads,
     )
+
+
+def _check_payload_read(contract: TableContract, spec: InputSpec, payload: PayloadSpec) -> None:
+    """Every field the source declares reaches the table: as a column of its name or read by an ``expr``.
+
+    A field declared in ``sources.yaml`` but in no column would be parsed and then lost without a word.
+    """
+    expressions = " ".join([*(c.expr or "" for c in contract.columns), *spec.columns.values()])
+    read = {c.name for c in contract.columns}
+    read |= set(re.findall(rf"\b{PAYLOAD}\s*\.\s*`?([A-Za-z_][A-Za-z0-9_]*)", expressions))
+    lost = [name for name in payload.fields if name not in read]
+    if lost:
+        raise ConfigError(
+            f"catalog/{contract.table.replace('.', '/')}.yaml: input {spec.label} reads the payload of "
+            f"source {spec.payload!r}, whose fields {lost} reach no column: add them to columns (or read "
+            f"them in an expr as payload.<field>)"
+        )
 
 
 def _declared_payload(settings: Settings, table: str, source: str) -> PayloadSpec:
@@ -475,20 +493,33 @@ def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> D
     if build.event_time is not None:
         spec = build.event_time
         column = F.col(q(spec.column))
-        carried = first_row(existing.agg(F.max(q(spec.column))))[0]
+        groups = spec.partition_by
+        if groups and all(c in existing.columns for c in groups):
+            # Per group across batches too: one table-wide maximum would make a device whose clock runs
+            # behind the others late for ever.
+            newest_of = existing.groupBy(*[F.col(q(c)).alias(f"_carried_{c}") for c in groups]).agg(
+                F.max(q(spec.column)).alias("_carried_max")
+            )
+            on = reduce(operator.and_, [F.col(q(c)).eqNullSafe(F.col(f"_carried_{c}")) for c in groups])
+            marked = marked.join(newest_of, on, "left")
+            carried = F.col("_carried_max")
+        else:
+            carried = F.lit(first_row(existing.agg(F.max(q(spec.column))))[0]).cast("timestamp")
         before = (
-            Window.partitionBy(*[F.col(q(c)) for c in spec.partition_by])
+            Window.partitionBy(*[F.col(q(c)) for c in groups])
             .orderBy(*([F.col(q(c)) for c in spec.order_by] or ordering))
             .rowsBetween(Window.unboundedPreceding, -1)
         )
         marked = marked.withColumn("_seen_max", F.max(F.when(valid, column)).over(before))
-        newest = F.greatest(F.col("_seen_max"), F.lit(carried).cast("timestamp"))
+        newest = F.greatest(F.col("_seen_max"), carried)
         late = (
             valid
             & ~duplicate
             & F.coalesce(column < newest - F.expr(f"INTERVAL {spec.watermark}"), F.lit(False))
         )
-    helper = [c for c in marked.columns if c.startswith("_known_") or c in ("_rank", "_seen_max")]
+    helper = [
+        c for c in marked.columns if c.startswith(("_known_", "_carried_")) or c in ("_rank", "_seen_max")
+    ]
     return marked.select(
         *[F.col(q(c)) for c in frame.columns if c != REASON],
         F.when(late, F.lit(LATE)).otherwise(F.col(REASON)).alias(REASON),
