@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from lakehouse.config import Settings
-from lakehouse.errors import ConfigError
+from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models
 
 pytestmark = pytest.mark.unit
@@ -112,3 +112,74 @@ def test_a_wrong_model_is_an_error_naming_its_file(spark: Any, project: Settings
     _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
     with pytest.raises(ConfigError, match=r"bad_columns\.sql: the model's result has no column \['days'\]"):
         models.build_model(spark, project, "gold.bad_columns")
+
+
+def test_sql_literals_of_params() -> None:
+    assert models.sql_literal("EUR") == "'EUR'"
+    assert models.sql_literal("it's") == "'it\\'s'"  # a quote cannot end the literal
+    assert models.sql_literal("a\\") == "'a\\\\'"
+    assert (models.sql_literal(7), models.sql_literal(True), models.sql_literal(False)) == (
+        "7",
+        "TRUE",
+        "FALSE",
+    )
+    assert models.sql_literal(0.5) == "CAST('0.5' AS DOUBLE)"
+    assert models.sql_literal(["USD", "JPY"]) == "'USD', 'JPY'"
+    assert models.sql_literal({"DE": "EUR"}) == "map('DE', 'EUR')"
+    with pytest.raises(ConfigError, match="no SQL literal"):
+        models.sql_literal(None)
+
+
+def test_a_sql_model_reads_its_params(spark: Any, project: Settings) -> None:
+    _declare(
+        project,
+        "days_of",
+        "SELECT currency, count(*) AS days FROM {{ ref('silver.fx_rates') }}"
+        " WHERE currency IN ({{ param('currencies') }}) AND rate_per_eur > {{ param('above') }}"
+        " AND coalesce(element_at({{ param('names') }}, currency), '') <> {{ param('skip') }}"
+        " GROUP BY currency",
+        params={"currencies": ["USD", "JPY", "it's"], "above": 1.05, "names": {"JPY": "yen"}, "skip": "yen"},
+    )
+    _rates(
+        spark,
+        project,
+        [
+            (date(2024, 11, 1), "USD", 1.08, None, "a"),
+            (date(2024, 11, 4), "USD", 1.01, None, "a"),  # not above 1.05
+            (date(2024, 11, 1), "JPY", 165.0, None, "a"),  # named "yen": skipped
+            (date(2024, 11, 1), "GBP", 0.84, None, "a"),  # not in the list
+        ],
+    )
+    models.build_model(spark, project, "gold.days_of")
+    rows = spark.read.format("delta").load(project.table_path("gold", "days_of")).collect()
+    assert [(r["currency"], r["days"]) for r in rows] == [("USD", 1)]
+
+
+def test_an_unknown_param_is_an_error_naming_the_file(project: Settings) -> None:
+    _declare(project, "unknown_param", "SELECT {{ param('nope') }} AS currency", params={"yes": 1})
+    with pytest.raises(
+        ConfigError, match=r"unknown_param\.sql: param\('nope'\) is not in the model's params"
+    ):
+        models.upstream_tables(project, "gold.unknown_param")
+
+
+def test_a_model_stops_its_build_with_raise_error(spark: Any, project: Settings) -> None:
+    _declare(
+        project,
+        "guarded",
+        "SELECT currency, count(*) AS days FROM {{ ref('silver.fx_rates') }} GROUP BY currency"
+        " HAVING max(rate_per_eur) < 1000 OR raise_error(concat(currency, ' is off the scale'))",
+    )
+    _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
+    models.build_model(spark, project, "gold.guarded")
+    _rates(
+        spark,
+        project,
+        [(date(2024, 11, 1), "USD", 1.0, None, "a"), (date(2024, 11, 2), "XYZ", 5e6, None, "a")],
+    )
+    with pytest.raises(
+        DataError, match=r"guarded\.sql stopped the build of gold\.guarded: XYZ is off the scale$"
+    ):
+        models.build_model(spark, project, "gold.guarded")
+    rows = spark.read.format("delta").load(project.table_path("gold", "guarded")).collect()
+    assert [(r["currency"], r["days"]) for r in rows] == [("USD", 1)]  # the table is left as it was
