@@ -42,8 +42,6 @@ _LAYER_ORDER = (
     "bronze",
     "silver/clean_events",
     "silver",
-    "gold/build_sessions",
-    "gold/build_daily_kpis",
     "gold",
     "ml",
 )

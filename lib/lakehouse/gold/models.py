@@ -274,3 +274,7 @@ def _merge(spark: SparkSession, frame: DataFrame, model: GoldModel) -> int:
         spark.catalog.dropTempView(view)
     return spark.read.format("delta").load(model.path).count()
 
+
+# The transforms of this package register themselves (@transform) when imported; importing them here makes
+# them known wherever models are built. They import this module: keep these imports last.
+from lakehouse.gold import sessionize as _sessionize  # noqa: E402, F401
