@@ -41,8 +41,6 @@ _LAYER_ORDER = (
     "bronze/pull_apis",
     "bronze",
     "silver",
-    "gold/build_sessions",
-    "gold/build_daily_kpis",
     "gold",
     "ml",
 )

@@ -23,9 +23,10 @@ pytestmark = pytest.mark.dag
 NOTEBOOKS = [
     "bronze/ingest_events",
     "silver/events",
-    "gold/build_sessions",
-    "gold/build_daily_kpis",
-    "gold/build_revenue",
+    "gold/sessions",
+    "gold/daily_kpis",
+    "gold/funnel",
+    "gold/revenue_daily",
     "ml/train_conversion",
     "quality/profile_tables",
     "quality/check_governance",
@@ -41,9 +42,10 @@ EVERY_NOTEBOOK = [
 DOWNSTREAM_OF_CLICKSTREAM = [
     "bronze-ingest-events",
     "silver-events",
-    "gold-build-sessions",
-    "gold-build-daily-kpis",
-    "gold-build-revenue",
+    "gold-sessions",
+    "gold-daily-kpis",
+    "gold-funnel",
+    "gold-revenue-daily",
     "ml-train-conversion",
     "quality-profile-tables",
     "governance-check-catalog",
@@ -119,7 +121,7 @@ def test_new_events_rerun_bronze_and_everything_downstream(
 def _papermill(stack: Settings, tmp_path: Path, *params: str) -> subprocess.CompletedProcess[str]:
     command = [
         str(Path(sys.executable).parent / "papermill"),
-        "notebooks/gold/build_sessions.ipynb",
+        "notebooks/gold/build_model.ipynb",
         str(tmp_path / "out.ipynb"),
         "-p",
         "lakehouse_env",
@@ -130,11 +132,11 @@ def _papermill(stack: Settings, tmp_path: Path, *params: str) -> subprocess.Comp
 
 
 def test_a_notebook_runs_alone_with_papermill(stack: Settings, built: dict[str, Any], tmp_path: Path) -> None:
-    result = _papermill(stack, tmp_path, "-p", "gap_minutes", "45")
+    result = _papermill(stack, tmp_path, "-p", "table", "gold.sessions")
     assert result.returncode == 0, result.stderr[-3000:]
     executed = json.loads((tmp_path / "out.ipynb").read_text())
     injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
-    assert "gap_minutes = 45" in "".join(injected[0]["source"])
+    assert 'table = "gold.sessions"' in "".join(injected[0]["source"])
 
 
 def _ploomber(stack: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -187,8 +189,8 @@ def test_ploomber_plot_draws_every_task_and_edge(stack: Settings, tmp_path: Path
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        (("-p", "gap_minutes", "abc"), "parameter 'gap_minutes' must be int"),
-        (("-p", "gap_minute", "45"), "unknown parameter(s) ['gap_minute']"),
+        (("-p", "table", "45"), "parameter 'table' must be str"),
+        (("-p", "tabel", "gold.sessions"), "unknown parameter(s) ['tabel']"),
     ],
 )
 def test_bad_parameters_stop_the_run_with_a_clear_message(
@@ -208,9 +210,10 @@ TASKS = [
     "silver-fx-rates",
     "silver-merge-retail",
     "silver-telemetry",
-    "gold-build-sessions",
-    "gold-build-daily-kpis",
-    "gold-build-revenue",
+    "gold-sessions",
+    "gold-daily-kpis",
+    "gold-funnel",
+    "gold-revenue-daily",
     "gold-fx-monthly",
     "gold-device-offline",
     "ml-train-conversion",

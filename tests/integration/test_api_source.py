@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -12,12 +13,14 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable
 from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
-from lakehouse.gold.fx import with_reporting_currency
+from lakehouse.gold import models
+from lakehouse.governance.catalog import load_catalog
 from lakehouse.silver import engine
 from lakehouse.simulate.fx_api import Faults, RunningServer, load_ecb_rates, start_server
 from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
@@ -145,6 +148,36 @@ def _with_flawed_rows(path: str) -> None:
     delta_append(path, pa.Table.from_pylist(rows, schema=BRONZE_HTTP))
 
 
+def _project(settings: Settings, root: Path) -> Settings:
+    """A copy of the project's declarations with its own lake under ``root``."""
+    for folder in ("catalog", "models", "quality"):
+        shutil.copytree(settings.root / folder, root / "project" / folder)
+    quality = settings.quality.model_copy(update={"data_docs": False})
+    return settings.model_copy(
+        update={"root": root / "project", "workspace": root / "ws", "quality": quality}
+    )
+
+
+def _set_params(project: Settings, **params: Any) -> None:
+    path = project.root / "catalog" / "gold" / "revenue_daily.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["model"]["params"].update(params)
+    path.write_text(yaml.safe_dump(document))
+
+
+def _revenue(spark: Any, project: Settings, kpis: list[tuple[Any, ...]]) -> dict[tuple[str, str], Any]:
+    """Build gold.revenue_daily over these (date, country, currency, revenue) daily KPIs."""
+    columns = load_catalog(project).contract("gold.daily_kpis").columns
+    frame = spark.createDataFrame(kpis, "date date, country string, currency string, revenue double")
+    frame = frame.select(
+        *[F.col(c.name) if c.name in frame.columns else F.lit(0).cast(c.type).alias(c.name) for c in columns]
+    )
+    frame.write.format("delta").mode("overwrite").save(project.table_path("gold", "daily_kpis"))
+    models.build_model(spark, project, "gold.revenue_daily")
+    table = spark.read.format("delta").load(project.table_path("gold", "revenue_daily"))
+    return {(str(r["date"]), r["country"]): r for r in table.collect()}
+
+
 def test_silver_and_gold_convert_revenue_at_the_days_rate(
     stack: Settings, spark: Any, tmp_path: Path
 ) -> None:
@@ -175,23 +208,21 @@ def test_silver_and_gold_convert_revenue_at_the_days_rate(
     usd = rates.where((F.col("date") == "2024-11-01") & (F.col("currency") == "USD")).first()
     assert usd is not None and usd["rate_per_eur"] == 1.0885
 
-    kpis = spark.createDataFrame(
-        [
-            (date(2024, 11, 1), "DE", "EUR", 100.0),
-            (date(2024, 11, 1), "US", "USD", 108.85),
-            (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
-            (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
-            (date(2024, 11, 4), "GB", "GBP", 84.063),
-            (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
-            (date(2024, 11, 4), "IN", "INR", 91.718),
-            (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
-        ],
-        "date date, country string, currency string, revenue double",
-    )
-    got = {
-        (str(r["date"]), r["country"]): r
-        for r in with_reporting_currency(kpis, rates.select("date", "currency", "rate_per_eur")).collect()
-    }
+    # The declared gold.revenue_daily (catalog/gold/revenue_daily.yaml + models/gold/revenue_daily.sql), in a
+    # copy of the project whose lake holds these rates and these daily KPIs.
+    project = _project(stack, tmp_path)
+    rates.write.format("delta").save(project.table_path("silver", "fx_rates"))
+    kpis = [
+        (date(2024, 11, 1), "DE", "EUR", 100.0),
+        (date(2024, 11, 1), "US", "USD", 108.85),
+        (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
+        (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
+        (date(2024, 11, 4), "GB", "GBP", 84.063),
+        (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
+        (date(2024, 11, 4), "IN", "INR", 91.718),
+        (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
+    ]
+    got = _revenue(spark, project, kpis)
     expected = {
         ("2024-11-01", "DE"): (1.0, 100.0),
         ("2024-11-01", "US"): (1.0885, 100.0),
@@ -208,13 +239,10 @@ def test_silver_and_gold_convert_revenue_at_the_days_rate(
         assert got[key]["revenue_reporting"] == pytest.approx(eur, rel=1e-9), key
     assert got[("2024-11-04", "BR")]["currency"] == "BRL"
 
-    in_usd = {
-        (str(r["date"]), r["country"]): r["revenue_reporting"]
-        for r in with_reporting_currency(kpis, rates, "USD").collect()
-    }
+    _set_params(project, reporting_currency="USD")
+    in_usd = {key: r["revenue_reporting"] for key, r in _revenue(spark, project, kpis).items()}
     assert in_usd[("2024-11-03", "JP")] == pytest.approx(100.0 * 1.0885)  # Sunday: Friday's USD rate
     assert in_usd[("2024-11-04", "GB")] == pytest.approx(100.0 * 1.0904)
 
-    stale = spark.createDataFrame([(date(2024, 12, 20), "US", "USD", 10.0)], kpis.schema)
-    with pytest.raises(DataError, match="USD on 2024-12-20"):
-        with_reporting_currency(stale, rates)
+    with pytest.raises(DataError, match="USD on 2024-12-20"):  # raise_error in the SQL, over Spark Connect
+        _revenue(spark, project, [(date(2024, 12, 20), "US", "USD", 10.0)])

@@ -31,7 +31,7 @@ DAG_TABLES = {
     "silver": "events events_quarantine telemetry telemetry_quarantine "
     "fx_rates fx_rates_quarantine retail_customers retail_orders "
     "retail_order_items retail_products retail_cdc_quarantine retail_merge_log dim_customer",
-    "gold": "sessions daily_kpis revenue_daily rt_events_per_minute rt_sessions_per_minute rt_device_minute "
+    "gold": "sessions daily_kpis funnel revenue_daily rt_events_per_minute rt_sessions_per_minute rt_device_minute "
     "device_offline",
     "audit": "validation_results erasures silver_batches",
 }

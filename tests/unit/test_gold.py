@@ -1,7 +1,13 @@
-"""Gold marts on small inline silver frames: sessionization, daily KPIs, funnel, the Delta writer."""
+"""The demo's gold marts as declared models, on small inline silver frames.
+
+gold.sessions is the registered ``sessionize`` transform run with the params of ``catalog/gold/sessions.yaml``;
+gold.daily_kpis and gold.funnel are SQL models (``models/gold/``) built by the model engine over Delta tables
+of a temporary project; then the Delta writer every full model goes through.
+"""
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -11,16 +17,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse.clickstream import FUNNEL, SILVER_EVENTS
-from lakehouse.errors import DataError
-from lakehouse.gold import (
-    GOLD_DAILY_KPIS,
-    GOLD_FUNNEL,
-    GOLD_SESSIONS,
-    daily_kpis,
-    funnel,
-    sessionize,
-    write_gold,
-)
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError, DataError
+from lakehouse.gold import models, write_gold
+from lakehouse.governance.catalog import load_catalog
 
 pytestmark = pytest.mark.unit
 
@@ -79,6 +79,26 @@ def silver(spark: SparkSession, rows: list[tuple[Any, ...]]) -> DataFrame:
     return spark.createDataFrame(rows, SILVER_EVENTS)
 
 
+def contract_shape(settings: Settings, table: str) -> list[tuple[str, str]]:
+    return [(c.name, c.type) for c in load_catalog(settings).contract(table).columns]
+
+
+def shape(schema: Any) -> list[tuple[str, str]]:
+    # the contracts say long and integer where Spark says bigint and int
+    names = {"bigint": "long", "int": "integer"}
+    return [(f.name, names.get(f.dataType.simpleString(), f.dataType.simpleString())) for f in schema.fields]
+
+
+def sessionize(spark: SparkSession, settings: Settings, events: DataFrame, **params: Any) -> DataFrame:
+    """gold.sessions as its declaration builds it (its params, ``params`` overriding), shaped by its contract."""
+    model = models.gold_model(settings, "gold.sessions")
+    assert model.model.python == "sessionize" and model.model.inputs == ["silver.events"]
+    frame = models.TRANSFORMS["sessionize"](
+        spark, {"silver.events": events}, {**model.model.params, **params}
+    )
+    return frame.select(*[F.col(c.name).cast(c.type).alias(c.name) for c in model.contract.columns])
+
+
 def by_id(df: DataFrame) -> dict[str, dict[str, Any]]:
     return {row["session_id"]: row.asDict() for row in df.collect()}
 
@@ -87,41 +107,41 @@ def epoch(minutes: float) -> int:
     return int((T0 + timedelta(minutes=minutes)).timestamp())
 
 
-def shape(schema: Any) -> list[tuple[str, str]]:
-    return [(f.name, f.dataType.simpleString()) for f in schema.fields]
+# --- gold.sessions: the sessionize transform with the declared params --------------------------------
 
 
-# --- sessionize ---------------------------------------------------------------------------------------
-
-
-def test_gap_of_29_minutes_stays_in_the_session_and_31_starts_a_new_one(spark: SparkSession) -> None:
+def test_gap_of_29_minutes_stays_in_the_session_and_31_starts_a_new_one(
+    spark: SparkSession, settings: Settings
+) -> None:
     rows = [event("a1", "u1", 0), event("a2", "u1", 29), event("a3", "u1", 60), event("a4", "u1", 61)]
-    sessions = sessionize(silver(spark, rows))
+    sessions = sessionize(spark, settings, silver(spark, rows))
     got = sorted((r["session_id"], r["events"]) for r in sessions.collect())
     assert got == [(f"u1-{epoch(0)}", 2), (f"u1-{epoch(60)}", 2)]
 
 
-def test_a_gap_of_exactly_the_limit_stays_in_the_session(spark: SparkSession) -> None:
+def test_a_gap_of_exactly_the_limit_stays_in_the_session(spark: SparkSession, settings: Settings) -> None:
     rows = [event("a1", "u1", 0), event("a2", "u1", 30), event("a3", "u1", 60.5)]
-    sessions = by_id(sessionize(silver(spark, rows)))
+    sessions = by_id(sessionize(spark, settings, silver(spark, rows)))
     assert {k: v["events"] for k, v in sessions.items()} == {f"u1-{epoch(0)}": 2, f"u1-{epoch(60.5)}": 1}
 
 
-def test_gap_minutes_is_a_parameter(spark: SparkSession) -> None:
+def test_gap_minutes_is_a_parameter(spark: SparkSession, settings: Settings) -> None:
     rows = [event("a1", "u1", 0), event("a2", "u1", 10), event("a3", "u1", 16)]
-    assert sessionize(silver(spark, rows), gap_minutes=5).count() == 3
-    assert sessionize(silver(spark, rows), gap_minutes=10).count() == 1
+    assert sessionize(spark, settings, silver(spark, rows), gap_minutes=5).count() == 3
+    assert sessionize(spark, settings, silver(spark, rows), gap_minutes=10).count() == 1
 
 
-def test_sessions_are_per_user_and_output_matches_the_schema(spark: SparkSession) -> None:
+def test_sessions_are_per_user_and_output_matches_the_contract(
+    spark: SparkSession, settings: Settings
+) -> None:
     rows = [event("a1", "u1", 0), event("b1", "u2", 5), event("a2", "u1", 10), event("b2", "u2", 50)]
-    sessions = sessionize(silver(spark, rows))
-    assert shape(sessions.schema) == shape(GOLD_SESSIONS)
+    sessions = sessionize(spark, settings, silver(spark, rows))
+    assert shape(sessions.schema) == contract_shape(settings, "gold.sessions")
     got = sorted((r["user_id"], r["events"], r["duration_s"]) for r in sessions.collect())
     assert got == [("u1", 2, 600.0), ("u2", 1, 0.0), ("u2", 1, 0.0)]
 
 
-def test_counts_revenue_currency_and_converted(spark: SparkSession) -> None:
+def test_counts_revenue_currency_and_converted(spark: SparkSession, settings: Settings) -> None:
     rows = [
         event("e1", "u1", 0, "page_view"),
         event("e2", "u1", 1, "search"),
@@ -136,7 +156,7 @@ def test_counts_revenue_currency_and_converted(spark: SparkSession) -> None:
         event("f2", "u1", 101, "add_to_cart", currency_on_all=True),
     ]
     sessions = by_id(
-        sessionize(silver(spark, rows)).select(
+        sessionize(spark, settings, silver(spark, rows)).select(
             "*",
             # Python datetimes come back in the driver's local zone: compare instants instead.
             F.unix_seconds("session_start").alias("start_s"),
@@ -165,14 +185,23 @@ def test_counts_revenue_currency_and_converted(spark: SparkSession) -> None:
     )
 
 
-def test_first_event_attributes_with_event_id_tie_break(spark: SparkSession) -> None:
+def test_a_purchases_currency_wins_over_an_earlier_events(spark: SparkSession, settings: Settings) -> None:
+    rows = [
+        event("a1", "u1", 0, "page_view", country="GB", currency_on_all=True),  # GBP on a v1 page view
+        event("a2", "u1", 1, "purchase", country="US", revenue=5.0),  # USD on the purchase
+    ]
+    (session,) = sessionize(spark, settings, silver(spark, rows)).collect()
+    assert (session["currency"], session["country"]) == ("USD", "GB")
+
+
+def test_first_event_attributes_with_event_id_tie_break(spark: SparkSession, settings: Settings) -> None:
     # Same timestamp: event_id "a" sorts first, so its attributes win whatever the input order.
     rows = [
         event("b", "u1", 0, platform="ios", country="US", channel="email", device_type="phone"),
         event("a", "u1", 0, platform="android", country="GB", channel="paid_search", device_type="tablet"),
         event("c", "u1", 5, platform="web", country="DE", channel="organic"),
     ]
-    (session,) = sessionize(silver(spark, rows)).collect()
+    (session,) = sessionize(spark, settings, silver(spark, rows)).collect()
     assert (session["platform"], session["device_type"], session["country"], session["channel"]) == (
         "android",
         "tablet",
@@ -183,63 +212,129 @@ def test_first_event_attributes_with_event_id_tie_break(spark: SparkSession) -> 
     assert session["os"] == "Linux"
 
 
-def test_events_at_the_same_instant_share_a_session(spark: SparkSession) -> None:
+def test_events_at_the_same_instant_share_a_session(spark: SparkSession, settings: Settings) -> None:
     rows = [event("z", "u1", 0), event("a", "u1", 0), event("m", "u1", 31)]
-    sessions = by_id(sessionize(silver(spark, rows)))
+    sessions = by_id(sessionize(spark, settings, silver(spark, rows)))
     assert {k: v["events"] for k, v in sessions.items()} == {f"u1-{epoch(0)}": 2, f"u1-{epoch(31)}": 1}
 
 
-def test_session_date_is_the_utc_date_of_the_start(spark: SparkSession) -> None:
+def test_session_date_is_the_utc_date_of_the_start(spark: SparkSession, settings: Settings) -> None:
     late = (datetime(2024, 11, 1, 23, 50, tzinfo=UTC) - T0).total_seconds() / 60
     rows = [event("a1", "u1", late), event("a2", "u1", late + 20)]
-    (session,) = sessionize(silver(spark, rows)).select("session_date", "session_end").collect()
+    (session,) = (
+        sessionize(spark, settings, silver(spark, rows)).select("session_date", "session_end").collect()
+    )
     assert session["session_date"] == date(2024, 11, 1)
     assert session["session_end"].astimezone(UTC).date() == date(2024, 11, 2)
 
 
-def test_sessionize_rejects_missing_columns_and_bad_gap(spark: SparkSession) -> None:
+def test_session_date_does_not_follow_the_spark_time_zone(spark: SparkSession, settings: Settings) -> None:
+    late = (datetime(2024, 11, 1, 23, 50, tzinfo=UTC) - T0).total_seconds() / 60
+    previous = spark.conf.get("spark.sql.session.timeZone")
+    spark.conf.set("spark.sql.session.timeZone", "Asia/Tokyo")  # already 2 November there
+    try:
+        (session,) = sessionize(spark, settings, silver(spark, [event("a1", "u1", late)])).collect()
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", previous)
+    assert session["session_date"] == date(2024, 11, 1)
+
+
+def test_sessionize_rejects_missing_columns_and_bad_params(spark: SparkSession, settings: Settings) -> None:
     events = silver(spark, [event("a1", "u1", 0)])
     with pytest.raises(DataError, match="channel"):
-        sessionize(events.drop("channel"))
-    with pytest.raises(DataError, match="gap_minutes"):
-        sessionize(events, gap_minutes=0)
+        sessionize(spark, settings, events.drop("channel"))
+    with pytest.raises(ConfigError, match="gap_minutes"):
+        sessionize(spark, settings, events, gap_minutes=0)
+    with pytest.raises(ConfigError, match="gap_minute"):
+        sessionize(spark, settings, events, gap_minute=45)  # a typo is not ignored
+    with pytest.raises(ConfigError, match="does not analyse"):
+        sessionize(spark, settings, events, sums={"revenue": "amount_paid"})
 
 
-# --- daily KPIs and funnel ----------------------------------------------------------------------------
+# --- gold.daily_kpis and gold.funnel: SQL models over gold.sessions ----------------------------------
+
+
+def _project(settings: Settings, root: Path) -> Settings:
+    """A copy of the project's declarations with its own lake, so models build against this test's tables."""
+    (root / "project").mkdir(parents=True)
+    for folder in ("catalog", "models", "quality"):
+        shutil.copytree(settings.root / folder, root / "project" / folder)
+    quality = settings.quality.model_copy(update={"data_docs": False})
+    return settings.model_copy(
+        update={"root": root / "project", "workspace": root / "ws", "quality": quality}
+    )
+
+
+def _build(spark: SparkSession, project: Settings, rows: list[tuple[Any, ...]], *tables: str) -> None:
+    silver(spark, rows).write.format("delta").mode("overwrite").save(project.table_path("silver", "events"))
+    for table in tables:
+        models.build_model(spark, project, table, run_id="test")
+
+
+def _read(spark: SparkSession, project: Settings, table: str) -> DataFrame:
+    return spark.read.format("delta").load(project.table_path(*table.split(".")))
+
+
+KPI_EVENTS = [
+    # u1: two web/organic DE sessions on day 1, the second converts.
+    event("a1", "u1", 0, "page_view"),
+    event("a2", "u1", 1, "product_view"),
+    event("a3", "u1", 120, "page_view"),
+    event("a4", "u1", 121, "product_view"),
+    event("a5", "u1", 122, "add_to_cart"),
+    event("a6", "u1", 123, "checkout"),
+    event("a7", "u1", 124, "purchase", revenue=30.0),
+    # u2: one web/organic DE session, reaches checkout, no purchase.
+    event("b1", "u2", 10, "page_view"),
+    event("b2", "u2", 11, "product_view"),
+    event("b3", "u2", 12, "add_to_cart"),
+    event("b4", "u2", 13, "checkout"),
+    # u3: web/organic DE, bounces.
+    event("c1", "u3", 20, "page_view"),
+    # u4: ios/email US, buys twice in one session.
+    event("d1", "u4", 30, "page_view", platform="ios", country="US", channel="email"),
+    event("d2", "u4", 31, "add_to_cart", platform="ios", country="US", channel="email"),
+    event("d3", "u4", 32, "purchase", platform="ios", country="US", channel="email", revenue=10.0),
+    event("d4", "u4", 33, "purchase", platform="ios", country="US", channel="email", revenue=5.0),
+    # u5: next day, web/organic DE, a session that starts on search.
+    event("e1", "u5", 24 * 60 + 5, "search"),
+]
 
 
 @pytest.fixture(scope="module")
-def kpi_sessions(spark: SparkSession) -> DataFrame:
-    rows = [
-        # u1: two web/organic DE sessions on day 1, the second converts.
-        event("a1", "u1", 0, "page_view"),
-        event("a2", "u1", 1, "product_view"),
-        event("a3", "u1", 120, "page_view"),
-        event("a4", "u1", 121, "product_view"),
-        event("a5", "u1", 122, "add_to_cart"),
-        event("a6", "u1", 123, "checkout"),
-        event("a7", "u1", 124, "purchase", revenue=30.0),
-        # u2: one web/organic DE session, reaches checkout, no purchase.
-        event("b1", "u2", 10, "page_view"),
-        event("b2", "u2", 11, "product_view"),
-        event("b3", "u2", 12, "add_to_cart"),
-        event("b4", "u2", 13, "checkout"),
-        # u3: web/organic DE, bounces.
-        event("c1", "u3", 20, "page_view"),
-        # u4: ios/email US, buys twice in one session.
-        event("d1", "u4", 30, "page_view", platform="ios", country="US", channel="email"),
-        event("d2", "u4", 31, "add_to_cart", platform="ios", country="US", channel="email"),
-        event("d3", "u4", 32, "purchase", platform="ios", country="US", channel="email", revenue=10.0),
-        event("d4", "u4", 33, "purchase", platform="ios", country="US", channel="email", revenue=5.0),
-        # u5: next day, web/organic DE, a session that starts on search.
-        event("e1", "u5", 24 * 60 + 5, "search"),
-    ]
-    return sessionize(silver(spark, rows)).cache()
+def kpi_project(
+    spark: SparkSession, settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    project = _project(settings, tmp_path_factory.mktemp("kpis"))
+    _build(spark, project, KPI_EVENTS, "gold.sessions", "gold.daily_kpis", "gold.funnel")
+    return project
 
 
-def test_daily_kpis(kpi_sessions: DataFrame) -> None:
-    kpis = daily_kpis(kpi_sessions)
-    assert shape(kpis.schema) == shape(GOLD_DAILY_KPIS)
+@pytest.fixture(scope="module")
+def kpi_sessions(spark: SparkSession, kpi_project: Settings) -> DataFrame:
+    return _read(spark, kpi_project, "gold.sessions").cache()
+
+
+def test_the_models_read_their_refs(settings: Settings) -> None:
+    assert models.upstream_tables(settings, "gold.sessions") == ["silver.events"]
+    assert models.upstream_tables(settings, "gold.daily_kpis") == ["gold.sessions"]
+    assert models.upstream_tables(settings, "gold.funnel") == ["gold.sessions"]
+    assert models.upstream_tables(settings, "gold.revenue_daily") == ["gold.daily_kpis", "silver.fx_rates"]
+
+
+def test_built_sessions_account_for_every_silver_event(
+    kpi_sessions: DataFrame, kpi_project: Settings
+) -> None:
+    # what the old build_sessions notebook checked after each build, now on the model's own build
+    assert kpi_sessions.agg(F.sum("events")).first()[0] == len(KPI_EVENTS)
+    assert kpi_sessions.select("session_id").distinct().count() == kpi_sessions.count() == 6
+    assert kpi_sessions.where(F.col("converted") != (F.col("purchases") > 0)).count() == 0
+    assert shape(kpi_sessions.schema) == contract_shape(kpi_project, "gold.sessions")
+
+
+def test_daily_kpis(spark: SparkSession, kpi_project: Settings) -> None:
+    kpis = _read(spark, kpi_project, "gold.daily_kpis")
+    assert shape(kpis.schema) == contract_shape(kpi_project, "gold.daily_kpis")
     rows = {(r["date"], r["platform"], r["country"]): r.asDict() for r in kpis.collect()}
     assert len(rows) == 3
     web = rows[(date(2024, 11, 1), "web", "DE")]
@@ -259,22 +354,26 @@ def test_daily_kpis(kpi_sessions: DataFrame) -> None:
     assert next_day["conversion_rate"] == 0.0
 
 
-def test_daily_kpis_currency_is_shared_across_the_country_day(spark: SparkSession) -> None:
+def test_daily_kpis_currency_is_shared_across_the_country_day(
+    spark: SparkSession, settings: Settings, tmp_path: Path
+) -> None:
+    project = _project(settings, tmp_path)
     rows = [
         event("a1", "u1", 0, "purchase", channel="email", revenue=9.0),
         event("b1", "u2", 0, "page_view", channel="social"),
     ]
-    kpis = daily_kpis(sessionize(silver(spark, rows)))
+    _build(spark, project, rows, "gold.sessions", "gold.daily_kpis")
+    kpis = _read(spark, project, "gold.daily_kpis")
     assert sorted((r["channel"], r["currency"]) for r in kpis.collect()) == [
         ("email", "EUR"),
         ("social", "EUR"),
     ]
 
 
-def test_funnel_counts_are_monotonic_in_funnel_order(kpi_sessions: DataFrame) -> None:
-    result = funnel(kpi_sessions)
-    assert shape(result.schema) == shape(GOLD_FUNNEL)
-    got = [(r["step"], r["step_order"], r["sessions"]) for r in result.collect()]
+def test_funnel_counts_are_monotonic_in_funnel_order(spark: SparkSession, kpi_project: Settings) -> None:
+    result = _read(spark, kpi_project, "gold.funnel")
+    assert shape(result.schema) == contract_shape(kpi_project, "gold.funnel")
+    got = [(r["step"], r["step_order"], r["sessions"]) for r in result.orderBy("step_order").collect()]
     assert got == [
         ("page_view", 1, 5),
         ("product_view", 2, 3),
@@ -282,21 +381,31 @@ def test_funnel_counts_are_monotonic_in_funnel_order(kpi_sessions: DataFrame) ->
         ("checkout", 4, 2),
         ("purchase", 5, 2),
     ]
+    assert [step for step, _, _ in got] == list(FUNNEL)  # the steps the dashboard's funnel shows
     counts = [n for _, _, n in got]
     assert counts == sorted(counts, reverse=True)
 
 
-def test_funnel_of_no_sessions_is_all_zero(kpi_sessions: DataFrame) -> None:
-    empty = funnel(kpi_sessions.where(F.lit(False)))
-    assert [(r["step"], r["sessions"]) for r in empty.collect()] == [(step, 0) for step in FUNNEL]
+def test_funnel_of_no_sessions_is_all_zero(
+    spark: SparkSession, kpi_sessions: DataFrame, kpi_project: Settings, tmp_path: Path
+) -> None:
+    project = _project(kpi_project, tmp_path)
+    kpi_sessions.where(F.lit(False)).write.format("delta").save(project.table_path("gold", "sessions"))
+    empty = models.model_frame(spark, project, models.gold_model(project, "gold.funnel"))
+    got = [(r["step"], r["sessions"]) for r in empty.orderBy("step_order").collect()]
+    assert got == [(step, 0) for step in FUNNEL]
 
 
-def test_kpis_reject_frames_that_are_not_sessions(spark: SparkSession) -> None:
+def test_kpis_refuse_tables_that_are_not_sessions(
+    spark: SparkSession, settings: Settings, tmp_path: Path
+) -> None:
+    project = _project(settings, tmp_path)
     events = silver(spark, [event("a1", "u1", 0)])
-    with pytest.raises(DataError, match="gold sessions"):
-        daily_kpis(events)
-    with pytest.raises(DataError, match="page_views"):
-        funnel(events)
+    events.write.format("delta").save(project.table_path("gold", "sessions"))  # events where sessions belong
+    for table, column in (("gold.daily_kpis", "session_date"), ("gold.funnel", "page_views")):
+        name = table.split(".")[1]
+        with pytest.raises(ConfigError, match=rf"(?s){name}\.sql: the query does not analyse.*{column}"):
+            models.model_frame(spark, project, models.gold_model(project, table))
 
 
 # --- write_gold ---------------------------------------------------------------------------------------
@@ -307,7 +416,7 @@ def test_write_gold_round_trip_and_overwrite(kpi_sessions: DataFrame, tmp_path: 
     path = str(tmp_path / "gold" / "sessions")
     assert write_gold(kpi_sessions, path) == 6
     back = spark.read.format("delta").load(path)
-    assert shape(back.schema) == shape(GOLD_SESSIONS)
+    assert shape(back.schema) == shape(kpi_sessions.schema)
     assert sorted(r["session_id"] for r in back.collect()) == sorted(
         r["session_id"] for r in kpi_sessions.collect()
     )
@@ -330,16 +439,16 @@ def test_write_gold_refuses_schema_drift(kpi_sessions: DataFrame, tmp_path: Path
     assert "extra" not in spark.read.format("delta").load(path).columns
 
 
-def test_gold_sessions_read_with_deltalake_feed_the_model(kpi_sessions: DataFrame, tmp_path: Path) -> None:
+def test_gold_sessions_read_with_deltalake_feed_the_model(kpi_project: Settings) -> None:
     # The path the dashboards and the ML notebook take: delta-rs into pandas, no JVM.
     from deltalake import DeltaTable
 
     from lakehouse.ml.conversion import FEATURES, feature_frame
 
-    path = str(tmp_path / "gold" / "sessions")
-    write_gold(kpi_sessions, path)
-    frame = DeltaTable(path).to_pandas()
-    assert list(frame.columns) == GOLD_SESSIONS.fieldNames()
+    frame = DeltaTable(kpi_project.table_path("gold", "sessions")).to_pandas()
+    assert list(frame.columns) == [
+        c.name for c in load_catalog(kpi_project).contract("gold.sessions").columns
+    ]
     assert frame["converted"].sum() == 2
     features = feature_frame(frame)
     assert list(features.columns) == list(FEATURES)

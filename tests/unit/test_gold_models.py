@@ -9,10 +9,12 @@ from typing import Any
 
 import pytest
 import yaml
+from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
-from lakehouse.errors import ConfigError
+from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models
+from lakehouse.governance.catalog import load_catalog
 
 pytestmark = pytest.mark.unit
 
@@ -112,3 +114,204 @@ def test_a_wrong_model_is_an_error_naming_its_file(spark: Any, project: Settings
     _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
     with pytest.raises(ConfigError, match=r"bad_columns\.sql: the model's result has no column \['days'\]"):
         models.build_model(spark, project, "gold.bad_columns")
+
+
+def test_sql_literals_of_params() -> None:
+    assert models.sql_literal("EUR") == "'EUR'"
+    assert models.sql_literal("it's") == "'it\\'s'"  # a quote cannot end the literal
+    assert models.sql_literal("a\\") == "'a\\\\'"
+    assert (models.sql_literal(7), models.sql_literal(True), models.sql_literal(False)) == (
+        "7",
+        "TRUE",
+        "FALSE",
+    )
+    assert models.sql_literal(0.5) == "CAST('0.5' AS DOUBLE)"
+    assert models.sql_literal(["USD", "JPY"]) == "'USD', 'JPY'"
+    assert models.sql_literal({"DE": "EUR"}) == "map('DE', 'EUR')"
+    with pytest.raises(ConfigError, match="no SQL literal"):
+        models.sql_literal(None)
+
+
+def test_a_sql_model_reads_its_params(spark: Any, project: Settings) -> None:
+    _declare(
+        project,
+        "days_of",
+        "SELECT currency, count(*) AS days FROM {{ ref('silver.fx_rates') }}"
+        " WHERE currency IN ({{ param('currencies') }}) AND rate_per_eur > {{ param('above') }}"
+        " AND coalesce(element_at({{ param('names') }}, currency), '') <> {{ param('skip') }}"
+        " GROUP BY currency",
+        params={"currencies": ["USD", "JPY", "it's"], "above": 1.05, "names": {"JPY": "yen"}, "skip": "yen"},
+    )
+    _rates(
+        spark,
+        project,
+        [
+            (date(2024, 11, 1), "USD", 1.08, None, "a"),
+            (date(2024, 11, 4), "USD", 1.01, None, "a"),  # not above 1.05
+            (date(2024, 11, 1), "JPY", 165.0, None, "a"),  # named "yen": skipped
+            (date(2024, 11, 1), "GBP", 0.84, None, "a"),  # not in the list
+        ],
+    )
+    models.build_model(spark, project, "gold.days_of")
+    rows = spark.read.format("delta").load(project.table_path("gold", "days_of")).collect()
+    assert [(r["currency"], r["days"]) for r in rows] == [("USD", 1)]
+
+
+def test_an_unknown_param_is_an_error_naming_the_file(project: Settings) -> None:
+    _declare(project, "unknown_param", "SELECT {{ param('nope') }} AS currency", params={"yes": 1})
+    with pytest.raises(
+        ConfigError, match=r"unknown_param\.sql: param\('nope'\) is not in the model's params"
+    ):
+        models.upstream_tables(project, "gold.unknown_param")
+
+
+def test_a_model_stops_its_build_with_raise_error(spark: Any, project: Settings) -> None:
+    _declare(
+        project,
+        "guarded",
+        "SELECT currency, count(*) AS days FROM {{ ref('silver.fx_rates') }} GROUP BY currency"
+        " HAVING max(rate_per_eur) < 1000 OR raise_error(concat(currency, ' is off the scale'))",
+    )
+    _rates(spark, project, [(date(2024, 11, 1), "USD", 1.0, None, "a")])
+    models.build_model(spark, project, "gold.guarded")
+    _rates(
+        spark,
+        project,
+        [(date(2024, 11, 1), "USD", 1.0, None, "a"), (date(2024, 11, 2), "XYZ", 5e6, None, "a")],
+    )
+    with pytest.raises(
+        DataError, match=r"guarded\.sql stopped the build of gold\.guarded: XYZ is off the scale$"
+    ):
+        models.build_model(spark, project, "gold.guarded")
+    rows = spark.read.format("delta").load(project.table_path("gold", "guarded")).collect()
+    assert [(r["currency"], r["days"]) for r in rows] == [("USD", 1)]  # the table is left as it was
+
+
+def test_a_transform_with_wrong_params_is_an_error_naming_its_contract(spark: Any, project: Settings) -> None:
+    path = project.root / "catalog" / "gold" / "sessions.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["model"]["params"]["gap_minutes"] = -1
+    path.write_text(yaml.safe_dump(document))
+    spark.createDataFrame([], "user_id string, event_time timestamp, event_id string").write.format(
+        "delta"
+    ).save(project.table_path("silver", "events"))
+    with pytest.raises(ConfigError, match=r"sessions\.yaml: sessionize: params\.gap_minutes"):
+        models.model_frame(spark, project, models.gold_model(project, "gold.sessions"))
+
+
+# --- gold.revenue_daily: the FX conversion in SQL (models/gold/revenue_daily.sql) ---------------------
+
+# ECB fixings (units per 1 EUR) on Friday 1 and Monday 4 November 2024; none on the weekend.
+FIXINGS = [
+    (date(2024, 11, 1), "USD", 1.0885),
+    (date(2024, 11, 1), "JPY", 165.54),
+    (date(2024, 11, 1), "GBP", 0.83950),
+    (date(2024, 11, 1), "INR", 91.50),
+    (date(2024, 11, 1), "BRL", 6.30),
+    (date(2024, 11, 4), "USD", 1.0904),
+    (date(2024, 11, 4), "JPY", 166.10),
+    (date(2024, 11, 4), "GBP", 0.84063),
+    (date(2024, 11, 4), "INR", 91.718),
+    (date(2024, 11, 4), "BRL", 6.3344),
+]
+DAILY_KPIS = [
+    (date(2024, 11, 1), "DE", "EUR", 100.0),
+    (date(2024, 11, 1), "US", "USD", 108.85),
+    (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
+    (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
+    (date(2024, 11, 4), "GB", "GBP", 84.063),
+    (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
+    (date(2024, 11, 4), "IN", "INR", 91.718),
+    (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
+]
+
+
+def _revenue_inputs(spark: Any, project: Settings, kpis: list[tuple[Any, ...]]) -> None:
+    _rates(spark, project, [(*fixing, None, "a") for fixing in FIXINGS])
+    columns = load_catalog(project).contract("gold.daily_kpis").columns
+    frame = spark.createDataFrame(
+        [(*row, "web", "organic") for row in kpis],
+        "date date, country string, currency string, revenue double, platform string, channel string",
+    )
+    for column in columns:  # the other KPIs, as the contract types them
+        if column.name not in frame.columns:
+            frame = frame.withColumn(column.name, F.lit(0).cast(column.type))
+    frame.select(*[c.name for c in columns]).write.format("delta").mode("overwrite").save(
+        project.table_path("gold", "daily_kpis")
+    )
+
+
+def _set_params(project: Settings, table: str, **params: Any) -> None:
+    path = project.root / "catalog" / "gold" / f"{table.split('.')[1]}.yaml"
+    document = yaml.safe_load(path.read_text())
+    document["model"]["params"].update(params)
+    path.write_text(yaml.safe_dump(document))
+
+
+def _revenue(spark: Any, project: Settings) -> dict[tuple[str, str], Any]:
+    models.build_model(spark, project, "gold.revenue_daily", run_id="r")
+    table = spark.read.format("delta").load(project.table_path("gold", "revenue_daily"))
+    return {(str(r["date"]), r["country"]): r for r in table.collect()}
+
+
+def test_revenue_is_converted_at_the_days_rate_or_the_last_one_before_it(
+    spark: Any, project: Settings
+) -> None:
+    _revenue_inputs(spark, project, DAILY_KPIS)
+    got = _revenue(spark, project)
+    expected = {
+        ("2024-11-01", "DE"): (1.0, 100.0),
+        ("2024-11-01", "US"): (1.0885, 100.0),
+        ("2024-11-02", "US"): (1.0885, 200.0),
+        ("2024-11-03", "JP"): (165.54, 100.0),
+        ("2024-11-04", "GB"): (0.84063, 100.0),
+        ("2024-11-04", "IN"): (91.718, 2.0),
+        ("2024-11-04", "BR"): (6.3344, 0.0),
+    }
+    assert set(got) == set(expected)
+    for key, (rate, eur) in expected.items():
+        assert got[key]["rate_per_eur"] == rate, key
+        assert got[key]["revenue_eur"] == pytest.approx(eur, rel=1e-9), key
+        assert got[key]["revenue_reporting"] == pytest.approx(eur, rel=1e-9), key
+        assert got[key]["reporting_currency"] == "EUR", key
+    assert got[("2024-11-04", "BR")]["currency"] == "BRL"
+    assert got[("2024-11-04", "IN")]["revenue"] == pytest.approx(2 * 91.718)
+
+
+def test_the_reporting_currency_is_a_param(spark: Any, project: Settings) -> None:
+    _revenue_inputs(spark, project, DAILY_KPIS)
+    _set_params(project, "gold.revenue_daily", reporting_currency=" usd ")
+    in_usd = _revenue(spark, project)
+    assert {r["reporting_currency"] for r in in_usd.values()} == {"USD"}
+    assert in_usd[("2024-11-03", "JP")]["revenue_reporting"] == pytest.approx(100.0 * 1.0885)  # Friday's USD
+    assert in_usd[("2024-11-04", "GB")]["revenue_reporting"] == pytest.approx(100.0 * 1.0904)
+    assert in_usd[("2024-11-01", "US")]["revenue_reporting"] == pytest.approx(108.85)
+
+
+def test_a_rate_older_than_the_carry_limit_stops_the_build(spark: Any, project: Settings) -> None:
+    _revenue_inputs(spark, project, DAILY_KPIS)
+    _revenue(spark, project)
+    _revenue_inputs(spark, project, [*DAILY_KPIS, (date(2024, 12, 20), "US", "USD", 10.0)])
+    with pytest.raises(DataError, match=r"no FX rate within 7 days for USD on 2024-12-20 \(reporting EUR\)"):
+        _revenue(spark, project)
+    # the table is left as it was; a day without revenue needs no rate
+    assert len(spark.read.format("delta").load(project.table_path("gold", "revenue_daily")).collect()) == 7
+    _revenue_inputs(spark, project, [*DAILY_KPIS, (date(2024, 12, 20), "US", "USD", 0.0)])
+    late = _revenue(spark, project)[("2024-12-20", "US")]
+    assert (late["rate_per_eur"], late["revenue_eur"], late["revenue_reporting"]) == (None, 0.0, 0.0)
+
+
+def test_the_carry_limit_is_a_param(spark: Any, project: Settings) -> None:
+    _revenue_inputs(spark, project, [(date(2024, 11, 3), "JP", "JPY", 16554.0)])  # Friday's rate: 2 days back
+    _set_params(project, "gold.revenue_daily", max_carry_days=1)
+    with pytest.raises(DataError, match="no FX rate within 1 days for JPY on 2024-11-03"):
+        _revenue(spark, project)
+    _set_params(project, "gold.revenue_daily", max_carry_days=2)
+    assert _revenue(spark, project)[("2024-11-03", "JP")]["rate_per_eur"] == 165.54
+
+
+def test_an_unknown_reporting_currency_stops_the_build(spark: Any, project: Settings) -> None:
+    _revenue_inputs(spark, project, DAILY_KPIS)
+    _set_params(project, "gold.revenue_daily", reporting_currency="XXX")
+    with pytest.raises(DataError, match=r"no FX rate within 7 days for .*\(reporting XXX\)"):
+        _revenue(spark, project)

@@ -62,6 +62,7 @@ DAG_TABLES = [
         for n in (
             "sessions",
             "daily_kpis",
+            "funnel",
             "revenue_daily",
             "rt_events_per_minute",
             "rt_sessions_per_minute",

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -12,6 +13,7 @@ import pytest
 from deltalake import write_deltalake
 
 from lakehouse.clickstream import FUNNEL
+from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.serving import gold
 from lakehouse.serving.gold import Filters
@@ -199,10 +201,28 @@ def test_period_is_the_filter_or_the_data(sessions: pd.DataFrame) -> None:
 def test_funnel_counts_sessions_with_an_event_of_each_step(sessions: pd.DataFrame) -> None:
     steps = gold.funnel(sessions, Filters())
     assert steps["step"].tolist() == list(FUNNEL)
-    # s09 has no page_view and s08 no checkout event: like gold's funnel, they do not count for those steps
+    # s09 has no page_view and s08 no checkout event: like gold.funnel, they do not count for those steps
     assert steps["sessions"].tolist() == [9, 7, 5, 3, 4]
     assert steps["rate_from_start"].tolist() == pytest.approx([1.0, 7 / 9, 5 / 9, 3 / 9, 4 / 9])
     assert steps["sessions"].iloc[-1] == gold.kpi_summary(sessions, Filters()).converted_sessions
+
+
+def test_the_dashboards_funnel_reconciles_with_gold_funnel(
+    spark: Any, settings: Settings, sessions: pd.DataFrame, tmp_path: Path
+) -> None:
+    # gold.funnel (models/gold/funnel.sql) over the same sessions counts what the dashboard's funnel counts
+    from lakehouse.gold import models
+
+    root = tmp_path / "project"
+    for folder in ("catalog", "models"):
+        shutil.copytree(settings.root / folder, root / folder)
+    project = settings.model_copy(update={"root": root, "workspace": tmp_path / "ws"})
+    write_sessions(Path(project.table_path("gold", "sessions")), sessions_frame())
+    model = models.model_frame(spark, project, models.gold_model(project, "gold.funnel"))
+    modelled = [(r["step"], r["sessions"]) for r in model.orderBy("step_order").collect()]
+    served = gold.funnel(sessions, Filters())
+    assert modelled == list(zip(served["step"], served["sessions"], strict=True))
+    assert [n for _, n in modelled] == [9, 7, 5, 3, 4]
 
 
 def test_funnel_of_complete_sessions_is_monotonic(sessions: pd.DataFrame) -> None:

@@ -21,9 +21,9 @@ import yaml
 from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
-from lakehouse.iot.bridge import Normalizer, normalize
 from lakehouse.silver import engine
 from lakehouse.silver.engine import RunContext, SilverTable
+from lakehouse.sources.mqtt import Normalizer, normalize
 
 pytestmark = pytest.mark.unit
 

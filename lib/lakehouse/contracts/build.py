@@ -229,6 +229,8 @@ class ModelSpec(_Model):
     ``sql`` names a file (relative to the project, e.g. ``models/gold/fx_monthly.sql``) holding one Spark SQL
     query that reads other tables as ``{{ ref('silver.fx_rates') }}``; ``python`` names a transform
     registered in :mod:`lakehouse.gold.models` for what SQL cannot say, with its ``inputs`` and ``params``.
+    ``params`` (scalars, lists, or mappings of text — e.g. a transform's aggregates, a lookup) reach a
+    transform as they are and a SQL model as ``{{ param('name') }}``, a SQL literal.
     ``materialize: full`` replaces the table on each run; ``incremental`` merges the query's rows by
     ``unique_key`` (new keys inserted, existing ones replaced).
     """
@@ -236,7 +238,7 @@ class ModelSpec(_Model):
     sql: str | None = None
     python: str | None = None
     inputs: list[str] = Field(default_factory=list)
-    params: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
+    params: dict[str, str | int | float | bool | list[str] | dict[str, str]] = Field(default_factory=dict)
     materialize: Literal["full", "incremental"] = "full"
     unique_key: list[str] = Field(default_factory=list)
     partition_by: list[str] = Field(default_factory=list)

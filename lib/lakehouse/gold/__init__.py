@@ -1,4 +1,9 @@
-"""Gold: curated marts (sessions, daily KPIs, funnel) recomputed from silver, written as Delta tables."""
+"""Gold: tables declared as models (:mod:`lakehouse.gold.models`), recomputed and written as Delta tables.
+
+The demo's marts (sessions, daily KPIs, the funnel, revenue in a reporting currency) are declarations:
+``catalog/gold/<name>.yaml`` (section ``model``) with ``models/gold/<name>.sql`` or a registered transform
+(:mod:`lakehouse.gold.sessionize`).
+"""
 
 from __future__ import annotations
 
@@ -11,18 +16,8 @@ from pyspark.sql.types import StructType
 
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
-from lakehouse.gold.kpis import GOLD_DAILY_KPIS, GOLD_FUNNEL, daily_kpis, funnel
-from lakehouse.gold.sessions import GOLD_SESSIONS, sessionize
 
-__all__ = [
-    "GOLD_DAILY_KPIS",
-    "GOLD_FUNNEL",
-    "GOLD_SESSIONS",
-    "daily_kpis",
-    "funnel",
-    "sessionize",
-    "write_gold",
-]
+__all__ = ["write_gold"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +65,7 @@ def write_gold(
         QualityError: a ``fail`` rule of the table's suite failed (the table is left as it was).
 
     Example:
-        >>> write_gold(sessionize(silver_events), f"{lake}/gold/sessions")
+        >>> write_gold(model_frame(spark, settings, model), model.path, table=model.name, settings=settings)
     """
     existing = _existing_schema(df, path)
     if existing is not None and _shape(existing) != _shape(df.schema):

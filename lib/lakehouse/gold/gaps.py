@@ -30,7 +30,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from lakehouse.errors import ConfigError
-from lakehouse.gold.models import transform
+from lakehouse.gold.transforms import transform
 
 DEFAULT_GAP_FACTOR: Final = 5.0
 MEDIAN: Final = "median"

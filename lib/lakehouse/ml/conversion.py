@@ -127,9 +127,7 @@ class TrainResult:
 def _require(sessions: pd.DataFrame, columns: tuple[str, ...]) -> None:
     missing = [name for name in columns if name not in sessions.columns]
     if missing:
-        raise DataError(
-            f"sessions lack columns {missing}: pass gold sessions (lakehouse.gold.sessions.GOLD_SESSIONS)"
-        )
+        raise DataError(f"sessions lack columns {missing}: pass gold sessions (catalog/gold/sessions.yaml)")
 
 
 def feature_frame(sessions: pd.DataFrame) -> pd.DataFrame:

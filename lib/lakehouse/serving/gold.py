@@ -303,9 +303,10 @@ def funnel(sessions: pd.DataFrame, filters: Filters) -> pd.DataFrame:
     """Sessions reaching each step of :data:`lakehouse.clickstream.FUNNEL`, in order.
 
     A session reaches a step when it has at least one event of that type (``page_views > 0`` for
-    ``page_view``…), the definition gold's own funnel and ``daily_kpis`` use, so the numbers reconcile. On
-    complete sessions the funnel narrows step by step; a step wider than the one before it means events went
-    missing upstream (a purchase whose checkout event was lost counts for ``purchase``, not ``checkout``).
+    ``page_view``…), the definition of the models ``gold.funnel`` and ``gold.daily_kpis`` (``models/gold/``),
+    so the numbers reconcile. On complete sessions the funnel narrows step by step; a step wider than the one
+    before it means events went missing upstream (a purchase whose checkout event was lost counts for
+    ``purchase``, not ``checkout``).
 
     Returns:
         Columns ``step``, ``sessions`` and ``rate_from_start`` (sessions / sessions at the first step).
