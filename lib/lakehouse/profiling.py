@@ -64,9 +64,12 @@ PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
         "retail_orders",
         "retail_order_items",
         "retail_products",
-        "retail_cdc_quarantine",
-        "retail_merge_log",
+        "retail_customers_quarantine",
+        "retail_orders_quarantine",
+        "retail_order_items_quarantine",
+        "retail_products_quarantine",
         "dim_customer",
+        "dim_customer_quarantine",
     ),
 }
 # Profiled with a layer: its bookkeeping in the audit layer. The silver engine's reconciliation of every

@@ -1,8 +1,10 @@
 """The operational database on the real PostgreSQL: seed, incremental extract, wal2json CDC → Kafka → bronze,
-and silver current state + SCD2 compared with the database itself."""
+and the declared retail silver tables (current state + SCD2, run by the silver engine) compared with the
+database itself."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections import defaultdict
@@ -15,14 +17,9 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewTopic
 
 from lakehouse.config import Settings
-from lakehouse.quality import QualityError
-from lakehouse.silver.retail import (
-    RetailSilverTables,
-    check_dimension,
-    current_state,
-    merge_retail_cdc,
-    merge_retail_extract,
-)
+from lakehouse.privacy.tokenize import token
+from lakehouse.silver import engine
+from lakehouse.silver.engine import SilverTable
 from lakehouse.sources.cdc import cdc_producer, drop_slot, lsn_to_int, peek_changes, publish, run_cdc
 from lakehouse.sources.kafka import ingest_available
 from lakehouse.sources.postgres import (
@@ -91,9 +88,55 @@ def _normal(value: Any) -> Any:
     return value
 
 
-def _silver_rows(spark: Any, tables: RetailSilverTables, name: str) -> list[tuple[Any, ...]]:
-    table = RETAIL_TABLES[name]
-    frame = current_state(spark, tables.current[name], table).orderBy(*table.key)
+# The declared retail tables, in the DAG's order (a reference's table before the table that names it).
+DECLARED = (
+    "silver.retail_customers",
+    "silver.retail_products",
+    "silver.retail_orders",
+    "silver.retail_order_items",
+    "silver.dim_customer",
+)
+
+
+def _declared(settings: Settings, lake: Path, cdc_bronze: str, tag: str) -> dict[str, SilverTable]:
+    """The real declarations, reading this test's bronze tables and writing a private lake."""
+    tables = {}
+    for name in DECLARED:
+        table = engine.silver_table(settings, name)
+        short = name.split(".")[1]
+        extract = f"it_{tag}_" + short.removeprefix("retail_").replace("dim_customer", "customers")
+        tables[name] = dataclasses.replace(
+            table,
+            path=str(lake / short),
+            quarantine=str(lake / f"{short}_quarantine"),
+            audit=str(lake / "silver_batches"),
+            checkpoints=str(lake / "checkpoints" / short),
+            input_paths={"cdc": cdc_bronze, "extract": settings.table_path("bronze", extract)},
+            reference_paths={ref: str(lake / ref.split(".")[1]) for ref in table.reference_paths},
+        )
+    return tables
+
+
+def _build(spark: Any, settings: Settings, tables: dict[str, SilverTable]) -> dict[str, engine.BuildReport]:
+    reports = {}
+    for name, table in tables.items():
+        reports[name] = engine.build_table(spark, settings, name, table=table)
+        engine.check_table(spark, table)  # audit balanced, one row per key, SCD2 history sound
+    return reports
+
+
+def _protected(settings: Settings, name: str, row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A PostgreSQL row as silver holds it: the contract's PII columns as their HMAC tokens."""
+    if name != "customers":
+        return row
+    key = settings.privacy.tokenization_key
+    return (row[0], token(row[1], key), token(row[2], key), *row[3:])
+
+
+def _silver_rows(spark: Any, table: SilverTable, name: str) -> list[tuple[Any, ...]]:
+    spec = RETAIL_TABLES[name]
+    live = spark.read.format("delta").load(table.path).where("NOT _deleted")
+    frame = live.select(*spec.column_names).orderBy(*spec.key)
     return [tuple(_normal(v) for v in row) for row in frame.collect()]
 
 
@@ -152,33 +195,22 @@ def test_cdc_to_kafka_bronze_and_silver(seeded: Settings, spark: Any, tmp_path: 
         tables=list(RETAIL_TABLES),
         bronze=f"it_cdc_{tag}",
     )
-    silver = RetailSilverTables(
-        current={name: str(tmp_path / "silver" / name) for name in RETAIL_TABLES},
-        dim_customer=str(tmp_path / "silver" / "dim_customer"),
-        quarantine=str(tmp_path / "silver" / "quarantine"),
-        merge_log=str(tmp_path / "silver" / "merge_log"),
-        checkpoints=str(tmp_path / "checkpoints"),
-    )
-    # These tables keep customer PII in clear (no tokenization key) so silver can be compared with PostgreSQL
-    # row for row; the silver suites' `*_tokenized` rules would rightly stop that, so they are not run here.
+    bronze = str(tmp_path / "bronze_cdc")
+    silver = _declared(seeded, tmp_path / "silver", bronze, tag)
+    key = seeded.privacy.tokenization_key
     try:
         assert run_cdc(seeded, source, once=True).changes == 0  # creates the slot
         # The initial state comes from the incremental extract; the changes after it from CDC.
         sources = retail_sources(f"it_{tag}_", f"it_{tag}_")
         for extract_source in sources:
             extract_incremental(spark, seeded, extract_source)
-        # With the suites on, customer PII left in clear stops the run before it is merged.
-        clear = RetailSilverTables(
-            current={name: str(tmp_path / "clear" / name) for name in RETAIL_TABLES},
-            dim_customer=str(tmp_path / "clear" / "dim_customer"),
-            quarantine=str(tmp_path / "clear" / "quarantine"),
-            merge_log=str(tmp_path / "clear" / "merge_log"),
-            checkpoints=str(tmp_path / "clear_checkpoints"),
-        )
-        customers = [s for s in sources if s.table.endswith("customers")]
-        with pytest.raises(QualityError, match="email_tokenized"):
-            merge_retail_extract(spark, seeded, customers, tables=clear)
-        merge_retail_extract(spark, seeded, sources, tables=silver, quality=False)
+        # The CDC bronze does not exist yet: each table builds from its extract alone, suites on. Customer PII
+        # lands tokenized (the suites' `*_tokenized` fail rules would stop clear text).
+        first = _build(spark, seeded, silver)
+        assert set(first["silver.retail_customers"].counts) == {"extract"}
+        assert _silver_rows(spark, silver["silver.retail_customers"], "customers") == [
+            _protected(seeded, "customers", row) for row in _pg_rows(seeded, "customers")
+        ]
         before = {r[0]: r[2] for r in table_rows(seeded, "customers")}
 
         changes = generate_changes(seeded, 80, seed=11)
@@ -199,47 +231,57 @@ def test_cdc_to_kafka_bronze_and_silver(seeded: Settings, spark: Any, tmp_path: 
         by_key: dict[bytes, list[Any]] = defaultdict(list)
         for record in sorted(records, key=lambda r: (r.partition, r.offset)):
             by_key[record.key].append(record)
-        for key, sequence in by_key.items():
-            assert len({r.partition for r in sequence}) == 1, f"{key!r} spread over partitions"
+        for record_key, sequence in by_key.items():
+            assert len({r.partition for r in sequence}) == 1, f"{record_key!r} spread over partitions"
             lsns = [lsn_to_int(json.loads(r.value)["lsn"]) for r in sequence]
             half = len(lsns) // 2
             assert lsns[:half] == lsns[half:], "the re-delivery repeats the same changes in the same order"
-            assert lsns[:half] == sorted(set(lsns[:half])), f"LSNs of {key!r} do not increase"
+            assert lsns[:half] == sorted(set(lsns[:half])), f"LSNs of {record_key!r} do not increase"
         assert {json.loads(r.value)["action"] for r in records} == {"I", "U", "D"}
 
-        bronze = str(tmp_path / "bronze_cdc")
         ingested = ingest_available(
             spark, seeded, topic, table=bronze, checkpoint=str(tmp_path / "ck_bronze")
         )
         assert ingested.rows == 2 * crashed
-        merged = merge_retail_cdc(spark, seeded, bronze=bronze, tables=silver, quality=False)
-        assert merged.quarantined == 0
+        merged = _build(spark, seeded, silver)
+        cdc_rows = 0
+        for name, built in merged.items():
+            assert set(built.counts) == {"cdc"}, f"{name}: only the change feed had something new"
+            assert built.total.quarantined == 0, f"{name} quarantined changes"
+            cdc_rows += built.total.input_rows
+        # every change record is some table's input (dim_customer reads the customers' changes again)
+        customers_cdc = merged["silver.dim_customer"].total.input_rows
+        assert cdc_rows - customers_cdc == 2 * crashed
         for name in RETAIL_TABLES:
-            assert _silver_rows(spark, silver, name) == _pg_rows(seeded, name), f"silver {name} != PostgreSQL"
+            expected = [_protected(seeded, name, row) for row in _pg_rows(seeded, name)]
+            assert _silver_rows(spark, silver[f"silver.retail_{name}"], name) == expected, (
+                f"{name} != PostgreSQL"
+            )
 
-        # Re-applying the very same bronze rows (a new checkpoint) changes nothing.
-        again = RetailSilverTables(**{**silver.__dict__, "checkpoints": str(tmp_path / "checkpoints_again")})
-        merge_retail_cdc(spark, seeded, bronze=bronze, tables=again, quality=False)
+        # Re-applying the very same bronze rows (new checkpoints) changes nothing.
+        again = {
+            name: dataclasses.replace(table, checkpoints=table.checkpoints + "_again")
+            for name, table in silver.items()
+        }
+        _build(spark, seeded, again)
         for name in RETAIL_TABLES:
-            assert _silver_rows(spark, silver, name) == _pg_rows(seeded, name), f"replay changed {name}"
+            expected = [_protected(seeded, name, row) for row in _pg_rows(seeded, name)]
+            assert _silver_rows(spark, silver[f"silver.retail_{name}"], name) == expected, (
+                f"replay changed {name}"
+            )
 
-        # SCD2: one current row per customer; an email change leaves a closed history row.
-        dimension = check_dimension(spark, silver.dim_customer).check()
-        assert dimension.customers == dimension.current_rows == len(before)
+        # SCD2: one current row per customer (check_table: exactly one, history closed, no overlaps); an email
+        # change leaves a closed history row.
+        dim = spark.read.format("delta").load(silver["silver.dim_customer"].path)
+        assert dim.select("customer_id").distinct().count() == dim.where("is_current").count() == len(before)
         updated = [c for c in changes.changes if isinstance(c, CustomerUpdate)]
-        assert updated and dimension.history_rows > 0
+        assert updated and dim.where("NOT is_current").count() > 0
         emailed = next(c for c in updated if c.email)
-        rows = (
-            spark.read.format("delta")
-            .load(silver.dim_customer)
-            .where(f"customer_id = {emailed.customer_id}")
-            .orderBy("valid_from")
-            .collect()
-        )
-        assert rows[0]["email"] == before[emailed.customer_id] and not rows[0]["is_current"]
+        rows = dim.where(f"customer_id = {emailed.customer_id}").orderBy("valid_from").collect()
+        assert rows[0]["email"] == token(before[emailed.customer_id], key) and not rows[0]["is_current"]
         assert rows[0]["valid_to"] == rows[1]["valid_from"]
         assert rows[-1]["is_current"] and rows[-1]["valid_to"] is None
         current_email = {r[0]: r[2] for r in table_rows(seeded, "customers")}[emailed.customer_id]
-        assert rows[-1]["email"] == current_email
+        assert rows[-1]["email"] == token(current_email, key)
     finally:
         drop_slot(seeded, source.slot)

@@ -284,21 +284,13 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
 def test_silver_customers_are_tokenized_and_scd2_still_sees_an_email_change(
     spark: Any, stack: Settings, tmp_path: Any
 ) -> None:
+    import dataclasses
     from datetime import UTC, datetime
 
-    from lakehouse.silver.retail import RetailSilverTables, process_extract_batch
-    from lakehouse.sources.postgres import RETAIL_TABLES
+    from lakehouse.silver import engine
+    from lakehouse.silver.engine import RunContext
 
     key = stack.privacy.tokenization_key
-    tables = RetailSilverTables(
-        current={name: str(tmp_path / name) for name in RETAIL_TABLES},
-        dim_customer=str(tmp_path / "dim_customer"),
-        quarantine=str(tmp_path / "quarantine"),
-        merge_log=str(tmp_path / "merge_log"),
-        checkpoints=str(tmp_path / "checkpoints"),
-        tokenization_key=key,
-    )
-    tables.ensure(spark)
     schema = "customer_id long, name string, email string, country string, segment string, "
     schema += "created_at timestamp, updated_at timestamp"
     t0, t1 = datetime(2025, 1, 1, tzinfo=UTC), datetime(2025, 2, 1, tzinfo=UTC)
@@ -306,25 +298,32 @@ def test_silver_customers_are_tokenized_and_scd2_still_sees_an_email_change(
         [(1, "Ada Baker", "ada@example.com", "GB", "gold", t0, t0)],
         [(1, "Ada Baker", "ada.baker@example.org", "GB", "gold", t0, t1)],  # only the email changes
     ]
-    for batch_id, rows in enumerate(versions):
-        batch = spark.createDataFrame(rows, schema)
-        process_extract_batch(
-            batch, batch_id, tables=tables, table=RETAIL_TABLES["customers"], run_id="r", app_id="test-tokens"
+    paths = {}
+    for name in ("silver.retail_customers", "silver.dim_customer"):  # the declarations, in a private lake
+        short = name.split(".")[1]
+        table = dataclasses.replace(
+            engine.silver_table(stack, name),
+            path=str(tmp_path / short),
+            quarantine=str(tmp_path / f"{short}_quarantine"),
+            audit=str(tmp_path / "silver_batches"),
         )
-    current = spark.read.format("delta").load(tables.current["customers"]).collect()
+        engine.ensure_tables(spark, table)
+        (extract,) = [s for s in table.build.inputs if s.label == "extract"]
+        ctx = RunContext(table=table, spec=extract, settings=stack, run_id="r", app_id=f"test-tokens-{short}")
+        for batch_id, rows in enumerate(versions):
+            engine.process_batch(spark.createDataFrame(rows, schema), batch_id, ctx)
+        paths[name] = table.path
+    current = spark.read.format("delta").load(paths["silver.retail_customers"]).collect()
     assert [(r["name"], r["email"]) for r in current] == [
         (token("Ada Baker", key), token("ada.baker@example.org", key))
     ]
-    dim = spark.read.format("delta").load(tables.dim_customer).orderBy("valid_from").collect()
+    dim = spark.read.format("delta").load(paths["silver.dim_customer"]).orderBy("valid_from").collect()
     assert [(r["email"], r["is_current"]) for r in dim] == [
         (token("ada@example.com", key), False),
         (token("ada.baker@example.org", key), True),
     ]
     catalog = load_catalog(stack)
-    for name, path in (
-        ("silver.retail_customers", tables.current["customers"]),
-        ("silver.dim_customer", tables.dim_customer),
-    ):
+    for name, path in paths.items():
         assert_no_untagged_pii(spark.read.format("delta").load(path), catalog.contract(name))
 
 

@@ -30,7 +30,8 @@ DAG_TABLES = {
     "retail_products",
     "silver": "events events_quarantine telemetry telemetry_quarantine "
     "fx_rates fx_rates_quarantine retail_customers retail_orders "
-    "retail_order_items retail_products retail_cdc_quarantine retail_merge_log dim_customer",
+    "retail_order_items retail_products retail_customers_quarantine retail_orders_quarantine "
+    "retail_order_items_quarantine retail_products_quarantine dim_customer dim_customer_quarantine",
     "gold": "sessions daily_kpis funnel revenue_daily rt_events_per_minute rt_sessions_per_minute rt_device_minute "
     "device_offline",
     "audit": "validation_results erasures silver_batches",

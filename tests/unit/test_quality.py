@@ -52,9 +52,12 @@ DAG_TABLES = [
             "retail_orders",
             "retail_order_items",
             "retail_products",
-            "retail_cdc_quarantine",
-            "retail_merge_log",
+            "retail_customers_quarantine",
+            "retail_orders_quarantine",
+            "retail_order_items_quarantine",
+            "retail_products_quarantine",
             "dim_customer",
+            "dim_customer_quarantine",
         )
     ),
     *(

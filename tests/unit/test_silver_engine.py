@@ -350,6 +350,91 @@ def test_scd2_delete_closes_the_current_version(spark: Any, settings: Settings, 
     assert [(r["segment"], r["valid_to"], r["is_current"]) for r in rows] == [("new", _at(4), False)]
 
 
+def test_scd2_on_delete_keep_leaves_the_last_version_current(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    local = _settings(settings, tmp_path)
+    # A rule on valid_from (set at apply) is the table's, not the batch's: it must not break the batch.
+    _suite(
+        tmp_path,
+        "silver.customer_history",
+        [
+            _rule("expect_column_values_to_not_be_null", "valid_from_present", "fail", column="valid_from"),
+            _rule("expect_column_values_to_not_be_null", "segment_present", "quarantine", column="segment"),
+        ],
+    )
+    build = {**CUSTOMERS["build"], "scd2": {**CUSTOMERS["build"]["scd2"], "on_delete": "keep"}}  # type: ignore[dict-item]
+    table = _table(local, {**CUSTOMERS, "build": build}, tmp_path)
+    run = Runner(spark, local, table, quality=True)
+    run.feed([{"customer_id": 1, "segment": "new", "updated_at": _at(1)}], CUSTOMER_ROWS)
+    deleted = run.feed([{"customer_id": 1, "segment": "new", "updated_at": _at(4), "op": "D"}], CUSTOMER_ROWS)
+    assert (deleted.applied, deleted.duplicates) == (0, 1)  # accounted for, changing nothing
+    rows = run.rows("valid_from")
+    assert [(r["segment"], r["valid_to"], r["is_current"]) for r in rows] == [("new", None, True)]
+    assert engine.check_table(spark, table)["input_rows"] == 2
+
+
+def test_an_input_can_say_it_carries_no_deletes(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    build = {**ACCOUNTS["build"], "inputs": [{"table": "bronze.accounts_extract", "deletes": "false"}]}  # type: ignore[dict-item]
+    run = Runner(
+        spark, _settings(settings, tmp_path), _table(settings, {**ACCOUNTS, "build": build}, tmp_path)
+    )
+    # no `op` column: the build's predicate (op = 'D') is not this input's
+    counts = run.feed(
+        [{"account_id": "1", "plan": "pro", "updated_at": _at(1)}],
+        "account_id string, plan string, updated_at timestamp",
+    )
+    assert counts.applied == 1 and not run.rows("account_id")[0]["_deleted"]
+    with pytest.raises(ValueError, match="deletes needs apply"):
+        TableContract.model_validate(
+            {
+                **ACCOUNTS,
+                "build": {
+                    **build,
+                    "apply": "append",
+                    "deletes": None,
+                    "inputs": [{"table": "bronze.a", "deletes": "op = 'D'"}],
+                },
+            }
+        )
+
+
+def test_check_table_finds_a_broken_scd2_history(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    from lakehouse.errors import DataError
+    from lakehouse.tables import delta_ref
+
+    build = {**CUSTOMERS["build"], "scd2": {**CUSTOMERS["build"]["scd2"], "on_delete": "keep"}}  # type: ignore[dict-item]
+    table = _table(settings, {**CUSTOMERS, "build": build}, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    run.feed(
+        [
+            {"customer_id": 1, "segment": "new", "updated_at": _at(1)},
+            {"customer_id": 1, "segment": "loyal", "updated_at": _at(3)},
+            {"customer_id": 2, "segment": "new", "updated_at": _at(1)},
+        ],
+        CUSTOMER_ROWS,
+    )
+    engine.check_table(spark, table)  # a sound history passes
+    ref = delta_ref(table.path)
+    spark.sql(f"UPDATE {ref} SET valid_to = NULL WHERE customer_id = 1 AND NOT is_current")
+    with pytest.raises(DataError, match="SCD2 history"):
+        engine.check_table(spark, table)
+    spark.sql(
+        f"UPDATE {ref} SET valid_to = valid_from + INTERVAL 5 HOURS WHERE customer_id = 1 AND NOT is_current"
+    )
+    with pytest.raises(DataError, match="SCD2 history"):  # overlaps the next version
+        engine.check_table(spark, table)
+    spark.sql(
+        f"UPDATE {ref} SET valid_to = valid_from + INTERVAL 2 HOURS WHERE customer_id = 1 AND NOT is_current"
+    )
+    engine.check_table(spark, table)
+    spark.sql(
+        f"UPDATE {ref} SET is_current = false, valid_to = valid_from + INTERVAL 1 HOUR WHERE customer_id = 2"
+    )
+    with pytest.raises(DataError, match="no current version"):
+        engine.check_table(spark, table)
+
+
 # --- references and quality ---------------------------------------------------------------------------------
 
 ORDERS = {

@@ -58,11 +58,14 @@ class InputSpec(_Model):
       ``payload`` in expressions, the input's own columns keep their names;
     * ``wal2json`` — change records (format 2) of ``cdc_table`` (``schema.table``): each change becomes the
       contract's columns (cast from wal2json's text), plus ``_op`` (``I``/``U``/``D``), ``_lsn`` and
-      ``_commit_lsn`` (comparable numbers) and ``_committed_at``.
+      ``_commit_lsn`` (comparable numbers) and ``_committed_at``; records that name no table (not JSON,
+      not a change) are quarantined by every table reading the feed (``malformed_json``, ``unknown_table``).
 
     ``columns`` overrides a contract column's ``expr`` for this input only (CDC and an extract may feed one
-    table from different shapes). ``where`` filters the input's rows (Spark SQL). ``keep`` names input columns
-    stored with a quarantined row (besides the raw record).
+    table from different shapes). ``deletes`` overrides the build's delete predicate for this input only
+    (``"false"``: a watermark extract carries no deletes, and has no column to say so). ``where`` filters the
+    input's rows (Spark SQL). ``keep`` names input columns stored with a quarantined row (besides the raw
+    record).
     """
 
     table: str = Field(pattern=_TABLE)
@@ -74,6 +77,7 @@ class InputSpec(_Model):
     )
     cdc_table: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
+    deletes: str | None = None
     where: str | None = None
     keep: list[str] = Field(default_factory=list)
     name: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$")
@@ -168,9 +172,14 @@ class Scd2Spec(_Model):
     Output columns (declared in the contract): the key, the tracked columns, ``valid_from`` (the version's
     sequence value), ``valid_to`` (null while current), ``is_current`` and, optionally, ``surrogate_key``
     (a stable hash of key and ``valid_from``).
+
+    ``on_delete`` says what a delete (the build's ``deletes``) does to the history: ``close`` ends the key's
+    current version at the delete's sequence value; ``keep`` leaves the last version current (a dimension that
+    facts still join to) and counts the delete as changing nothing.
     """
 
     track: list[str] = Field(min_length=1)
+    on_delete: Literal["close", "keep"] = "close"
     valid_from: str = "valid_from"
     valid_to: str = "valid_to"
     is_current: str = "is_current"
@@ -204,7 +213,7 @@ class BuildSpec(_Model):
             raise ValueError("apply: scd2 needs an scd2 section (track, valid_from …)")
         if self.apply != "scd2" and self.scd2 is not None:
             raise ValueError("an scd2 section needs apply: scd2")
-        if self.deletes and self.apply == "append":
+        if (self.deletes or any(i.deletes for i in self.inputs)) and self.apply == "append":
             raise ValueError("deletes needs apply: upsert or scd2 (an append-only table keeps every row)")
         labels = [i.label for i in self.inputs]
         if len(set(labels)) != len(labels):

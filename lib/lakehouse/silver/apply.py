@@ -159,7 +159,7 @@ def scd2(
     A version opens a row when its tracked columns differ from the version before it (the current row or
     the previous version of the batch); the row it follows is closed at its ``valid_from``. Versions not
     newer than the current row are ignored. A delete (``_is_delete``) closes the current row at its
-    sequence value (or now, when it has none).
+    sequence value (or now, when it has none), unless ``spec.on_delete`` is ``keep``.
 
     Args:
         versions: the key, tracked columns, sequence columns and ``_is_delete``.
@@ -171,6 +171,8 @@ def scd2(
         How many history rows the MERGE inserted.
     """
     start = sequence[0]
+    if spec.on_delete == "keep":  # a delete changes no history: the last version stays current
+        versions = versions.where(~F.col(IS_DELETE))
     current = spark.read.format("delta").load(path).where(F.col(q(spec.is_current)))
     now = current.select(
         *[F.col(q(k)) for k in key],
