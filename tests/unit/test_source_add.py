@@ -201,5 +201,9 @@ def test_the_cli_samples_writes_and_says_what_to_run_next(
     assert entry["auth"] == {"header": "Authorization", "value": "Bearer ${TICKETS_TOKEN:-t}"}
     again = runner.invoke(main, command)
     assert again.exit_code == 1 and "already has a source 'tickets'" in again.output
+    seen.clear()
+    taken = runner.invoke(main, ["--env", "test", "source", "add", "http", "tickets", "--url", "http://x/y"])
+    assert taken.exit_code == 1 and "already has a source 'tickets'" in taken.output
+    assert seen == {}  # refused before the API was asked
     missing = runner.invoke(main, ["--env", "test", "source", "add", "postgres", "orders"])
     assert missing.exit_code == 1 and "needs --table" in missing.output

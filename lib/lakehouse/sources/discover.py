@@ -454,6 +454,24 @@ def registry_path(settings: Settings) -> Path:
     return Path(os.environ.get(REGISTRY_VARIABLE) or settings.root / REGISTRY_FILE)
 
 
+def check_new(settings: Settings, name: str, path: Path | None = None) -> None:
+    """Refuse a source name the registry has (before sampling: the name is the cheap thing to check).
+
+    Raises:
+        ConfigError: the name is not lower_snake_case, or the registry file has a source of that name.
+    """
+    _base(name, bronze=None, description="", owner=None)
+    path = path or registry_path(settings)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if name in ((document or {}).get("sources") or {}):
+        raise ConfigError(
+            f"{path.name} already has a source {name!r}: choose another name, or edit that entry"
+        )
+
+
 def entry_text(name: str, entry: Mapping[str, Any]) -> str:
     """The entry as a block of the registry's ``sources:`` mapping (two-space indent)."""
     body = yaml.safe_dump(dict(entry), sort_keys=False, allow_unicode=True, width=110)

@@ -74,6 +74,7 @@ def add(settings: Settings, kind: str, name: str, dry_run: bool, **options: Any)
     """Sample source NAME of KIND and add its entry to the registry (refusing a name that exists)."""
     from lakehouse.sources import discover
 
+    discover.check_new(settings, name)
     key = _keys(options["key_text"])
     common = {
         "bronze": options["bronze"],
