@@ -364,11 +364,13 @@ def _declared_project(stack: Settings, tmp_path: Path, topic: str, name: str) ->
     env = yaml.safe_load((stack.root / "env.test.yaml").read_text())
     env["workspace"] = str(stack.workspace)  # the test stack's lake, Kafka and Spark
     (root / "env.test.yaml").write_text(yaml.safe_dump(env))
-    (root / "sources.yaml").write_text(
-        yaml.safe_dump(
-            {"sources": {name: {"kind": "kafka", "topic": topic, "partitions": 2, "bronze": name}}}
-        )
-    )
+    # The project's registry holds the demo's sources (its declared tables read their payloads) and the
+    # user's; continuous mode here runs the user's source alone (--registry, the file this returns beside root).
+    source = {"kind": "kafka", "topic": topic, "partitions": 2, "bronze": name}
+    registry = yaml.safe_load((stack.root / "sources.yaml").read_text())
+    registry["sources"][name] = source
+    (root / "sources.yaml").write_text(yaml.safe_dump(registry))
+    (tmp_path / "only.yaml").write_text(yaml.safe_dump({"sources": {name: source}}))
     kafka = [("key", "string"), ("value", "string"), ("topic", "string"), ("partition", "integer"),
              ("offset", "long"), ("kafka_timestamp", "timestamp"), ("ingested_at", "timestamp"),
              ("ingest_date", "date")]  # fmt: skip
@@ -412,9 +414,8 @@ def test_continuous_mode_streams_the_declared_silver_tables_it_feeds(
     obj = {"env": stack.env_name}
     readings = [(f"m{i}", {"id": f"m{i}", "n": i}) for i in range(30)]
     try:
-        started = runner.invoke(
-            stream, ["start", "--no-realtime", "--no-influx", "--trigger", "1 second"], obj=obj
-        )
+        args = ["start", "--registry", str(tmp_path / "only.yaml"), "--no-realtime", "--no-influx"]
+        started = runner.invoke(stream, [*args, "--trigger", "1 second"], obj=obj)
         assert started.exit_code == 0, started.output
         assert f"bronze_{topic}" in started.output and f"silver_{name}_{name}" in started.output
         _send(stack, topic, [*readings, readings[0], ("bad", "{not json")])
