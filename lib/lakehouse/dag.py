@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from lakehouse.config import Settings, env_file
 from lakehouse.errors import ConfigError, LakehouseError
 from lakehouse.lineage.tracker import TASK_RUN_VARIABLE
@@ -96,9 +98,23 @@ def _quiet_placeholder_warnings() -> None:
 # --- the task list: rendered by Ploomber, cached for the no-op path ---------------------------------------
 
 
+def _spec_files(settings: Settings) -> list[Path]:
+    """pipeline.yaml, the file its tasks are imported from (``meta.import_tasks_from``) and the env file."""
+    pipeline = settings.root / PIPELINE_FILE
+    files = [pipeline, env_file(settings.env_name, settings.root)]
+    try:
+        meta = (yaml.safe_load(pipeline.read_text(encoding="utf-8")) or {}).get("meta") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return files  # Ploomber reports a broken pipeline.yaml when it loads it
+    imported = meta.get("import_tasks_from") if isinstance(meta, dict) else None
+    if isinstance(imported, str):
+        files.append(settings.root / imported)
+    return files
+
+
 def _spec_key(settings: Settings) -> str:
     digest = hashlib.sha256()
-    for path in (settings.root / PIPELINE_FILE, env_file(settings.env_name, settings.root)):
+    for path in _spec_files(settings):
         digest.update(str(path).encode())
         try:
             digest.update(path.read_bytes())
