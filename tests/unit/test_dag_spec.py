@@ -62,7 +62,9 @@ def test_the_whole_lake_tasks_come_after_every_table_a_user_declares(dag: object
     assert silver <= upstream["quality-profile-tables"]
 
 
-def test_the_task_cache_is_keyed_by_the_imported_declared_tasks_too(settings: Settings, tmp_path: Path) -> None:
+def test_the_task_cache_is_keyed_by_the_imported_declared_tasks_too(
+    settings: Settings, tmp_path: Path
+) -> None:
     from lakehouse.dag import _spec_key
 
     for name in ("pipeline.yaml", "pipeline.declared.yaml", f"env.{settings.env_name}.yaml"):
