@@ -313,9 +313,10 @@ def _register_groups() -> None:
     from lakehouse.sources.http_cli import api
     from lakehouse.sources.mqtt_cli import iot
     from lakehouse.sources.postgres_cli import retail
+    from lakehouse.sources.source_cli import source
     from lakehouse.streaming.cli import processor, stream
 
-    for group in (stream, processor, api, retail, iot, catalog, privacy, silver, dag, table):
+    for group in (stream, processor, api, retail, iot, catalog, privacy, source, silver, dag, table):
         main.add_command(group)
 
 

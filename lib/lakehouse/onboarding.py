@@ -12,8 +12,11 @@ How each kind is drafted:
   field, the key and sequence of the declaration, its event time with a watermark; append, deduplicated;
 * a Kafka or HTTP source without one: the JSON records' top-level fields, as text cast to the type the sample
   suggests;
-* a PostgreSQL extract: the bronze columns, upserted by the primary key, latest watermark wins (a snapshot's
-  ``_op = 'D'`` rows are deletes).
+* an HTTP source's nested records are flattened: ``customer.address.city`` becomes column
+  ``customer_address_city`` read with ``get_json_object`` (lists stay JSON text);
+* a PostgreSQL extract: the bronze columns, upserted by the primary key; an incremental extract's latest
+  watermark wins, a snapshot's latest ``_snapshot`` (its tombstones, ``_deleted``, are deletes: the row stays
+  in silver flagged ``_deleted``).
 """
 
 from __future__ import annotations
@@ -117,7 +120,38 @@ def _infer(values: list[Any]) -> str:
     return "string"
 
 
-def _json_fields(sample: Any, column: str) -> dict[str, str]:
+_IDENTIFIER: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_MAX_DEPTH: Final = 3
+
+
+def _leaf_paths(documents: list[dict[str, Any]], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths to the documents' leaf values, in first-seen order (objects walked ``_MAX_DEPTH`` deep)."""
+    paths: list[tuple[str, ...]] = []
+    for document in documents:
+        for name, value in document.items():
+            if not _IDENTIFIER.match(name):
+                continue
+            path = (*prefix, name)
+            if isinstance(value, dict) and value and len(path) < _MAX_DEPTH:
+                nested = [d[name] for d in documents if isinstance(d.get(name), dict)]
+                paths.extend(p for p in _leaf_paths(nested, path) if p not in paths)
+            elif path not in paths and not any(p[: len(path)] == path for p in paths):
+                paths.append(path)
+    return paths
+
+
+def _value_at(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = document
+    for segment in path:
+        node = node.get(segment) if isinstance(node, dict) else None
+    return None if isinstance(node, dict) else node
+
+
+def _json_fields(sample: Any, column: str) -> dict[tuple[str, ...], str]:
+    """Path → inferred type of every leaf field the sampled JSON objects of ``column`` carry.
+
+    Nested objects are flattened (``customer.address.city``); lists are leaves (kept as JSON text).
+    """
     documents = []
     for text in sample[column].dropna().head(_SAMPLE_ROWS):
         try:
@@ -128,10 +162,7 @@ def _json_fields(sample: Any, column: str) -> dict[str, str]:
             documents.append(document)
     if not documents:
         raise ConfigError(f"no JSON object among the sampled {column!r} values: is this a JSON source?")
-    names: list[str] = []
-    for document in documents:
-        names.extend(n for n in document if n not in names and re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", n))
-    return {name: _infer([d.get(name) for d in documents]) for name in names}
+    return {path: _infer([_value_at(d, path) for d in documents]) for path in _leaf_paths(documents)}
 
 
 def scaffold_table(settings: Settings, source_name: str, *, owner: str | None = None) -> Draft:
@@ -170,13 +201,23 @@ def scaffold_table(settings: Settings, source_name: str, *, owner: str | None = 
                 "watermark": "1 hour",
                 "partition_by": payload.key,
             }
+            if payload.sequence:  # lateness judged in the device's own order, not the order rows landed
+                build["event_time"]["order_by"] = [payload.sequence]
         columns.append({"name": "ingested_at", "type": "timestamp"})
     elif source.kind in ("kafka", "mqtt", "http"):
         text_column = "record" if "record" in sample.columns else "value"
-        fields = _json_fields(sample, text_column)
-        for name, kind in fields.items():
-            columns.append({"name": name, "type": kind})
-            column_of[f"{text_column}.{name}"] = name
+        fields: dict[str, str] = {}
+        for path, kind in _json_fields(sample, text_column).items():
+            name = "_".join(path)
+            if name in fields:
+                notes.append(f"{'.'.join(path)} is also {name}: the first one is drafted, review it")
+                continue
+            fields[name] = kind
+            column: dict[str, Any] = {"name": name, "type": kind}
+            if len(path) > 1:  # a nested value: read from the record's text by its JSON path
+                column["expr"] = f"get_json_object({text_column}, '$.{'.'.join(path)}')"
+            columns.append(column)
+            column_of[f"{text_column}.{'.'.join(path)}"] = name
         position = ["fetched_at", "batch_id"] if source.kind == "http" else ["ingested_at"]
         for position_column in position:
             if position_column in sample.columns:
@@ -207,16 +248,33 @@ def scaffold_table(settings: Settings, source_name: str, *, owner: str | None = 
         mode = getattr(source, "mode", "incremental")
         sequence: list[str] = [watermark] if mode == "incremental" and watermark in sample.columns else []
         if not sequence:
-            sequence = [c for c in ("_extracted_at", "_snapshot_id") if c in sample.columns][:1]
+            # A snapshot's rows are ordered by the snapshot that landed them (one row per key in each);
+            # an extract without its watermark in bronze by when it was extracted.
+            sequence = [c for c in ("_snapshot", "_extracted_at") if c in sample.columns][:1]
             for extra_column in sequence:
-                columns.append({"name": extra_column, "type": fields_of.get(extra_column, "timestamp")})
+                described = {
+                    "_snapshot": "The source snapshot the row's latest version came from.",
+                    "_extracted_at": "When the row's latest version was extracted.",
+                }[extra_column]
+                default = "long" if extra_column == "_snapshot" else "timestamp"
+                columns.append(
+                    {
+                        "name": extra_column,
+                        "type": fields_of.get(extra_column, default),
+                        "description": described,
+                    }
+                )
+        if not sequence:
+            notes.append(f"no sequence: bronze.{source.bronze} has no {watermark or 'watermark'}; set it")
         build = {
             "inputs": [{"table": f"bronze.{source.bronze}"}],
             "key": list(source.key),
             "sequence": sequence,
             "apply": "upsert",
         }
-        if "_op" in sample.columns:
+        if "_deleted" in sample.columns:  # a snapshot's tombstone: the key is gone from the source table
+            build["deletes"] = "_deleted"
+        elif "_op" in sample.columns:
             build["deletes"] = "_op = 'D'"
         columns += [
             {

@@ -31,7 +31,7 @@ import logging
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import pandas as pd
 import yaml
@@ -213,6 +213,13 @@ class TableContract(_Model):
                 raise ValueError(f"build.{field_name} names {unknown}, which are not columns of the table")
         if build.event_time and build.event_time.column not in names:
             raise ValueError(f"build.event_time.column {build.event_time.column!r} is not a column")
+        if build.event_time:
+            kind = self.column(build.event_time.column).type
+            if kind not in ("timestamp", "timestamp_ntz", "date"):
+                raise ValueError(
+                    f"build.event_time.column {build.event_time.column!r} is {kind}: an event time is a "
+                    "timestamp or date column (declare its type, or derive one with expr)"
+                )
         if build.scd2:
             for role in ("valid_from", "valid_to", "is_current"):
                 column = getattr(build.scd2, role)
@@ -343,12 +350,53 @@ def load_catalog_dir(folder: Path) -> Catalog:
     for path in sorted(folder.glob("*/*.yaml")):
         contract = load_contract(path)
         tables[contract.table] = contract
+    for contract in tables.values():
+        _check_references(contract, tables)
     for contract in list(tables.values()):
         if contract.build is not None:
             name = contract.build.quarantine or f"{contract.table}_quarantine"
             if name not in tables:
                 tables[name] = quarantine_contract(contract, tables, name)
     return Catalog(root=folder, tables=tables)
+
+
+_TYPE_FAMILIES: Final = {
+    **dict.fromkeys(("byte", "short", "integer", "long", "float", "double"), "number"),
+    **dict.fromkeys(("timestamp", "timestamp_ntz"), "timestamp"),
+}
+
+
+def _type_family(kind: str) -> str:
+    return "number" if kind.startswith("decimal") else _TYPE_FAMILIES.get(kind, kind)
+
+
+def _check_references(contract: TableContract, tables: dict[str, TableContract]) -> None:
+    """A declared reference names columns of the referenced table, of comparable types.
+
+    (A referenced table without a contract is the DAG's and the engine's to report: they say who should
+    write it.)
+
+    Raises:
+        ConfigError: naming the contract file, the reference and the columns.
+    """
+    if contract.build is None:
+        return
+    for index, reference in enumerate(contract.build.references):
+        target = tables.get(reference.table)
+        if target is None:
+            continue
+        where = f"catalog/{contract.table.replace('.', '/')}.yaml: build.references[{index}]"
+        names = [c.name for c in target.columns]
+        unknown = [c for c in reference.target_columns if c not in names]
+        if unknown:
+            raise ConfigError(f"{where} names {unknown}, which are not columns of {target.table} ({names})")
+        for mine, theirs in zip(reference.columns, reference.target_columns, strict=True):
+            own, other = contract.column(mine).type, target.column(theirs).type
+            if _type_family(own) != _type_family(other):
+                raise ConfigError(
+                    f"{where}: {mine} is {own} but {target.table}.{theirs} is {other}: the types differ, so "
+                    f"no row would match; give {mine} the type of {theirs} (or cast it in its expr)"
+                )
 
 
 def quarantine_contract(

@@ -1265,8 +1265,8 @@ def snapshot_query(shape: TableShape) -> str:
     """The SQL that reads the whole table with each row's hash (``_row_hash``: md5 of the row's text).
 
     Example:
-        >>> snapshot_query(TableShape('"public"."penguins"', {}))
-        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "public"."penguins" AS t'
+        >>> snapshot_query(TableShape('"public"."parcels"', {}))
+        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "public"."parcels" AS t'
     """
     return f'SELECT t.*, md5({_row_text()}) AS "_row_hash" FROM {shape.relation} AS t'
 
