@@ -101,6 +101,11 @@ def spark_conf(settings: Settings) -> dict[str, str]:
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        # A declared silver table casts every column and judges each cast in one CASE: the optimizer's
+        # constraint propagation grows with the product of those aliases and predicates, and a 17-column
+        # upsert ran a 1 GiB driver out of heap planning one micro-batch. Off, it plans in milliseconds; the
+        # inferred IsNotNull filters it would add are not what our joins rely on.
+        "spark.sql.constraintPropagation.enabled": "false",
         # Delta rebuilds a table snapshot in 50 tasks by default: on a laptop that dominates each micro-batch.
         "spark.databricks.delta.snapshotPartitions": str(settings.spark.shuffle_partitions),
         "spark.driver.extraJavaOptions": " ".join(

@@ -258,6 +258,64 @@ def test_upsert_deletes_leave_a_tombstone_an_older_insert_cannot_undo(
     assert (first["plan"], first["_deleted"]) == ("team", False)
 
 
+WIDTH = 24  # a real table's width: 8 such columns already ran the planner out of a 1 GiB heap once
+WIDE = {
+    "table": "silver.wide",
+    "owner": "tests",
+    "description": "A wide snapshot table with a composite key.",
+    "classification": "internal",
+    "build": {
+        "inputs": [{"table": "bronze.wide_extract"}],
+        "key": ["site", "day"],
+        "sequence": ["_snapshot"],
+        "apply": "upsert",
+        "deletes": "_gone",
+    },
+    "columns": [
+        {"name": "site", "type": "string"},
+        {"name": "day", "type": "long"},
+        *[{"name": f"m{i}", "type": "double"} for i in range(WIDTH)],
+        {"name": "_snapshot", "type": "long"},
+        {"name": "_deleted", "type": "boolean"},
+        {"name": "_source", "type": "string"},
+        {"name": "_merged_at", "type": "timestamp"},
+    ],
+}
+WIDE_EXTRACT = (
+    "site string, day long, "
+    + ", ".join(f"m{i} string" for i in range(WIDTH))
+    + ", _snapshot long, _gone boolean"
+)
+
+
+def _wide(site: str, day: int, snapshot: int, scale: float, **changes: Any) -> dict[str, Any]:
+    row = {f"m{i}": str(day * scale + i) for i in range(WIDTH)}
+    return {"site": site, "day": day, "_snapshot": snapshot, "_gone": False, **row, **changes}
+
+
+def test_a_wide_table_upserts_and_judges_every_column(spark: Any, settings: Settings, tmp_path: Path) -> None:
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, WIDE, tmp_path))
+    first = run.feed([_wide(site, day, 1, 1.0) for site in ("a", "b") for day in range(100)], WIDE_EXTRACT)
+    assert (first.applied, first.quarantined) == (200, 0)
+    second = run.feed(
+        [
+            _wide("a", 3, 2, 10.0),  # changed
+            _wide("a", 4, 2, 1.0, m7="not a number"),  # one bad column among many
+            _wide("b", 5, 2, 1.0, _gone=True),  # deleted
+            _wide("b", 6, 1, 99.0),  # an older snapshot's version: superseded by what is there
+        ],
+        WIDE_EXTRACT,
+    )
+    # applied counts rows the table gained: versions of known keys are counted with the duplicates
+    assert (second.input_rows, second.applied, second.quarantined, second.duplicates) == (4, 0, 1, 3)
+    rows = {(r["site"], r["day"]): r for r in run.rows("site,day")}
+    assert len(rows) == 200
+    assert [rows[("a", 3)][f"m{i}"] for i in (0, WIDTH - 1)] == [30.0, 30.0 + WIDTH - 1]
+    assert rows[("a", 4)]["m7"] == 11.0 and rows[("b", 6)]["m0"] == 6.0
+    assert rows[("b", 5)]["_deleted"] is True
+    assert [q["reason"] for q in run.quarantine()] == ["invalid_value:m7"]
+
+
 def test_upsert_quarantines_null_keys_key_type_changes_and_missing_sequences(
     spark: Any, settings: Settings, tmp_path: Path
 ) -> None:
