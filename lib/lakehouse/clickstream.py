@@ -97,20 +97,6 @@ RAW_EVENT: Final = StructType(
     ]
 )
 
-# Bronze: the raw payload as it arrived, plus where and when it came from. Nothing is parsed or dropped.
-BRONZE_EVENTS: Final = StructType(
-    [
-        StructField("key", StringType()),
-        StructField("value", StringType()),
-        StructField("topic", StringType()),
-        StructField("partition", IntegerType()),
-        StructField("offset", LongType()),
-        StructField("kafka_timestamp", TimestampType()),
-        StructField("ingested_at", TimestampType()),
-        StructField("ingest_date", DateType()),
-    ]
-)
-
 # Silver: typed, validated, one row per event_id.
 SILVER_EVENTS: Final = StructType(
     [

@@ -255,10 +255,10 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
 ) -> None:
     from datetime import UTC, datetime
 
-    from lakehouse.clickstream import BRONZE_EVENTS
     from lakehouse.privacy.scanner import scan_frame
     from lakehouse.silver import engine
     from lakehouse.simulate.clickstream import Flaws, generate_events
+    from lakehouse.sources.kafka import BRONZE_KAFKA
 
     now = datetime.now(UTC)
     events = list(generate_events(200, seed=11, flaws=Flaws.none()))
@@ -267,7 +267,7 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
         for offset, e in enumerate(events)
     ]
     table = _events(stack, tmp_path)
-    spark.createDataFrame(rows, BRONZE_EVENTS).write.format("delta").save(str(tmp_path / "bronze"))
+    spark.createDataFrame(rows, BRONZE_KAFKA).write.format("delta").save(str(tmp_path / "bronze"))
     report = engine.build_table(spark, stack, table.name, table=table)
     assert report.total.applied == len(events)
     expected = {json.loads(e.value)["event_id"]: json.loads(e.value)["client_ip"] for e in events}

@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.quality import QualityError, build_data_docs, results_for_run
 from lakehouse.quality.compiled import ENGINE
 from lakehouse.silver import engine
 from lakehouse.silver.engine import SilverTable
+from lakehouse.sources.kafka import BRONZE_KAFKA
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def _write_bronze(spark: Any, path: str, payloads: list[str], offset_start: int 
         (None, value, "clickstream", 0, offset_start + i, now, now, now.date())
         for i, value in enumerate(payloads)
     ]
-    spark.createDataFrame(rows, BRONZE_EVENTS).write.format("delta").mode("append").save(path)
+    spark.createDataFrame(rows, BRONZE_KAFKA).write.format("delta").mode("append").save(path)
 
 
 def _events(settings: Settings, tmp_path: Path) -> SilverTable:

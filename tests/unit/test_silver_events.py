@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.privacy.tokenize import token
 from lakehouse.silver import engine
 from lakehouse.silver.engine import RunContext, SilverTable
+from lakehouse.sources.kafka import BRONZE_KAFKA
 
 pytestmark = pytest.mark.unit
 
@@ -82,7 +82,7 @@ def _bronze(spark: Any, values: list[str], partition: int = 0, first_offset: int
         ("u-1", value, "clickstream", partition, first_offset + index, NOW, NOW, NOW.date())
         for index, value in enumerate(values)
     ]
-    return spark.createDataFrame(rows, BRONZE_EVENTS)
+    return spark.createDataFrame(rows, BRONZE_KAFKA)
 
 
 def _typed(spark: Any, table: SilverTable, bronze: Any) -> list[Any]:

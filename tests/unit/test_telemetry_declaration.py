@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 import yaml
 
-from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.silver import engine
 from lakehouse.silver.engine import RunContext, SilverTable
+from lakehouse.sources.kafka import BRONZE_KAFKA
 from lakehouse.sources.mqtt import Normalizer, normalize
 
 pytestmark = pytest.mark.unit
@@ -88,9 +88,7 @@ class Bronze:
         for value in values:
             rows.append(("k", value, "iot.telemetry", 0, self.offset, NOW, NOW, NOW.date()))
             self.offset += 1
-        counts = engine.process_batch(
-            self.spark.createDataFrame(rows, BRONZE_EVENTS), self.batch_id, self.ctx
-        )
+        counts = engine.process_batch(self.spark.createDataFrame(rows, BRONZE_KAFKA), self.batch_id, self.ctx)
         self.batch_id += 1
         return counts
 

@@ -13,19 +13,42 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.query import StreamingQuery
+from pyspark.sql.types import (
+    DateType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
-from lakehouse.clickstream import BRONZE_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 from lakehouse.kafka_clients import require_broker
 from lakehouse.tables import ensure_table, table_version
 
 log = logging.getLogger(__name__)
+
+# Bronze of any topic: the raw record as it arrived, plus where and when it came from.
+# Nothing is parsed or dropped.
+BRONZE_KAFKA: Final = StructType(
+    [
+        StructField("key", StringType()),
+        StructField("value", StringType()),
+        StructField("topic", StringType()),
+        StructField("partition", IntegerType()),
+        StructField("offset", LongType()),
+        StructField("kafka_timestamp", TimestampType()),
+        StructField("ingested_at", TimestampType()),
+        StructField("ingest_date", DateType()),
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +86,7 @@ def kafka_source(
 
 
 def to_bronze(records: DataFrame) -> DataFrame:
-    """Kafka source rows → :data:`BRONZE_EVENTS`: raw key and payload, topic, partition, offset, times.
+    """Kafka source rows → :data:`BRONZE_KAFKA`: raw key and payload, topic, partition, offset, times.
 
     Example:
         >>> bronze = to_bronze(kafka_source(spark, "127.0.0.1:9092", "clickstream"))  # doctest: +SKIP
@@ -111,7 +134,7 @@ def start_ingest(
     require_broker(settings.kafka.bootstrap_servers)
     table = table or settings.table_path("bronze", topic)
     checkpoint = checkpoint or settings.checkpoint_path(f"bronze_{topic}")
-    ensure_table(spark, table, BRONZE_EVENTS, partition_by=["ingest_date"])
+    ensure_table(spark, table, BRONZE_KAFKA, partition_by=["ingest_date"])
     source = kafka_source(
         spark,
         settings.kafka.bootstrap_servers,
