@@ -58,7 +58,7 @@ def _executed(settings: Settings) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def built(stack: Settings, spark: Any) -> dict[str, Any]:
-    from lakehouse.sources.postgres import ensure_seeded
+    from lakehouse.simulate.retail import ensure_seeded
 
     started = datetime.now(UTC)
     report = simulate_to_kafka(stack)

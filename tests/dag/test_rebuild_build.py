@@ -31,7 +31,7 @@ TELEMETRY_TASKS = [
 
 @pytest.fixture(scope="module")
 def built(stack: Settings, spark: Any) -> None:
-    from lakehouse.sources.postgres import ensure_seeded
+    from lakehouse.simulate.retail import ensure_seeded
 
     if not (Path(stack.table_path("bronze", "clickstream")) / "_delta_log").is_dir():
         simulate_to_kafka(stack)  # run alone: the DAG tests' data; after test_pipeline.py the lake is there

@@ -20,20 +20,19 @@ from lakehouse.config import Settings
 from lakehouse.privacy.tokenize import token
 from lakehouse.silver import engine
 from lakehouse.silver.engine import SilverTable
-from lakehouse.sources.cdc import cdc_producer, drop_slot, lsn_to_int, peek_changes, publish, run_cdc
-from lakehouse.sources.kafka import ingest_available
-from lakehouse.sources.postgres import (
+from lakehouse.simulate.retail import (
     RETAIL_TABLES,
     CustomerUpdate,
     connect,
-    drop_timezone,
-    extract_incremental,
     generate_changes,
     read_cdnow,
     retail_sources,
     seed,
     table_rows,
 )
+from lakehouse.sources.cdc import cdc_producer, drop_slot, lsn_to_int, peek_changes, publish, run_cdc
+from lakehouse.sources.kafka import ingest_available
+from lakehouse.sources.postgres import drop_timezone, extract_incremental
 from lakehouse.sources.registry import PostgresCdcSource
 
 pytestmark = pytest.mark.integration

@@ -14,6 +14,7 @@ import pytest
 
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
+from lakehouse.simulate.retail import retail_sources
 from lakehouse.sources.postgres import (
     ExtractError,
     ExtractOutcome,
@@ -25,7 +26,6 @@ from lakehouse.sources.postgres import (
     quote_identifier,
     raise_for_failures,
     read_state,
-    retail_sources,
     snapshot_changes,
     snapshot_hashes,
     snapshot_query,

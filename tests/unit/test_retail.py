@@ -19,8 +19,7 @@ from lakehouse.errors import ConfigError, DataError
 from lakehouse.privacy.tokenize import token
 from lakehouse.silver import engine
 from lakehouse.silver.engine import BatchCounts, RunContext, SilverTable
-from lakehouse.sources.cdc import decode_transactions, lsn_to_int, qualified_tables, record_key
-from lakehouse.sources.postgres import (
+from lakehouse.simulate.retail import (
     CustomerUpdate,
     DeleteOrder,
     NewOrder,
@@ -31,6 +30,7 @@ from lakehouse.sources.postgres import (
     product_catalog,
     split_order,
 )
+from lakehouse.sources.cdc import decode_transactions, lsn_to_int, qualified_tables, record_key
 
 pytestmark = pytest.mark.unit
 

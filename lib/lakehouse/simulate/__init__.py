@@ -1,7 +1,7 @@
 """Simulators that feed the lakehouse's sources, outside the data's path: a web/mobile clickstream with the
 flaws real streams have (:mod:`.clickstream`), a device fleet and the UCI occupancy replay over MQTT
-(:mod:`.devices`), the third-party FX API (:mod:`.fx_api`) and the demo's first fill of every source
-(:mod:`.demo`)."""
+(:mod:`.devices`), the third-party FX API (:mod:`.fx_api`), the retail database with its CDNOW seed and change
+generator (:mod:`.retail`) and the demo's first fill of every source (:mod:`.demo`)."""
 
 from __future__ import annotations
 

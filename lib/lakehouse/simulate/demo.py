@@ -32,8 +32,8 @@ class SourcesReport:
 
 def produce_retail(settings: Settings, changes: int = 300) -> dict[str, int]:
     """Seed PostgreSQL (if empty), open the CDC slot, make changes and publish them to Kafka once."""
+    from lakehouse.simulate.retail import connect, ensure_seeded, generate_changes
     from lakehouse.sources.cdc import ensure_slot, run_cdc
-    from lakehouse.sources.postgres import connect, ensure_seeded, generate_changes
     from lakehouse.sources.registry import PostgresCdcSource, load_registry
 
     seeded = ensure_seeded(settings, settings.postgres.seed_limit or None)

@@ -33,7 +33,7 @@ def retail() -> None:
 @pass_settings
 def seed(settings: Settings, limit: int | None, replace: bool) -> None:
     """Create the schema and load the real CDNOW purchases (69,659 orders) with generated dimensions."""
-    from lakehouse.sources.postgres import seed as seed_database
+    from lakehouse.simulate.retail import seed as seed_database
 
     report = seed_database(settings, limit, replace=replace)
     click.echo(
@@ -48,7 +48,7 @@ def seed(settings: Settings, limit: int | None, replace: bool) -> None:
 @pass_settings
 def changes(settings: Settings, count: int, seed_value: int) -> None:
     """Apply COUNT changes: new orders, status moves, customer updates, deletes of cancelled orders."""
-    from lakehouse.sources.postgres import generate_changes
+    from lakehouse.simulate.retail import generate_changes
 
     report = generate_changes(settings, count, seed_value)
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
