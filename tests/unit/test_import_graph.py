@@ -160,6 +160,7 @@ def test_the_stages_are_where_the_layout_says() -> None:
     assert stage("lakehouse.silver.engine") == "silver"
     assert stage("lakehouse.gold.realtime") == "gold"
     assert stage("lakehouse.simulate.fx_api") == "simulate"
+    assert stage("lakehouse.simulate.retail") == "simulate"
     assert stage("lakehouse.streaming.continuous") == "orchestration"
     assert stage("lakehouse.cli") == "cli"
     assert stage("lakehouse") == "foundation"
@@ -197,6 +198,7 @@ def test_contracts_are_a_leaf() -> None:
         ("lakehouse.contracts.build", "lakehouse.quality.suites"),
         ("lakehouse.config", "lakehouse.contracts.payload"),
         ("lakehouse.sources.kafka", "lakehouse.simulate.clickstream"),  # the path importing a driver
+        ("lakehouse.sources.postgres", "lakehouse.simulate.retail"),  # the extract knowing the demo's tables
         ("lakehouse.silver.engine", "lakehouse.stack.kafka"),
         ("lakehouse.quality.validate", "lakehouse.sources.cdc_cli"),
         ("lakehouse.gold.realtime", "lakehouse.streaming.continuous"),
@@ -214,6 +216,7 @@ def test_an_import_downstream_is_found(importer: str, imported: str) -> None:
         ("lakehouse.gold.realtime", "lakehouse.sources.kafka"),
         ("lakehouse.serving.quality", "lakehouse.lineage.graph"),
         ("lakehouse.simulate.devices", "lakehouse.sources.device_registry"),
+        ("lakehouse.simulate.retail", "lakehouse.sources.postgres_connection"),
         ("lakehouse.streaming.continuous", "lakehouse.silver.engine"),
         ("lakehouse.sources.http_cli", "lakehouse.simulate.fx_api"),
     ],
