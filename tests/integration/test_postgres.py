@@ -257,13 +257,16 @@ def test_cdc_to_kafka_bronze_and_silver(seeded: Settings, spark: Any, tmp_path: 
                 f"{name} != PostgreSQL"
             )
 
-        # Re-applying the very same bronze rows (new checkpoints) changes nothing.
+        # Re-applying the very same bronze rows (new checkpoints) changes nothing: one table per kind of
+        # change — a single key, a composite key (order_items), an SCD2 history (dim_customer).
+        replayed = ("silver.retail_customers", "silver.retail_order_items", "silver.dim_customer")
         again = {
             name: dataclasses.replace(table, checkpoints=table.checkpoints + "_again")
             for name, table in silver.items()
+            if name in replayed
         }
         _build(spark, seeded, again)
-        for name in RETAIL_TABLES:
+        for name in ("customers", "order_items"):
             expected = [_protected(seeded, name, row) for row in _pg_rows(seeded, name)]
             assert _silver_rows(spark, silver[f"silver.retail_{name}"], name) == expected, (
                 f"replay changed {name}"

@@ -644,7 +644,8 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     # input rows = applied + quarantined + duplicates + dropped, and the table holds the sum of applied.
     counts.applied = inserted
     counts.duplicates += inserts - inserted
-    _quarantine(rejected, batch_id, ctx, txn)
+    if counts.quarantined:  # an empty append still costs a Delta commit (seconds per micro-batch)
+        _quarantine(rejected, batch_id, ctx, txn)
     audit = spark.createDataFrame(
         [(table.name, spec.label, ctx.run_id, batch_id, *counts.as_tuple(), datetime.now(UTC))], AUDIT
     )
