@@ -23,6 +23,18 @@ logger.noisy.level = WARN
 """
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a UUID) that never starts with ``-``.
+
+    One id in 64 would start with a dash, which the storage tool's ``-t`` takes for an option, and the
+    broker's first start fails; Kafka's own ``random-uuid`` draws again in that case, and so do we.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def server_properties(settings: Settings) -> list[str]:
     """The broker's ``server.properties`` lines (every key is a Kafka 4.x broker config: tested)."""
     k = settings.kafka
@@ -67,7 +79,7 @@ def recipe(settings: Settings) -> Service:
         properties.write_text("\n".join(server_properties(settings)))
         if (home / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = new_cluster_id()
         result = subprocess.run(
             [java_executable(), "-cp", classpath, logging_config, "kafka.tools.StorageTool", "format",
              "--standalone", "-t", cluster_id, "-c", str(properties)],
