@@ -195,7 +195,7 @@ def _check(spark: Any, settings: Settings, rows: list[tuple[Any, ...]], engine: 
     )
 
 
-@pytest.mark.parametrize("engine", ["pandas", "spark"])
+@pytest.mark.parametrize("engine", ["compiled", "pandas", "spark"])
 def test_each_action_routes_rows(spark: Any, settings: Settings, engine: str) -> None:
     checked = _check(spark, settings, _ROWS, engine)
     assert checked.engine == engine
@@ -214,9 +214,9 @@ def test_each_action_routes_rows(spark: Any, settings: Settings, engine: str) ->
     assert {r.batch_id for r in checked.results} == {7}
 
 
-def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, settings: Settings) -> None:
+def test_compiled_pandas_and_spark_engines_route_the_same_rows(spark: Any, settings: Settings) -> None:
     outcomes = []
-    for engine in ("pandas", "spark"):
+    for engine in ("compiled", "pandas", "spark"):
         checked = _check(spark, settings, _ROWS, engine)
         outcomes.append(
             (
@@ -226,7 +226,59 @@ def test_pandas_and_spark_engines_route_the_same_rows(spark: Any, settings: Sett
                 sorted((r.rule, r.success, r.unexpected_count) for r in checked.results),
             )
         )
-    assert outcomes[0] == outcomes[1]
+    assert outcomes[0] == outcomes[1] == outcomes[2]
+
+
+def _suite_with(*extra: dict[str, Any]) -> Any:
+    return parse_suite(
+        {"name": "silver.crafted", "expectations": [*_SUITE.to_json_dict()["expectations"], *extra]},
+        "crafted",
+    )
+
+
+def test_rules_the_compiler_does_not_know_run_on_gx_beside_the_compiled_ones(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    private = settings.model_copy(update={"workspace": tmp_path / "ws"})
+    mean = {
+        **_expectation("expect_column_mean_to_be_between", "warn", column="amount", max_value=0),
+        "meta": {"action": "warn", "rule": "mean_amount"},
+    }
+    run_id = str(uuid.uuid4())
+    checked = check_batch(
+        spark.createDataFrame(_ROWS, _SCHEMA),
+        "silver.crafted",
+        settings=private,
+        run_id=run_id,
+        batch_id=3,
+        suite=_suite_with(mean),
+    )
+    assert checked.engine == "compiled"
+    assert sorted(r["id"] for r in checked.valid.collect()) == ["1", "5"]
+    assert checked.dropped == 1 and checked.quarantined_count == 2
+    by_rule = {r.rule: r for r in checked.results}
+    assert list(by_rule) == ["id_present", "amount_non_negative", "cc_format", "kind_known", "mean_amount"]
+    assert by_rule["mean_amount"].engine == "pandas" and not by_rule["mean_amount"].success
+    assert by_rule["id_present"].engine == "compiled" and by_rule["id_present"].unexpected_count == 2
+    stored = results_for_run(private, run_id)
+    assert sorted(stored["rule"]) == sorted(by_rule)
+    (saved,) = (private.workspace / "quality" / "validations" / "silver.crafted").glob(f"{run_id}__3.json")
+    document = json.loads(saved.read_text())
+    assert len(document["results"]) == 5 and document["statistics"]["unsuccessful_expectations"] == 4
+
+
+def test_an_uncompiled_rule_that_routes_rows_runs_the_suite_on_gx(spark: Any, settings: Settings) -> None:
+    lengths = {
+        **_expectation("expect_column_value_lengths_to_be_between", "quarantine", column="cc", max_value=2),
+        "meta": {"action": "quarantine", "rule": "cc_short"},
+    }
+    suite = _suite_with(lengths)
+    frame = spark.createDataFrame(_ROWS, _SCHEMA)
+    common = {"settings": settings, "run_id": "r", "batch_id": 0, "suite": suite, "persist": False}
+    checked = check_batch(frame, "silver.crafted", **common)
+    assert checked.engine == "pandas" and checked.quarantined_count == 3  # "germany" is too long
+    with pytest.raises(DataError, match="cc_short"):
+        check_batch(frame, "silver.crafted", engine="compiled", **common)
 
 
 def test_fail_action_raises_quality_error(spark: Any, settings: Settings) -> None:
@@ -280,8 +332,15 @@ def test_clear_pii_caught_by_a_rule_is_not_quoted_in_results_or_data_docs(
     )
     run_id = str(uuid.uuid4())
     with pytest.raises(QualityError, match="email_tokenized"):
+        # GX's engine: its unexpected-value lists are what could quote the PII (compiled rules keep none)
         check_batch(
-            frame, "silver.retail_customers", settings=private, run_id=run_id, batch_id=0, suite=suite
+            frame,
+            "silver.retail_customers",
+            settings=private,
+            run_id=run_id,
+            batch_id=0,
+            suite=suite,
+            engine="pandas",
         )
     results = results_for_run(private, run_id).set_index("rule")
     assert (

@@ -600,6 +600,7 @@ def test_compiled_rules_route_rows_and_agree_with_gx(spark: Any, settings: Setti
         batch_id=0,
         persist=False,
         suite=load_suite(local, "silver.orders"),
+        engine="pandas",
     )
     assert {r.rule: (r.unexpected_count, r.success) for r in checked.results} == compiled
 

@@ -225,12 +225,14 @@ class Evaluation:
             It is lazy: the write that consumes it evaluates the routing.
         outcomes: each rule's counts and success, in suite order.
         quarantined, dropped: how many rows the routing sends where.
+        rows: how many rows the batch has (counted by the same aggregate).
     """
 
     marked: DataFrame
     outcomes: list[RuleOutcome]
     quarantined: int
     dropped: int
+    rows: int = 0
 
     def failures(self) -> list[str]:
         """The failed ``fail`` rules, as ``rule (n rows)``."""
@@ -312,7 +314,7 @@ def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] |
         route.alias(ROUTE),
         failed.alias(FAILED),
     ).withColumn(REASON, F.try_element_at(F.col(FAILED), F.lit(1)))
-    return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1])
+    return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1], rows=rows)
 
 
 def result_rows(

@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
 
+import lakehouse.quality.compiled as cq
 from lakehouse.config import Settings
 from lakehouse.errors import DataError
 from lakehouse.privacy.mask import mask_result_body, table_pii
@@ -237,6 +238,10 @@ def check_batch(
 ) -> CheckedBatch:
     """Validate a batch against ``table``'s suite and route its rows by action.
 
+    By default the rules :mod:`lakehouse.quality.compiled` knows run as Spark predicates in one aggregate
+    over the batch, and GX evaluates only the rest (on pandas or Spark by size). A suite whose uncompiled
+    rules route rows (drop/quarantine), or with no compiled rule at all, runs wholly on GX.
+
     Args:
         frame: the rows about to be written (may carry extra columns, e.g. the raw payload, that the suite
             ignores and quarantine keeps).
@@ -246,9 +251,11 @@ def check_batch(
         batch_id: the micro-batch id (0 for a batch job).
         suite: use this suite instead of loading ``table``'s (tests).
         persist: append the results to ``audit.validation_results`` and keep them for Data Docs.
-        engine: force ``pandas`` or ``spark``; default by row count and ``settings.quality.pandas_max_rows``.
+        engine: ``compiled`` (the default described above), or GX's ``pandas`` or ``spark`` engine for
+            the whole suite; GX's own engine is otherwise chosen by row count and
+            ``settings.quality.pandas_max_rows``.
         materialised: ``frame`` is already materialised (``localCheckpoint``, perhaps then filtered and
-            projected), so row ids added lazily are stable; saves a checkpoint of the batch.
+            projected), so it can be read twice and row ids added lazily are stable; saves a checkpoint.
         rows: the batch's row count when the caller knows it (saves a count).
 
     Returns:
@@ -257,29 +264,87 @@ def check_batch(
     Raises:
         QualityError: a ``fail`` expectation failed or an expectation could not be evaluated (after the
             results are persisted).
+        DataError: an unknown engine, or ``compiled`` forced on a suite whose uncompiled rules route rows.
 
     Example:
         >>> checked = check_batch(customers, "silver.retail_customers", settings=s, run_id=rid, batch_id=0)
         >>> checked.valid.write.format("delta").mode("append").save(path)
     """
+    if engine not in (None, cq.ENGINE, "pandas", "spark"):
+        raise DataError(f"engine must be {cq.ENGINE}, pandas or spark, got {engine!r}")
     suite = suite or load_suite(settings, table)
+    if engine in (None, cq.ENGINE):
+        compiled = cq.CompiledSuite.of(suite)
+        routing = [rule_name(e) for e in compiled.rest if action_of(e) in ROW_ACTIONS]
+        if engine == cq.ENGINE and routing:
+            raise DataError(
+                f"{table}: the rules {routing} route rows and are not compiled: "
+                "use the pandas or spark engine"
+            )
+        if compiled.rules and not routing:
+            base = frame if materialised else frame.localCheckpoint(eager=True)
+            return _check_compiled(base, table, compiled, settings, run_id, batch_id, persist)
     if materialised:
         ided = frame.withColumn(ROW_ID, F.monotonically_increasing_id())
     else:
         ided = with_row_ids(frame)
     if rows is None:
         rows = ided.count()
-    chosen = engine or ("pandas" if rows <= settings.quality.pandas_max_rows else "spark")
-    if chosen not in ("pandas", "spark"):
-        raise DataError(f"engine must be pandas or spark, got {engine!r}")
-    outcome = _validate(ided, suite, chosen)
+    chosen = engine if engine in ("pandas", "spark") else _gx_engine(settings, rows)
+    pii = table_pii(settings, table)
+    judged = _judge(ided, suite, chosen, table=table, run_id=run_id, batch_id=batch_id, rows=rows, pii=pii)
+    spark = ided.sparkSession
+    if persist:
+        _persist(spark, settings, table, run_id, batch_id, judged.results, judged.outcome, pii)
+    if judged.failures:
+        raise QualityError(
+            f"{table} batch {batch_id} failed its quality suite: " + "; ".join(judged.failures)
+        )
+    columns = [c for c in ided.columns if c != ROW_ID]
+    valid, quarantined = _route(spark, ided, columns, judged.routes, judged.quarantine_ids)
+    return CheckedBatch(
+        valid=valid,
+        quarantined=quarantined,
+        dropped=len(judged.routes) - len(judged.quarantine_ids),
+        quarantined_count=len(judged.quarantine_ids),
+        results=judged.results,
+        engine=chosen,
+        rows=rows,
+        failures=judged.failures,
+    )
+
+
+def _gx_engine(settings: Settings, rows: int) -> str:
+    return "pandas" if rows <= settings.quality.pandas_max_rows else "spark"
+
+
+@dataclass
+class _Judged:
+    """What GX found in a batch: its result, our result rows, failures and the rows to route."""
+
+    outcome: Any
+    results: list[ResultRow]
+    failures: list[str]
+    routes: dict[int, list[str]]
+    quarantine_ids: set[int]
+
+
+def _judge(
+    ided: DataFrame,
+    suite: gx.ExpectationSuite,
+    engine: str,
+    *,
+    table: str,
+    run_id: str,
+    batch_id: int,
+    rows: int,
+    pii: Sequence[str],
+) -> _Judged:
+    """Run ``suite`` on GX's ``engine`` over a batch with row ids; nothing is persisted or raised."""
+    outcome = _validate(ided, suite, engine)
     validated_at = datetime.now(UTC)
     by_rule = {rule_name(e): e for e in suite.expectations}
-    pii = table_pii(settings, table)
-    results: list[ResultRow] = []
-    routes: dict[int, list[str]] = {}
-    quarantine_ids: set[int] = set()
-    failures: list[str] = []
+    judged = _Judged(outcome, [], [], {}, set())
     order = {rule: index for index, rule in enumerate(by_rule)}
     for result in sorted(
         outcome.results, key=lambda r: order.get(str(r.expectation_config.meta.get("rule")), 0)
@@ -289,7 +354,7 @@ def check_batch(
         action = action_of(expectation)
         body = result.result or {}
         errored = bool((result.exception_info or {}).get("raised_exception"))
-        results.append(
+        judged.results.append(
             ResultRow(
                 run_id=run_id,
                 batch_id=int(batch_id),
@@ -303,46 +368,114 @@ def check_batch(
                 element_count=_int(body.get("element_count", rows if not errored else None)),
                 unexpected_count=_int(body.get("unexpected_count", 0 if result.success else None)),
                 unexpected_percent=_float(body.get("unexpected_percent", 0.0 if result.success else None)),
-                engine=chosen,
+                engine=engine,
                 validated_at=validated_at,
-                details=_details(result, expectation_columns(expectation), pii),
+                details=_details(result, expectation_columns(expectation), tuple(pii)),
             )
         )
         if errored:
-            failures.append(
+            judged.failures.append(
                 f"{rule} could not be evaluated: {result.exception_info.get('exception_message')}"
             )
         elif not result.success and action == "fail":
-            failures.append(f"{rule} failed ({body.get('unexpected_count', body.get('observed_value'))})")
+            judged.failures.append(
+                f"{rule} failed ({body.get('unexpected_count', body.get('observed_value'))})"
+            )
         elif not result.success and action in ROW_ACTIONS:
             ids = _failing_ids(result)
             for row_id in ids:
-                routes.setdefault(row_id, []).append(rule)
+                judged.routes.setdefault(row_id, []).append(rule)
             if action == "quarantine":
-                quarantine_ids |= ids
+                judged.quarantine_ids |= ids
         elif not result.success:
             log.warning("%s: %s failed (warn) in batch %s", table, rule, batch_id)
-    spark = ided.sparkSession
-    if persist:
-        from lakehouse.quality.docs import save_validation
-        from lakehouse.quality.results import write_results
+    return judged
 
-        write_results(spark, settings, results)
-        if settings.quality.data_docs:
-            save_validation(settings, table, run_id, batch_id, outcome, pii)
+
+def _persist(
+    spark: SparkSession,
+    settings: Settings,
+    table: str,
+    run_id: str,
+    batch_id: int,
+    results: list[ResultRow],
+    outcome: Any,
+    pii: Sequence[str],
+) -> None:
+    from lakehouse.quality.docs import save_validation
+    from lakehouse.quality.results import write_results
+
+    write_results(spark, settings, results)
+    if settings.quality.data_docs:
+        save_validation(settings, table, run_id, batch_id, outcome, pii)
+
+
+def _check_compiled(
+    base: DataFrame,
+    table: str,
+    compiled: Any,
+    settings: Settings,
+    run_id: str,
+    batch_id: int,
+    persist: bool,
+) -> CheckedBatch:
+    """The compiled rules in one aggregate over the materialised ``base``; GX for the warn/fail rest."""
+    suite = compiled.suite
+    evaluation = cq.evaluate(base, compiled)
+    results = cq.result_rows(
+        evaluation.outcomes, table=table, suite=suite.name, run_id=run_id, batch_id=batch_id
+    )
+    failures = evaluation.failures()
+    outcome = cq.validation_result(evaluation.outcomes, suite)
+    pii = table_pii(settings, table)
+    rest = compiled.rest_suite()
+    if rest is not None:
+        ided = base.withColumn(ROW_ID, F.monotonically_increasing_id())
+        engine = _gx_engine(settings, evaluation.rows)
+        other = _judge(
+            ided, rest, engine, table=table, run_id=run_id, batch_id=batch_id, rows=evaluation.rows, pii=pii
+        )
+        results += other.results
+        failures += other.failures
+        outcome = _joined(outcome, other.outcome)
+    order = {rule_name(e): index for index, e in enumerate(suite.expectations)}
+    results.sort(key=lambda r: order.get(r.rule, len(order)))
+    if persist:
+        _persist(base.sparkSession, settings, table, run_id, batch_id, results, outcome, pii)
     if failures:
         raise QualityError(f"{table} batch {batch_id} failed its quality suite: " + "; ".join(failures))
-    columns = [c for c in ided.columns if c != ROW_ID]
-    valid, quarantined = _route(spark, ided, columns, routes, quarantine_ids)
+    marked = evaluation.marked
+    columns = [F.col(f"`{c}`") for c in base.columns]
     return CheckedBatch(
-        valid=valid,
-        quarantined=quarantined,
-        dropped=len(routes) - len(quarantine_ids),
-        quarantined_count=len(quarantine_ids),
+        valid=marked.where(F.col(cq.ROUTE).isNull()).select(*columns),
+        quarantined=marked.where(F.col(cq.ROUTE) == "quarantine").select(
+            *columns, F.col(cq.REASON).alias("reason"), F.col(cq.FAILED).alias("failed_rules")
+        ),
+        dropped=evaluation.dropped,
+        quarantined_count=evaluation.quarantined,
         results=results,
-        engine=chosen,
-        rows=rows,
+        engine=cq.ENGINE,
+        rows=evaluation.rows,
         failures=failures,
+    )
+
+
+def _joined(first: Any, second: Any) -> Any:
+    """One suite validation result of two (the compiled rules' and GX's), for Data Docs."""
+    from great_expectations.core import ExpectationSuiteValidationResult
+
+    results = [*first.results, *second.results]
+    passed = sum(1 for r in results if r.success)
+    return ExpectationSuiteValidationResult(
+        success=passed == len(results),
+        results=results,
+        suite_name=first.suite_name,
+        statistics={
+            "evaluated_expectations": len(results),
+            "successful_expectations": passed,
+            "unsuccessful_expectations": len(results) - passed,
+            "success_percent": 100.0 * passed / len(results) if results else 100.0,
+        },
     )
 
 
