@@ -16,12 +16,19 @@ from lakehouse.config import Settings
 
 @pytest.fixture(scope="session")
 def spark(settings: Settings) -> Iterator[Any]:
-    """A classic local Spark session with the project's Delta configuration; no Spark Connect server."""
+    """A classic local Spark session with the project's Delta configuration; no Spark Connect server.
+
+    Without the OpenLineage listener: it plans every job a second time (about a tenth of this tier's Spark
+    time) and no unit test reads its events; tests/integration/test_lineage_runs.py proves it on the stack.
+    """
     from lakehouse.spark import get_spark
 
     local = settings.spark.model_copy(update={"master": "local[2]", "driver_memory": "1g"})
+    lineage = settings.lineage.model_copy(update={"spark_listener": False})
     session = get_spark(
-        settings.model_copy(update={"spark": local}), mode="classic", app_name="lakehouse-unit"
+        settings.model_copy(update={"spark": local, "lineage": lineage}),
+        mode="classic",
+        app_name="lakehouse-unit",
     )
     yield session
     session.stop()
