@@ -360,7 +360,7 @@ def result_rows(
 
 def validation_result(outcomes: Sequence[RuleOutcome], suite: gx.ExpectationSuite) -> Any:
     """The outcomes as a GX suite validation result, so Data Docs render compiled runs like GX's own."""
-    from great_expectations.core import ExpectationSuiteValidationResult, ExpectationValidationResult
+    from great_expectations.core import ExpectationValidationResult
 
     results = [
         ExpectationValidationResult(
@@ -376,15 +376,22 @@ def validation_result(outcomes: Sequence[RuleOutcome], suite: gx.ExpectationSuit
         )
         for o in outcomes
     ]
-    passed = sum(1 for o in outcomes if o.success)
+    return suite_result(results, suite.name)
+
+
+def suite_result(results: Sequence[Any], suite_name: str) -> Any:
+    """GX expectation results as one suite validation result, with its statistics (for Data Docs)."""
+    from great_expectations.core import ExpectationSuiteValidationResult
+
+    passed = sum(1 for r in results if r.success)
     return ExpectationSuiteValidationResult(
-        success=passed == len(outcomes),
-        results=results,
-        suite_name=suite.name,
+        success=passed == len(results),
+        results=list(results),
+        suite_name=suite_name,
         statistics={
-            "evaluated_expectations": len(outcomes),
+            "evaluated_expectations": len(results),
             "successful_expectations": passed,
-            "unsuccessful_expectations": len(outcomes) - passed,
-            "success_percent": 100.0 * passed / len(outcomes) if outcomes else 100.0,
+            "unsuccessful_expectations": len(results) - passed,
+            "success_percent": 100.0 * passed / len(results) if results else 100.0,
         },
     )

@@ -437,7 +437,7 @@ def _check_compiled(
         )
         results += other.results
         failures += other.failures
-        outcome = _joined(outcome, other.outcome)
+        outcome = cq.suite_result([*outcome.results, *other.outcome.results], suite.name)
     order = {rule_name(e): index for index, e in enumerate(suite.expectations)}
     results.sort(key=lambda r: order.get(r.rule, len(order)))
     if persist:
@@ -457,25 +457,6 @@ def _check_compiled(
         engine=cq.ENGINE,
         rows=evaluation.rows,
         failures=failures,
-    )
-
-
-def _joined(first: Any, second: Any) -> Any:
-    """One suite validation result of two (the compiled rules' and GX's), for Data Docs."""
-    from great_expectations.core import ExpectationSuiteValidationResult
-
-    results = [*first.results, *second.results]
-    passed = sum(1 for r in results if r.success)
-    return ExpectationSuiteValidationResult(
-        success=passed == len(results),
-        results=results,
-        suite_name=first.suite_name,
-        statistics={
-            "evaluated_expectations": len(results),
-            "successful_expectations": passed,
-            "unsuccessful_expectations": len(results) - passed,
-            "success_percent": 100.0 * passed / len(results) if results else 100.0,
-        },
     )
 
 
