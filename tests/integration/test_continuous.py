@@ -21,12 +21,14 @@ from kafka.admin import NewTopic
 
 from lakehouse.config import Settings, load_settings
 from lakehouse.errors import ServiceError
-from lakehouse.gold.realtime import (
+from lakehouse.gold.rollups import (
     InfluxTarget,
-    clickstream_events,
-    events_per_minute,
-    start_device_minute,
-    start_events_per_minute,
+    RollupSink,
+    app_id_for,
+    rollup_stream,
+    rows,
+    start_rollup,
+    windows,
 )
 from lakehouse.silver import engine
 from lakehouse.sources.kafka import ingest_available
@@ -106,8 +108,12 @@ def _clickstream(base: datetime) -> tuple[list[tuple[str, dict[str, Any]]], dict
         }
         if index % 2:
             event |= {"schema_version": 1, "ts": int(moment.timestamp() * 1000)}
+            if event_type == "purchase":
+                event |= {"revenue": 12.5, "currency": "EUR"}
         else:
             event |= {"schema_version": 2, "event_time": moment.isoformat().replace("+00:00", "Z")}
+            if event_type == "purchase":
+                event["amount"] = {"value": 12.5, "currency": "EUR"}
         records.append((f"e{index}", event))
         expected[(minute, event_type)] = expected.get((minute, event_type), 0) + 1
     # Moves the watermark past the three minutes so they are emitted (its own window stays open).
@@ -121,6 +127,7 @@ def _clickstream(base: datetime) -> tuple[list[tuple[str, dict[str, Any]]], dict
                 "event_type": "search",
                 "ts": int(sentinel.timestamp() * 1000),
                 "session_id": "s0",
+                "user_id": "u",
             },
         )
     )
@@ -134,11 +141,26 @@ def test_event_windows_land_in_delta_and_influx_and_a_replay_changes_nothing(
     base = _base_minute()
     records, expected = _clickstream(base)
     _send(influxdb, topic, [*records, ("bad", "{not json")])
-    tables = {"events_table": str(tmp_path / "rt_events"), "sessions_table": str(tmp_path / "rt_sessions")}
+    stream = rollup_stream(influxdb, "gold.rt_events_per_minute")
+    tables = {
+        "events_table": str(tmp_path / "rt_events"),
+        "sessions_table": str(tmp_path / "rt_sessions"),
+    }
+    paths = {
+        "gold.rt_events_per_minute": tables["events_table"],
+        "gold.rt_sessions_per_minute": tables["sessions_table"],
+    }
     checkpoint = str(tmp_path / "checkpoint")
     target = InfluxTarget.from_settings(influxdb)
-    query = start_events_per_minute(
-        spark, influxdb, topic=topic, checkpoint=checkpoint, influx=target, available_now=True, **tables
+    query = start_rollup(
+        spark,
+        influxdb,
+        stream,
+        topic=topic,
+        paths=paths,
+        checkpoint=checkpoint,
+        influx=target,
+        available_now=True,
     )
     query.awaitTermination()
     assert query.exception() is None
@@ -165,12 +187,9 @@ def test_event_windows_land_in_delta_and_influx_and_a_replay_changes_nothing(
     # Replay: the same windows handed to the sink again with the batch id that wrote them.
     batch_id = int(delta[0]["batch_id"])
     static = spark.read.format("kafka").option("kafka.bootstrap.servers", influxdb.kafka.bootstrap_servers)
-    windows = events_per_minute(clickstream_events(static.option("subscribe", topic).load()))
-    replayed = windows.where(windows.window_start < base + timedelta(minutes=3))
-    sink_args = (tables["events_table"], tables["sessions_table"])
-    from lakehouse.gold.realtime import EventsSink, app_id_for
-
-    sink = EventsSink(*sink_args, app_id_for(checkpoint, "rt-events"), target)
+    minutes = windows(rows(static.option("subscribe", topic).load(), stream), stream)
+    replayed = minutes.where(minutes.window_start < base + timedelta(minutes=3))
+    sink = RollupSink(stream.tables, tuple(paths.values()), app_id_for(checkpoint, stream.name), target)
     sink(replayed, batch_id)
     assert count_rows(spark, tables["events_table"]) == len(expected)
     assert count_rows(spark, tables["sessions_table"]) == 3
@@ -213,11 +232,12 @@ def test_device_minutes_land_in_delta_and_influx(influxdb: Settings, spark: Any,
     records += [reading("d9", 99, 900, 0.0)]  # moves the watermark
     _send(influxdb, topic, records)
     table = str(tmp_path / "rt_device")
-    query = start_device_minute(
+    query = start_rollup(
         spark,
         influxdb,
+        rollup_stream(influxdb, "gold.rt_device_minute"),
         topic=topic,
-        table=table,
+        paths={"gold.rt_device_minute": table},
         checkpoint=str(tmp_path / "cp"),
         influx=InfluxTarget.from_settings(influxdb),
         available_now=True,

@@ -87,6 +87,56 @@ def test_a_declared_table_fed_by_a_streamed_bronze_is_streamed_input_by_input(
     assert running_silver_inputs(local, "silver.meters") == set()
 
 
+def test_a_declared_rollup_over_a_streamed_table_joins_the_plan(settings: Settings, tmp_path: Path) -> None:
+    root, registry = _project(tmp_path)
+    internal = {"classification": "internal"}
+    silver = {
+        **SILVER,
+        "columns": [
+            *SILVER["columns"],  # type: ignore[list-item]
+            {"name": "read_at", "type": "timestamp", "expr": "timestamp_millis(payload.seq)", **internal},
+        ],
+    }
+    (root / "catalog" / "silver" / "meters.yaml").write_text(yaml.safe_dump(silver))
+    kinds = {"window_start": "timestamp", "window_end": "timestamp", "meter": "string", "readings": "long"}
+    kinds |= {"batch_id": "long", "emitted_at": "timestamp"}
+    rollup = {
+        "table": "gold.meter_minute",
+        "owner": "tests",
+        "description": "Readings per meter and minute.",
+        "classification": "internal",
+        "optional": True,
+        "rollup": {
+            "rows": "silver.meters",
+            "input": "meter_raw",
+            "event_time": "read_at",
+            "group_by": ["meter"],
+            "aggregate": {"readings": "count(1)"},
+        },
+        "columns": [{"name": n, "type": t, **internal} for n, t in kinds.items()],
+    }
+    (root / "catalog" / "gold").mkdir()
+    (root / "catalog" / "gold" / "meter_minute.yaml").write_text(yaml.safe_dump(rollup))
+    local = settings.model_copy(update={"root": root, "workspace": tmp_path / "ws"})
+    specs = plan(local, SupervisorOptions(registry=str(registry)))
+    assert [(s.name, s.kind) for s in specs] == [
+        ("bronze_meters", "bronze"),
+        ("silver_meters_meter_raw", "silver"),
+        ("gold_meter_minute", "rollup"),
+    ]
+    query = specs[2]
+    assert (query.topic, query.rollup, query.table) == (
+        "meters",
+        "gold.meter_minute",
+        local.table_path("gold", "meter_minute"),
+    )
+    assert query.checkpoint == local.checkpoint_path("gold_meter_minute")
+    assert [s.kind for s in plan(local, SupervisorOptions(registry=str(registry), realtime=False))] == [
+        "bronze",
+        "silver",
+    ]
+
+
 @pytest.mark.parametrize(
     ("message", "conflict"),
     [

@@ -158,7 +158,7 @@ def test_the_stages_are_where_the_layout_says() -> None:
     assert stage("lakehouse.sources.registry") == "declarations"
     assert stage("lakehouse.sources.mqtt_cli") == "cli"
     assert stage("lakehouse.silver.engine") == "silver"
-    assert stage("lakehouse.gold.realtime") == "gold"
+    assert stage("lakehouse.gold.rollups") == "gold"
     assert stage("lakehouse.simulate.fx_api") == "simulate"
     assert stage("lakehouse.simulate.retail") == "simulate"
     assert stage("lakehouse.streaming.continuous") == "orchestration"
@@ -201,7 +201,7 @@ def test_contracts_are_a_leaf() -> None:
         ("lakehouse.sources.postgres", "lakehouse.simulate.retail"),  # the extract knowing the demo's tables
         ("lakehouse.silver.engine", "lakehouse.stack.kafka"),
         ("lakehouse.quality.validate", "lakehouse.sources.cdc_cli"),
-        ("lakehouse.gold.realtime", "lakehouse.streaming.continuous"),
+        ("lakehouse.gold.rollups", "lakehouse.streaming.continuous"),
         ("lakehouse.simulate.devices", "lakehouse.silver.engine"),  # a simulator reading the lake
     ],
 )
@@ -213,7 +213,7 @@ def test_an_import_downstream_is_found(importer: str, imported: str) -> None:
     ("importer", "imported"),
     [
         ("lakehouse.silver.engine", "lakehouse.sources.registry"),
-        ("lakehouse.gold.realtime", "lakehouse.sources.kafka"),
+        ("lakehouse.gold.rollups", "lakehouse.sources.kafka"),
         ("lakehouse.serving.quality", "lakehouse.lineage.graph"),
         ("lakehouse.simulate.devices", "lakehouse.sources.device_registry"),
         ("lakehouse.simulate.retail", "lakehouse.sources.postgres_connection"),

@@ -264,3 +264,82 @@ class ModelSpec(_Model):
             if not re.match(_TABLE, table):
                 raise ValueError(f"input {table!r} is not <bronze|silver|gold>.<name>")
         return self
+
+
+class InfluxSpec(_Model):
+    """Where a rollup's rows also go in InfluxDB: one point per row, at ``window_start``.
+
+    ``fields`` default to every column of the table besides the window, the ``tags`` and the stamps
+    (``batch_id``, ``emitted_at``); a field keeps the contract column's type (InfluxDB rejects a change).
+    """
+
+    measurement: str = Field(min_length=1)
+    tags: list[str] = Field(default_factory=list)
+    fields: list[str] = Field(default_factory=list)
+
+
+class RollupSpec(_Model):
+    """The ``rollup`` section of a gold contract: tumbling windows over a topic, kept by continuous mode.
+
+    The rows are a silver table's (``rows``), read live from the Kafka topic its input's bronze table is
+    ingested from, through that table's own declared parse, columns and reject rules (a row silver would
+    quarantine never counts, and cannot move the watermark). ``event_time`` (default the silver table's
+    ``build.event_time.column``) is cut into ``window``-long windows; a window is written once, final, when
+    the watermark (the newest event time seen minus ``lateness``) passes its end (append mode). ``dedupe``
+    drops re-deliveries (same values of these columns) within the watermark.
+
+    ``aggregate`` is the stateful part, per window and ``group_by`` (Spark SQL aggregate expressions, e.g.
+    ``count(1)``, ``avg(temperature_c)``, ``collect_set(session_id)``); ``columns`` computes the table's
+    columns from it in each micro-batch (default: the aggregate or group column of the same name), e.g.
+    ``size(session_ids)`` for an exact distinct count. ``group_by`` maps an output column to its expression
+    (a list: columns by name).
+
+    A rollup ``of`` another regroups that one's windows in the same micro-batch (``group_by``, ``aggregate``
+    over its aggregate columns), e.g. sessions per minute over all event types from the per-type sets.
+    Example::
+
+        rollup:
+          rows: silver.telemetry
+          dedupe: [device_id, seq]
+          group_by: {device_id: device_id, site: "coalesce(site, 'unknown')"}
+          aggregate: {max_co2_ppm: max(co2_ppm), messages: count(1)}
+          influx: {measurement: device_minute, tags: [device_id, site]}
+    """
+
+    rows: str | None = Field(None, pattern=r"^silver\.[a-z0-9_]+$")
+    input: str | None = None
+    of: str | None = Field(None, pattern=r"^gold\.[a-z0-9_]+$")
+    event_time: str | None = None
+    window: str = "1 minute"
+    lateness: str = "1 minute"
+    dedupe: list[str] = Field(default_factory=list)
+    group_by: dict[str, str] = Field(default_factory=dict)
+    aggregate: dict[str, str] = Field(min_length=1)
+    columns: dict[str, str] = Field(default_factory=dict)
+    influx: InfluxSpec | None = None
+
+    @field_validator("group_by", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        return {name: name for name in value} if isinstance(value, list) else value
+
+    @field_validator("window", "lateness")
+    @classmethod
+    def _interval(cls, value: str) -> str:
+        if not _INTERVAL.match(value.strip()):
+            raise ValueError(f"{value!r} is not an interval like '1 minute' or '10 seconds'")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> RollupSpec:
+        if (self.rows is None) == (self.of is None):
+            raise ValueError("a rollup reads either rows (a silver table) or of (another rollup)")
+        if self.of is not None and (self.input or self.event_time or self.dedupe):
+            raise ValueError("a rollup of another takes its rows, event time and dedupe from that one")
+        clash = sorted(set(self.group_by) & set(self.aggregate))
+        if clash:
+            raise ValueError(f"group_by and aggregate both name {clash}")
+        reserved = sorted({"window_start", "window_end"} & {*self.group_by, *self.aggregate})
+        if reserved:
+            raise ValueError(f"{reserved} are the window's own columns")
+        return self

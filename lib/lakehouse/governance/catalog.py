@@ -38,7 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lakehouse.config import Settings
-from lakehouse.contracts.build import BuildSpec, ModelSpec
+from lakehouse.contracts.build import BuildSpec, ModelSpec, RollupSpec
 from lakehouse.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,10 @@ class SubjectRef(_Model):
         return f"CAST({column} AS STRING)"
 
 
+# The columns every rollup table has besides its declared ones: the window and the micro-batch that wrote it.
+ROLLUP_STAMPS: Final = ("window_start", "window_end", "batch_id", "emitted_at")
+
+
 class TableContract(_Model):
     """The contract of one lake table."""
 
@@ -158,6 +162,7 @@ class TableContract(_Model):
     columns: tuple[ColumnContract, ...] = Field(min_length=1)
     build: BuildSpec | None = None
     model: ModelSpec | None = None
+    rollup: RollupSpec | None = None
 
     @field_validator("freshness_sla")
     @classmethod
@@ -194,7 +199,26 @@ class TableContract(_Model):
             unknown = [c for c in [*self.model.unique_key, *self.model.partition_by] if c not in names]
             if unknown:
                 raise ValueError(f"model names {unknown}, which are not columns of the table")
+        if self.rollup is not None:
+            self._check_rollup(self.rollup, names)
         return self
+
+    def _check_rollup(self, rollup: RollupSpec, names: list[str]) -> None:
+        if self.layer != "gold":
+            raise ValueError(f"rollup is declared for gold tables; {self.table} is {self.layer}")
+        if self.model is not None:
+            raise ValueError("a gold table is either a model (the DAG) or a rollup (continuous mode)")
+        produced = {*ROLLUP_STAMPS, *rollup.group_by, *rollup.aggregate, *rollup.columns}
+        missing = [n for n in names if n not in produced]
+        if missing:
+            raise ValueError(
+                f"rollup gives no value for columns {missing}: name them in group_by, aggregate or columns"
+            )
+        unknown = [n for n in rollup.columns if n not in names]
+        if rollup.influx is not None:
+            unknown += [n for n in [*rollup.influx.tags, *rollup.influx.fields] if n not in names]
+        if unknown:
+            raise ValueError(f"rollup names {unknown}, which are not columns of the table")
 
     def _check_build(self, build: BuildSpec, names: list[str]) -> None:
         if self.layer != "silver":

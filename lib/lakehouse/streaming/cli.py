@@ -40,7 +40,9 @@ def stream() -> None:
     default=None,
     help="Trigger interval, e.g. '5 seconds' (default: streaming.trigger_interval).",
 )
-@click.option("--lateness", default=None, help="Watermark delay of the real-time windows (default 1 minute).")
+@click.option(
+    "--lateness", default=None, help="Watermark delay of every rollup (default each one's declared lateness)."
+)
 @click.option("--status-interval", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
 @click.option("--max-backoff", type=click.FloatRange(min=0), default=60.0, show_default=True)
 @pass_settings

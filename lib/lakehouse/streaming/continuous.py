@@ -6,8 +6,8 @@ The supervisor holds a Spark Connect session and runs
   its topic, ``mqtt`` → its ``kafka_topic``) — the very query and checkpoint the DAG's ``availableNow`` run
   uses (:func:`lakehouse.sources.kafka.start_ingest` with ``continuous=True``), so the two modes hand over
   to each other without losing or repeating a record;
-* the real-time gold rollups of :mod:`lakehouse.gold.realtime` (clickstream events per minute, IoT device
-  minutes) when their topics are registered.
+* the declared silver tables' inputs that those bronze tables feed, and the declared gold rollups
+  (:mod:`lakehouse.gold.rollups`) whose rows those topics carry.
 
 Every few seconds it writes a status JSON (per query: id, active, last batch, rows, rates, last progress time
 and the Kafka lag = end offsets − the offsets the query last committed in its checkpoint), restarts a query
@@ -43,7 +43,7 @@ from lakehouse.state import write_json
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["bronze", "silver", "rt_events", "rt_device"]
+Kind = Literal["bronze", "silver", "rollup"]
 
 
 # -- what to run --------------------------------------------------------------------------------------------
@@ -58,6 +58,7 @@ class QuerySpec:
     checkpoint: str
     silver: str | None = None  # kind silver: the declared table (``silver.<name>``) …
     input: str | None = None  # … and the input (label) this query streams into it
+    rollup: str | None = None  # kind rollup: the root table of the declared stream (``gold.<name>``)
 
 
 @dataclass(frozen=True)
@@ -92,25 +93,22 @@ class SupervisorOptions:
 
 def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[QuerySpec]:
     """The queries continuous mode runs: bronze per Kafka-backed source, the declared silver tables' inputs
-    that those bronze tables feed, then the real-time gold rollups.
+    that those bronze tables feed, then the declared gold rollups whose rows they carry.
 
     Raises:
         ConfigError: the registry is missing or invalid.
     """
-    from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
     from lakehouse.sources.registry import KafkaSource, MqttSource, PostgresCdcSource, load_registry
 
     options = options or SupervisorOptions()
     registry = load_registry(settings, Path(options.registry) if options.registry else None)
     specs: list[QuerySpec] = []
     topics: set[str] = set()
-    telemetry: str | None = None
     for source in registry.sources.values():
         if isinstance(source, KafkaSource | PostgresCdcSource):
             topic = source.topic
         elif isinstance(source, MqttSource):
             topic = source.kafka_topic
-            telemetry = telemetry or topic
         else:
             continue
         topics.add(topic)
@@ -125,26 +123,21 @@ def plan(settings: Settings, options: SupervisorOptions | None = None) -> list[Q
         )
     if options.silver:
         specs += _silver_specs(settings, {spec.table: spec.topic for spec in specs})
-    if options.realtime and CLICKSTREAM_TOPIC in topics:
-        specs.append(
-            QuerySpec(
-                name="gold_rt_events_per_minute",
-                kind="rt_events",
-                topic=CLICKSTREAM_TOPIC,
-                table=settings.table_path("gold", "rt_events_per_minute"),
-                checkpoint=settings.checkpoint_path("gold_rt_events_per_minute"),
-            )
-        )
-    if options.realtime and telemetry:
-        specs.append(
-            QuerySpec(
-                name="gold_rt_device_minute",
-                kind="rt_device",
-                topic=telemetry,
-                table=settings.table_path("gold", "rt_device_minute"),
-                checkpoint=settings.checkpoint_path("gold_rt_device_minute"),
-            )
-        )
+    if options.realtime:
+        from lakehouse.gold.rollups import declared_streams
+
+        for stream in declared_streams(settings, registry=options.registry):
+            if stream.topic in topics:
+                specs.append(
+                    QuerySpec(
+                        name=stream.name,
+                        kind="rollup",
+                        topic=stream.topic,
+                        table=stream.root.path,
+                        checkpoint=settings.checkpoint_path(stream.name),
+                        rollup=stream.root.name,
+                    )
+                )
     return specs
 
 
@@ -309,18 +302,11 @@ class QuerySupervisor:
 
     # starting -----------------------------------------------------------------------------------------------
     def _start(self, entry: _Running) -> None:
-        from lakehouse.gold.realtime import (
-            DEFAULT_LATENESS,
-            InfluxTarget,
-            start_device_minute,
-            start_events_per_minute,
-        )
+        from lakehouse.gold.rollups import InfluxTarget, rollup_stream, start_rollup
         from lakehouse.sources.kafka import start_ingest
 
         spec, options = entry.spec, self.options
         interval = options.trigger_interval or self.settings.streaming.trigger_interval
-        influx = InfluxTarget.from_settings(self.settings) if options.influx else None
-        lateness = options.lateness or DEFAULT_LATENESS
         if spec.kind == "silver":
             query = self._start_silver(spec, interval)
         elif spec.kind == "bronze":
@@ -333,26 +319,16 @@ class QuerySupervisor:
                 continuous=True,
                 trigger_interval=interval,
             )
-        elif spec.kind == "rt_events":
-            query = start_events_per_minute(
-                self._spark,
-                self.settings,
-                topic=spec.topic,
-                events_table=spec.table,
-                checkpoint=spec.checkpoint,
-                influx=influx,
-                lateness=lateness,
-                trigger_interval=interval,
-            )
         else:
-            query = start_device_minute(
+            assert spec.rollup is not None
+            query = start_rollup(
                 self._spark,
                 self.settings,
+                rollup_stream(self.settings, spec.rollup, registry=options.registry),
                 topic=spec.topic,
-                table=spec.table,
                 checkpoint=spec.checkpoint,
-                influx=influx,
-                lateness=lateness,
+                influx=InfluxTarget.from_settings(self.settings) if options.influx else None,
+                lateness=options.lateness,
                 trigger_interval=interval,
             )
         entry.query = query
@@ -531,7 +507,7 @@ def run_foreground(settings: Settings, options: SupervisorOptions | None = None)
     with _exclusive(files.lock):
         specs = plan(settings, options)
         if options.influx and any(spec.kind != "bronze" for spec in specs):
-            from lakehouse.gold.realtime import InfluxTarget
+            from lakehouse.gold.rollups import InfluxTarget
 
             InfluxTarget.from_settings(settings).ping()
         supervisor = QuerySupervisor(settings, specs, options)
