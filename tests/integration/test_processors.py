@@ -1,5 +1,6 @@
-"""The clickstream enricher on the real broker: every good record enriched, every bad one dead-lettered,
-nothing lost across a restart — including a crash between produce and commit."""
+"""A declared topic processor on the real broker (the demo's clickstream declaration, on topics of its own):
+every good record enriched, every bad one dead-lettered, nothing lost across a restart — including a crash
+between produce and commit."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 
 from lakehouse.config import Settings
-from lakehouse.streaming.processors import ClickstreamEnricher, EnricherConfig
+from lakehouse.sources.registry import KafkaSource, load_registry
+from lakehouse.streaming.processors import ProcessorConfig, TopicProcessor
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +49,7 @@ def _event(index: int) -> dict[str, Any]:
     }
 
 
-def _topics(settings: Settings) -> EnricherConfig:
+def _topics(settings: Settings) -> ProcessorConfig:
     suffix = uuid.uuid4().hex[:8]
     source = f"proc-src-{suffix}"
     admin = KafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
@@ -55,11 +57,15 @@ def _topics(settings: Settings) -> EnricherConfig:
         admin.create_topics([NewTopic(name=source, num_partitions=2, replication_factor=1)])
     finally:
         admin.close()
-    return EnricherConfig(
+    declared = load_registry(settings).get("clickstream")
+    assert isinstance(declared, KafkaSource) and declared.processor is not None
+    spec = declared.processor.model_copy(
+        update={"topic": f"proc-out-{suffix}", "dead_letter_topic": f"proc-dlq-{suffix}"}
+    )
+    return ProcessorConfig(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         source_topic=source,
-        enriched_topic=f"proc-out-{suffix}",
-        dlq_topic=f"proc-dlq-{suffix}",
+        spec=spec,
         group_id=f"proc-{suffix}",
         max_poll_records=20,
         poll_timeout_ms=300,
@@ -99,13 +105,13 @@ def _read_all(settings: Settings, topic: str, expected: int) -> list[Any]:
     return records
 
 
-def test_enricher_enriches_good_records_and_dead_letters_bad_ones(stack: Settings) -> None:
+def test_the_declared_processor_enriches_good_records_and_dead_letters_bad_ones(stack: Settings) -> None:
     config = _topics(stack)
     _produce(stack, config.source_topic, good=120)
-    report = ClickstreamEnricher(config).run(max_idle_seconds=3)
+    report = TopicProcessor(config).run(max_idle_seconds=3)
     assert (report.enriched, report.dead_lettered) == (120, len(BAD))
 
-    enriched = _read_all(stack, config.enriched_topic, 120)
+    enriched = _read_all(stack, config.output_topic, 120)
     events = {json.loads(r.value)["event_id"]: (r.key, json.loads(r.value)) for r in enriched}
     assert sorted(events) == [f"ev-{i:04d}" for i in range(120)]
     key, first = events["ev-0000"]
@@ -114,7 +120,7 @@ def test_enricher_enriches_good_records_and_dead_letters_bad_ones(stack: Setting
     assert {e["region"] for _, e in events.values()} == {"emea", "north_america", "latam", "apac", "other"}
     assert events["ev-0002"][1]["device_class"] == "tablet_app"
 
-    dead = _read_all(stack, config.dlq_topic, len(BAD))
+    dead = _read_all(stack, config.dead_letter_topic, len(BAD))
     found = sorted((r.value, dict(r.headers)["reason"].decode()) for r in dead)
     assert found == sorted(BAD)
     assert all(dict(r.headers)["source_topic"].decode() == config.source_topic for r in dead)
@@ -124,11 +130,11 @@ def test_a_restart_mid_way_loses_nothing(stack: Settings) -> None:
     config = _topics(stack)
     _produce(stack, config.source_topic, good=200)
 
-    first = ClickstreamEnricher(config).run(max_records=60)  # a clean stop after 60 records
+    first = TopicProcessor(config).run(max_records=60)  # a clean stop after 60 records
     assert 0 < first.consumed < 205
 
     # A crash after producing a batch but before committing it: the batch must be re-read, not lost.
-    crashing = ClickstreamEnricher(config)
+    crashing = TopicProcessor(config)
 
     def crash(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("simulated crash before commit")
@@ -137,12 +143,12 @@ def test_a_restart_mid_way_loses_nothing(stack: Settings) -> None:
     with pytest.raises(RuntimeError, match="simulated crash"):
         crashing.run(max_idle_seconds=3)
 
-    last = ClickstreamEnricher(config).run(max_idle_seconds=3)
+    last = TopicProcessor(config).run(max_idle_seconds=3)
     assert first.consumed + last.consumed == 205  # the crashed batch is processed again
 
-    enriched = _read_all(stack, config.enriched_topic, 200)
+    enriched = _read_all(stack, config.output_topic, 200)
     ids = [json.loads(r.value)["event_id"] for r in enriched]
     assert set(ids) == {f"ev-{i:04d}" for i in range(200)}
     assert len(ids) > 200  # at-least-once: the crashed batch shows up twice downstream
-    dead = _read_all(stack, config.dlq_topic, len(BAD))
+    dead = _read_all(stack, config.dead_letter_topic, len(BAD))
     assert {dict(r.headers)["reason"].decode() for r in dead} == {reason for _, reason in BAD}

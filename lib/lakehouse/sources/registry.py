@@ -29,6 +29,7 @@ from pydantic import (
 
 from lakehouse.config import Settings, expand_variables
 from lakehouse.contracts.payload import FieldSpec, PayloadSpec, parse_path
+from lakehouse.contracts.processor import ProcessorSpec
 from lakehouse.errors import ConfigError
 
 REGISTRY_FILE = "sources.yaml"
@@ -102,6 +103,9 @@ class KafkaSource(_Source):
     retention_ms: int = Field(604_800_000, ge=60_000)
     payload: PayloadSpec | None = Field(
         None, description="what the records' JSON holds (lakehouse.contracts.payload), for silver to read"
+    )
+    processor: ProcessorSpec | None = Field(
+        None, description="a topic-to-topic processor of the records (lakehouse.contracts.processor)"
     )
 
     @model_validator(mode="after")

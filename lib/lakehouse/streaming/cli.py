@@ -118,54 +118,56 @@ def processor() -> None:
     """Stream processors between Kafka topics (enrich, route, dead-letter)."""
 
 
-@processor.command("enrich-clickstream")
+@processor.command("list")
+@pass_settings
+def list_processors(settings: Settings) -> None:
+    """The processors sources.yaml declares: topic → output topic, dead letters, rules, derived fields."""
+    from lakehouse.sources.registry import load_registry
+    from lakehouse.streaming.processors import declared_processors
+
+    declared = declared_processors(load_registry(settings))
+    if not declared:
+        click.echo("no source declares a processor (see lakehouse.contracts.processor)")
+    for name, source in declared.items():
+        spec = source.processor
+        assert spec is not None
+        click.echo(
+            f"{name}: {source.topic} → {spec.topic} (dead letters: {spec.dead_letter_topic}); "
+            f"require {[r.reason for r in spec.require]}; derive {sorted(spec.derive)}"
+        )
+
+
+@processor.command("run")
+@click.argument("source")
 @click.option(
     "--max-idle-seconds",
     type=click.FloatRange(min=0),
     default=None,
     help="Stop after this long without records (default: run until Ctrl-C / SIGTERM).",
 )
-@click.option("--source-topic", default=None, help="Topic to read (default clickstream).")
-@click.option("--enriched-topic", default=None, help="Topic to write (default clickstream.enriched).")
-@click.option("--dlq-topic", default=None, help="Dead-letter topic (default clickstream.dlq).")
-@click.option(
-    "--group",
-    "group_id",
-    default=None,
-    help="Consumer group (default lakehouse-enrich-clickstream).",
-)
+@click.option("--group", "group_id", default=None, help="Consumer group (default: the declared one).")
 @pass_settings
-def enrich_clickstream(
-    settings: Settings,
-    max_idle_seconds: float | None,
-    source_topic: str | None,
-    enriched_topic: str | None,
-    dlq_topic: str | None,
-    group_id: str | None,
+def run_processor(
+    settings: Settings, source: str, max_idle_seconds: float | None, group_id: str | None
 ) -> None:
-    """Enrich clickstream events (region, device class) into clickstream.enriched; bad ones to the DLQ."""
-    from lakehouse.streaming.processors import ClickstreamEnricher, EnricherConfig
+    """Run the processor SOURCE declares in sources.yaml: records enriched to its topic, bad ones to DLQ."""
+    from lakehouse.errors import ConfigError
+    from lakehouse.sources.registry import KafkaSource, load_registry
+    from lakehouse.streaming.processors import ProcessorConfig, TopicProcessor
 
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "source_topic": source_topic,
-            "enriched_topic": enriched_topic,
-            "dlq_topic": dlq_topic,
-            "group_id": group_id,
-        }.items()
-        if value
-    }
-    config = EnricherConfig.from_settings(settings, **overrides)
-    enricher = ClickstreamEnricher(config)
-    logging.getLogger(__name__).info("enriching %s → %s", config.source_topic, config.enriched_topic)
+    declared = load_registry(settings).get(source)
+    if not isinstance(declared, KafkaSource):
+        raise ConfigError(f"source {source!r} is not a kafka source: processors read a Kafka source's topic")
+    config = ProcessorConfig.for_source(settings, declared, **({"group_id": group_id} if group_id else {}))
+    runner = TopicProcessor(config)
+    logging.getLogger(__name__).info("processing %s → %s", config.source_topic, config.output_topic)
 
     def on_signal(_signum: int, _frame: Any) -> None:
-        enricher.stop()
+        runner.stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        report = enricher.run(max_idle_seconds=max_idle_seconds)
+        report = runner.run(max_idle_seconds=max_idle_seconds)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,9 +1,12 @@
 """Stream processors between topics (the Kafka Streams role): consume, enrich or route, produce, commit.
 
-:class:`ClickstreamEnricher` reads the clickstream topic in a consumer group, adds a geo ``region`` (from the
-country) and a ``device_class`` (from platform, device type and OS) to each event and produces it, keyed, to
-``clickstream.enriched``. A record it cannot enrich goes unchanged to ``clickstream.dlq`` with its ``reason``
-(and where it came from) in the record headers.
+A Kafka source that declares a ``processor`` section (``sources.yaml``; :mod:`lakehouse.contracts.processor`)
+gets one: :class:`TopicProcessor` reads the source's topic in a consumer group, adds the declared ``derive``
+fields (and a processing-time ``stamp``) to each record and produces it, keyed, to the declared ``topic``. A
+record that is not a JSON object, or breaks one of the declared ``require`` rules, goes unchanged to the
+``dead_letter_topic`` with its ``reason`` (and where it came from) in the record headers. The demo's
+clickstream enrichment (a sales region and a device class per event) is such a declaration; nothing here
+knows it.
 
 Delivery is **at-least-once**: offsets are committed manually, only after every record produced for the
 polled batch has been acknowledged by the broker (``acks=all``). A crash between produce and commit re-reads
@@ -18,109 +21,61 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from lakehouse import kafka_clients
-from lakehouse.clickstream import EVENT_TYPES, SUPPORTED_SCHEMA_VERSIONS
-from lakehouse.clickstream import TOPIC as CLICKSTREAM_TOPIC
 from lakehouse.config import Settings, TopicSettings
-from lakehouse.errors import ServiceError
+from lakehouse.contracts.processor import ProcessorSpec, derive, holds, value_at
+from lakehouse.errors import ConfigError, ServiceError
+from lakehouse.sources.registry import KafkaSource, Registry
 
 log = logging.getLogger(__name__)
 
-ENRICHED_TOPIC: Final = "clickstream.enriched"
-DLQ_TOPIC: Final = "clickstream.dlq"
-GROUP_ID: Final = "lakehouse-enrich-clickstream"
-
-# Country → sales region. Unknown countries get "other" (the record is still good).
-REGIONS: Final[Mapping[str, str]] = {
-    "DE": "emea",
-    "FR": "emea",
-    "NL": "emea",
-    "ES": "emea",
-    "GB": "emea",
-    "IT": "emea",
-    "US": "north_america",
-    "CA": "north_america",
-    "MX": "latam",
-    "BR": "latam",
-    "AR": "latam",
-    "JP": "apac",
-    "IN": "apac",
-    "AU": "apac",
-    "CN": "apac",
-}
-UNKNOWN_REGION: Final = "other"
-
-_APP_PLATFORMS: Final = {"ios", "android"}
-_TABLET_HINTS: Final = ("tablet", "ipad")
-
-
-def device_class(platform: str | None, device_type: str | None, os_name: str | None) -> str:
-    """``mobile_app``, ``tablet_app``, ``mobile_web``, ``tablet_web``, ``desktop_web`` or ``unknown``.
-
-    Example:
-        >>> device_class("ios", "mobile", "iOS"), device_class("web", "desktop", "Windows")
-        ('mobile_app', 'desktop_web')
-    """
-    platform = (platform or "").lower()
-    kind = (device_type or "").lower()
-    os_lower = (os_name or "").lower()
-    tablet = any(hint in kind or hint in os_lower for hint in _TABLET_HINTS)
-    if platform in _APP_PLATFORMS:
-        return "tablet_app" if tablet else "mobile_app"
-    if platform == "web":
-        if tablet:
-            return "tablet_web"
-        if kind == "mobile" or os_lower in {"ios", "android"}:
-            return "mobile_web"
-        if kind == "desktop" or os_lower in {"windows", "macos", "linux", "chromeos"}:
-            return "desktop_web"
-    return "unknown"
-
 
 @dataclass(frozen=True)
-class Enriched:
-    """The outcome for one record: the enriched event, or the reason it goes to the dead-letter topic."""
+class Processed:
+    """The outcome for one record: the enriched record, or the reason it goes to the dead-letter topic."""
 
-    event: dict[str, Any] | None
+    record: dict[str, Any] | None
     reason: str | None = None
 
 
-def enrich_event(payload: bytes | str | None) -> Enriched:
-    """Parse and enrich one clickstream payload (pure: no I/O).
+def process_record(
+    spec: ProcessorSpec, payload: bytes | str | None, *, now_ms: int | None = None
+) -> Processed:
+    """Apply a declared processor to one payload (pure: no I/O).
 
-    Adds ``region``, ``device_class`` and ``enriched_at`` (epoch ms). The payload is dead-lettered with a
-    reason when it is not a JSON object, has an unsupported ``schema_version``, no ``event_id`` or an unknown
-    ``event_type``.
+    A payload that is empty, not JSON (bad bytes, too deeply nested to parse) or not a JSON object is
+    dead-lettered as ``empty_payload``, ``malformed_json`` or ``not_an_object``; then the ``require`` rules
+    run in order and the first broken one names the reason. A good record gets every ``derive`` field and,
+    when the spec names a ``stamp``, the processing time in epoch milliseconds.
 
     Example:
-        >>> payload = b'{"schema_version": 1, "event_id": "e1", "event_type": "search", "country": "de"}'
-        >>> enrich_event(payload).event["region"]
-        'emea'
-        >>> enrich_event(b"{oops").reason
-        'malformed_json'
+        >>> spec = ProcessorSpec.model_validate({"topic": "o", "dead_letter_topic": "d",
+        ...     "require": [{"reason": "missing_id", "field": "id", "present": True}],
+        ...     "derive": {"region": {"lookup": "country", "map": {"de": "emea"}, "default": "other"}}})
+        >>> process_record(spec, b'{"id": 1, "country": "DE"}', now_ms=0).record
+        {'id': 1, 'country': 'DE', 'region': 'emea', 'processed_at': 0}
+        >>> process_record(spec, b'{"country": "DE"}').reason
+        'missing_id'
     """
-    if payload is None:
-        return Enriched(None, "empty_payload")
+    if payload is None or not payload:
+        return Processed(None, "empty_payload")
     try:
-        event = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return Enriched(None, "malformed_json")
-    if not isinstance(event, dict):
-        return Enriched(None, "not_an_object")
-    if event.get("schema_version") not in SUPPORTED_SCHEMA_VERSIONS:
-        return Enriched(None, "unsupported_schema_version")
-    if not str(event.get("event_id") or "").strip():
-        return Enriched(None, "missing_event_id")
-    if event.get("event_type") not in EVENT_TYPES:
-        return Enriched(None, "invalid_event_type")
-    device = event["device"] if isinstance(event.get("device"), dict) else {}
-    country = str(event.get("country") or "").upper()
-    event["region"] = REGIONS.get(country, UNKNOWN_REGION)
-    event["device_class"] = device_class(event.get("platform"), device.get("type"), device.get("os"))
-    event["enriched_at"] = int(time.time() * 1000)
-    return Enriched(event)
+        record = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: thousands of nested brackets; the record is kept, whole, in the dead letter
+        return Processed(None, "malformed_json")
+    if not isinstance(record, dict):
+        return Processed(None, "not_an_object")
+    for rule in spec.require:
+        if not holds(rule, record):
+            return Processed(None, rule.reason)
+    for name, how in spec.derive.items():
+        record[name] = derive(how, record)
+    if spec.stamp:
+        record[spec.stamp] = int(time.time() * 1000) if now_ms is None else now_ms
+    return Processed(record)
 
 
 @dataclass
@@ -135,24 +90,56 @@ class ProcessorReport:
 
 
 @dataclass(frozen=True)
-class EnricherConfig:
-    """Topics, group and client settings of the enrichment processor."""
+class ProcessorConfig:
+    """What one processor runs: its declaration, the topic it reads, its group and client settings."""
 
     bootstrap_servers: str
-    source_topic: str = CLICKSTREAM_TOPIC
-    enriched_topic: str = ENRICHED_TOPIC
-    dlq_topic: str = DLQ_TOPIC
-    group_id: str = GROUP_ID
+    source_topic: str
+    spec: ProcessorSpec
+    group_id: str
     max_poll_records: int = 500
     poll_timeout_ms: int = 500
 
+    @property
+    def output_topic(self) -> str:
+        return self.spec.topic
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.spec.dead_letter_topic
+
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: Any) -> EnricherConfig:
-        return cls(bootstrap_servers=settings.kafka.bootstrap_servers, **overrides)
+    def for_source(cls, settings: Settings, source: KafkaSource, **overrides: Any) -> ProcessorConfig:
+        """The processor a Kafka source declares.
+
+        Raises:
+            ConfigError: the source declares no ``processor``.
+        """
+        if source.processor is None:
+            raise ConfigError(
+                f"source {source.name!r} declares no processor: add a `processor:` section to its entry "
+                "in sources.yaml (see lakehouse.contracts.processor)"
+            )
+        values: dict[str, Any] = {
+            "bootstrap_servers": settings.kafka.bootstrap_servers,
+            "source_topic": source.topic,
+            "spec": source.processor,
+            "group_id": source.processor.group_id or f"lakehouse-processor-{source.name}",
+        }
+        return cls(**{**values, **overrides})
 
 
-def ensure_output_topics(config: EnricherConfig) -> list[str]:
-    """Create the enriched (as many partitions as the source) and dead-letter topics if missing.
+def declared_processors(registry: Registry) -> dict[str, KafkaSource]:
+    """The Kafka sources that declare a processor, by name, in file order."""
+    return {
+        name: source
+        for name, source in registry.sources.items()
+        if isinstance(source, KafkaSource) and source.processor is not None
+    }
+
+
+def ensure_output_topics(config: ProcessorConfig) -> list[str]:
+    """Create the output (as many partitions as the source) and dead-letter topics if missing.
 
     Raises:
         ServiceError: the source topic does not exist, or no broker answers.
@@ -161,22 +148,22 @@ def ensure_output_topics(config: EnricherConfig) -> list[str]:
     return kafka_clients.ensure_topics(
         config.bootstrap_servers,
         {
-            config.enriched_topic: TopicSettings(partitions=partitions),
-            config.dlq_topic: TopicSettings(partitions=1),
+            config.output_topic: TopicSettings(partitions=partitions),
+            config.dead_letter_topic: TopicSettings(partitions=1),
         },
         client_id="lakehouse-processor",
     )
 
 
-class ClickstreamEnricher:
-    """Consumer → enrich → producer with manual commits after acknowledged sends (at-least-once).
+class TopicProcessor:
+    """Consumer → declared processor → producer with manual commits after acknowledged sends (at-least-once).
 
     Example:
-        >>> enricher = ClickstreamEnricher(EnricherConfig("127.0.0.1:9092"))  # doctest: +SKIP
-        >>> report = enricher.run(max_idle_seconds=10)                        # doctest: +SKIP
+        >>> config = ProcessorConfig.for_source(settings, registry.get("clickstream"))  # doctest: +SKIP
+        >>> report = TopicProcessor(config).run(max_idle_seconds=10)                    # doctest: +SKIP
     """
 
-    def __init__(self, config: EnricherConfig) -> None:
+    def __init__(self, config: ProcessorConfig) -> None:
         ensure_output_topics(config)
         self.config = config
         self._stop = threading.Event()
@@ -195,11 +182,15 @@ class ClickstreamEnricher:
         self._stop.set()
 
     def _send(self, record: Any) -> tuple[Any, str | None]:
-        outcome = enrich_event(record.value)
-        if outcome.event is not None:
-            key = record.key or str(outcome.event["event_id"]).encode()
-            value = json.dumps(outcome.event, separators=(",", ":")).encode()
-            return self.producer.send(self.config.enriched_topic, key=key, value=value), None
+        spec = self.config.spec
+        outcome = process_record(spec, record.value)
+        if outcome.record is not None:
+            key = record.key
+            if key is None and spec.key is not None:
+                value = value_at(outcome.record, spec.key.split("."))
+                key = None if value is None else str(value).encode()
+            value = json.dumps(outcome.record, separators=(",", ":")).encode()
+            return self.producer.send(self.config.output_topic, key=key, value=value), None
         reason = outcome.reason or "unknown"
         headers = [
             ("reason", reason.encode()),
@@ -208,7 +199,7 @@ class ClickstreamEnricher:
             ("source_offset", str(record.offset).encode()),
         ]
         future = self.producer.send(
-            self.config.dlq_topic, key=record.key, value=record.value, headers=headers
+            self.config.dead_letter_topic, key=record.key, value=record.value, headers=headers
         )
         return future, reason
 
@@ -240,7 +231,7 @@ class ClickstreamEnricher:
                 future.get(timeout=30)
             except Exception as exc:
                 raise ServiceError(
-                    f"producing to {self.config.enriched_topic}/{self.config.dlq_topic} failed: {exc}; "
+                    f"producing to {self.config.output_topic}/{self.config.dead_letter_topic} failed: {exc}; "
                     "the batch is not committed and will be re-read on restart"
                 ) from exc
         if offsets:
@@ -281,7 +272,7 @@ class ClickstreamEnricher:
                     break
         finally:
             self.close()
-        log.info("enrich-clickstream: %s", report)
+        log.info("processor %s → %s: %s", self.config.source_topic, self.config.output_topic, report)
         return report
 
     def close(self) -> None:
