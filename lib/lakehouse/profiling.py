@@ -37,47 +37,18 @@ from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
+from lakehouse.governance.catalog import catalog_root, load_catalog
 from lakehouse.privacy.mask import PII_MARKER, pii_columns, scrub_text
 
 logger = logging.getLogger(__name__)
 
-# The tables of the DAG that get a profile, per layer (gold is aggregated and carries no raw values).
-PROFILE_TABLES: Final[Mapping[str, tuple[str, ...]]] = {
-    "bronze": (
-        "clickstream",
-        "fx_rates",
-        "iot_telemetry",
-        "retail_cdc",
-        "retail_customers",
-        "retail_orders",
-        "retail_order_items",
-        "retail_products",
-    ),
-    "silver": (
-        "events",
-        "events_quarantine",
-        "telemetry",
-        "telemetry_quarantine",
-        "fx_rates",
-        "fx_rates_quarantine",
-        "retail_customers",
-        "retail_orders",
-        "retail_order_items",
-        "retail_products",
-        "retail_customers_quarantine",
-        "retail_orders_quarantine",
-        "retail_order_items_quarantine",
-        "retail_products_quarantine",
-        "dim_customer",
-        "dim_customer_quarantine",
-    ),
-}
+# The layers whose tables get a profile (bronze and silver by default: gold is aggregated, no raw values).
+PROFILED_LAYERS: Final = ("bronze", "silver", "gold")
 # Profiled with a layer: its bookkeeping in the audit layer. The silver engine's reconciliation of every
 # declared table is one table, by table name (input rows = applied + quarantined + duplicates + dropped).
 LAYER_AUDIT_TABLES: Final[Mapping[str, tuple[str, ...]]] = {"silver": ("audit.silver_batches",)}
 DEFAULT_SAMPLE_ROWS: Final = 5000
 DEFAULT_SEED: Final = 20240601
-_LAYERS: Final = ("bronze", "silver", "gold")
 
 
 @dataclass(frozen=True)
@@ -113,7 +84,7 @@ def split_table(table: str) -> tuple[str, str]:
         ConfigError: the name is not ``<layer>.<name>`` with a known layer.
     """
     layer, _, name = table.partition(".")
-    if not name or layer not in (*_LAYERS, "audit"):
+    if not name or layer not in (*PROFILED_LAYERS, "audit"):
         raise ConfigError(f"table {table!r} is not '<layer>.<name>' (layer bronze, silver, gold or audit)")
     return layer, name
 
@@ -313,21 +284,26 @@ td,th{{border:1px solid #d8dee4;padding:4px 10px;text-align:left}}</style></head
     return index
 
 
-def layer_tables(layers: Sequence[str]) -> list[str]:
+def layer_tables(settings: Settings, layers: Sequence[str]) -> list[str]:
     """The tables :func:`profile_tables` profiles for ``layers`` (``<layer>.<name>``), in order.
 
-    Each layer's :data:`PROFILE_TABLES`, then its bookkeeping (:data:`LAYER_AUDIT_TABLES`).
+    Per layer, every table the catalog declares (a declared table's quarantine too) and every Delta table
+    the lake has there without a contract, by name; then the layer's bookkeeping
+    (:data:`LAYER_AUDIT_TABLES`). A user's table is profiled as soon as it is declared or lands: no list to
+    edit.
 
     Raises:
-        ConfigError: an unknown layer.
+        ConfigError: an unknown layer, or an invalid contract in the catalog.
     """
+    unknown = [layer for layer in layers if layer not in PROFILED_LAYERS]
+    if unknown:
+        raise ConfigError(f"cannot profile layer {unknown[0]!r}: use {', '.join(PROFILED_LAYERS)}")
+    declared = list(load_catalog(settings).tables) if catalog_root(settings).is_dir() else []
+    tables: list[str] = []
     for layer in layers:
-        if layer not in PROFILE_TABLES:
-            raise ConfigError(f"cannot profile layer {layer!r}: use {', '.join(PROFILE_TABLES)}")
-    return [
-        *(f"{layer}.{name}" for layer in layers for name in PROFILE_TABLES[layer]),
-        *(table for layer in layers for table in LAYER_AUDIT_TABLES.get(layer, ())),
-    ]
+        landed = {f"{layer}.{log.parent.name}" for log in (settings.lake / layer).glob("*/_delta_log")}
+        tables.extend(sorted({t for t in declared if split_table(t)[0] == layer} | landed))
+    return [*tables, *(table for layer in layers for table in LAYER_AUDIT_TABLES.get(layer, ()))]
 
 
 def profile_tables(
@@ -356,7 +332,7 @@ def profile_tables(
     Raises:
         ConfigError: an unknown layer or a malformed table name.
     """
-    wanted = list(tables) if tables is not None else layer_tables(layers)
+    wanted = list(tables) if tables is not None else layer_tables(settings, layers)
     known = pii if pii is not None else pii_columns(settings)
     results: list[ProfileResult] = []
     missing: list[str] = []

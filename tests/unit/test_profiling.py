@@ -51,6 +51,12 @@ def settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
+def project() -> Settings:
+    """The project's own settings (its catalog), for what the catalog declares."""
+    return load_settings("test", root=Path(__file__).resolve().parents[2])
+
+
+@pytest.fixture
 def lake(settings: Settings) -> Settings:
     write_deltalake(settings.table_path("silver", "retail_customers"), customers(), mode="overwrite")
     big = pd.DataFrame({"n": range(12_000), "kind": [("a", "b", "c")[n % 3] for n in range(12_000)]})
@@ -124,9 +130,8 @@ def test_empty_lake_gets_an_index_that_says_so(settings: Settings) -> None:
 
 def test_silver_s_reconciliation_is_the_engine_s_audit_table(settings: Settings) -> None:
     # One audit table reconciles every declared silver table (by name): no per-table reconciliation tables.
-    silver = profiling.layer_tables(("silver",))
-    assert "audit.silver_batches" in silver and "silver.events" in silver
-    assert "silver.events_reconciliation" not in silver
+    silver = profiling.layer_tables(settings, ("silver",))
+    assert silver == ["audit.silver_batches"]  # nothing declared nor landed yet
     audit = pd.DataFrame(
         {"table": ["silver.events", "silver.fx_rates"], "input_rows": [10, 3], "applied": [9, 3]}
     )
@@ -134,6 +139,26 @@ def test_silver_s_reconciliation_is_the_engine_s_audit_table(settings: Settings)
     [result] = profiling.profile_tables(settings, layers=("silver",))
     assert (result.table, result.total_rows) == ("audit.silver_batches", 2)
     assert "input_rows" in result.path.read_text(encoding="utf-8")
+
+
+def test_every_declared_table_and_its_quarantine_is_profiled(project: Settings) -> None:
+    # The project's catalog: each declared silver table with its quarantine, no list kept by hand.
+    silver = profiling.layer_tables(project, ("silver",))
+    contracts = sorted(p.stem for p in (project.root / "catalog" / "silver").glob("*.yaml"))
+    assert contracts and all(f"silver.{name}" in silver for name in contracts)
+    assert all(f"silver.{name}_quarantine" in silver for name in contracts)
+    assert silver[-1] == "audit.silver_batches" and not any(t.startswith("bronze.") for t in silver)
+    with pytest.raises(ConfigError, match="cannot profile layer 'audit'"):
+        profiling.layer_tables(project, ("audit",))
+
+
+def test_a_table_the_lake_has_without_a_contract_is_profiled_too(settings: Settings) -> None:
+    # A user's table that landed before anyone wrote its contract: profiled, PII-scrubbed all the same.
+    write_deltalake(settings.table_path("bronze", "partner_feed"), customers())
+    assert profiling.layer_tables(settings, ("bronze",)) == ["bronze.partner_feed"]
+    [result] = profiling.profile_tables(settings, layers=("bronze",), sample_rows=1000)
+    assert (result.table, result.sampled_rows) == ("bronze.partner_feed", 300)
+    assert PLANTED_EMAIL not in result.path.read_text(encoding="utf-8")
 
 
 def test_scrub_text_replaces_emails_and_ips_only() -> None:
