@@ -412,6 +412,35 @@ def _declared_project(stack: Settings, tmp_path: Path, topic: str, name: str) ->
                 {"name": "id", "type": "string", "classification": "internal", "expr": "payload.id"},
                 {"name": "n", "type": "long", "classification": "internal", "expr": "payload.n"},
                 {"name": "offset", "type": "long", "classification": "internal"},
+                # reading n was taken n * 10 s after 2025-01-01: six readings a minute
+                {
+                    "name": "read_at",
+                    "type": "timestamp",
+                    "classification": "internal",
+                    "expr": "timestamp_seconds(1735689600 + payload.n * 10)",
+                },
+            ],
+        },
+        {
+            "table": f"gold.{name}_minute",
+            "optional": True,
+            "rollup": {
+                "rows": f"silver.{name}",
+                "event_time": "read_at",
+                "lateness": "0 seconds",
+                "dedupe": ["id"],
+                "aggregate": {"readings": "count(1)", "total": "sum(n)"},
+            },
+            "columns": [
+                {"name": c, "type": t, "classification": "internal"}
+                for c, t in [
+                    ("window_start", "timestamp"),
+                    ("window_end", "timestamp"),
+                    ("readings", "long"),
+                    ("total", "long"),
+                    ("batch_id", "long"),
+                    ("emitted_at", "timestamp"),
+                ]
             ],
         },
     ]
@@ -434,10 +463,11 @@ def test_continuous_mode_streams_the_declared_silver_tables_it_feeds(
     obj = {"env": stack.env_name}
     readings = [(f"m{i}", {"id": f"m{i}", "n": i}) for i in range(30)]
     try:
-        args = ["start", "--registry", str(tmp_path / "only.yaml"), "--no-realtime", "--no-influx"]
+        args = ["start", "--registry", str(tmp_path / "only.yaml"), "--no-influx"]
         started = runner.invoke(stream, [*args, "--trigger", "1 second"], obj=obj)
         assert started.exit_code == 0, started.output
-        assert f"bronze_{topic}" in started.output and f"silver_{name}_{name}" in started.output
+        for query in (f"bronze_{topic}", f"silver_{name}_{name}", f"gold_{name}_minute"):
+            assert query in started.output
         _send(stack, topic, [*readings, readings[0], ("bad", "{not json")])
 
         def settled() -> dict[str, int] | None:
@@ -450,6 +480,17 @@ def test_continuous_mode_streams_the_declared_silver_tables_it_feeds(
         assert (totals["applied"], totals["duplicates"], totals["quarantined"]) == (30, 1, 1)
         assert engine.check_table(spark, table)["input_rows"] == 32
         assert running_silver_inputs(local, table.name) == {name}
+
+        # The user's declared rollup ran beside it: minutes 0-3 are final (the watermark is at minute 4),
+        # the re-delivered reading counts once and the malformed record not at all.
+        rollup = local.table_path("gold", f"{name}_minute")
+
+        def minutes() -> list[Any] | None:
+            found = spark.read.format("delta").load(rollup).collect() if is_delta_table(spark, rollup) else []
+            return found if len(found) >= 4 else None
+
+        got = {r["window_start"].minute: (r["readings"], r["total"]) for r in _wait("4 minutes", minutes)}
+        assert got == {k: (6, 36 * k + 15) for k in range(4)}
         rows = [q for q in (read_status(local) or {})["queries"] if q["kind"] == "silver"]
         assert [(q["silver"], q["input"], q["isActive"]) for q in rows] == [(table.name, name, True)]
         # The DAG's run of the same table meanwhile leaves the streamed input (and its checkpoint) alone.
