@@ -41,7 +41,8 @@ class KafkaSettings(_Section):
     port: int = Field(9092, ge=1, le=65535)
     controller_port: int = Field(9093, ge=1, le=65535)
     heap: str = "512m"
-    topics: dict[str, TopicSettings] = Field(default_factory=lambda: {"clickstream": TopicSettings()})
+    # Per-environment overrides of the topics the source registry declares (partitions, retention)
+    topics: dict[str, TopicSettings] = Field(default_factory=dict)
 
 
 class SparkSettings(_Section):
