@@ -94,6 +94,10 @@ test-unit: venv jars ## The fast tier: lib functions on small data, no service s
 
 .PHONY: test
 test: setup ## Every test: unit, integration (the real services, started by the run), DAG, nbval, browser
+	$(BIN)/python tests/run_tiers.py
+
+.PHONY: test-serial
+test-serial: setup ## Every test in one pytest run, one tier after the other (make test runs two at once)
 	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=30
 
 .PHONY: fresh-check
@@ -103,6 +107,7 @@ fresh-check: ## Before a stop: the two README commands in a clean clone (own wor
 .PHONY: bench
 bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
 	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/silver_engine.py
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/dag.py
 	$(BIN)/python benchmarks/noop_build.py
