@@ -29,9 +29,9 @@ from collections.abc import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.clickstream import EVENT_TYPES
 from lakehouse.config import Settings, load_settings
 from lakehouse.quality import CheckedBatch, check_batch, load_suite
+from lakehouse.simulate.event_contract import EVENT_TYPES
 from lakehouse.spark import get_spark
 
 

@@ -23,8 +23,9 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from lakehouse.clickstream import CHANNELS, COUNTRY_CURRENCY, PLATFORMS
 from lakehouse.config import load_settings
+from lakehouse.simulate.event_contract import CHANNELS, COUNTRY_CURRENCY, PLATFORMS
+from sessions_schema import SESSIONS_SCHEMA
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "dashboards" / "kpis.py"
@@ -40,33 +41,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PAGE_TIMEOUT_MS = 30_000
-
-SESSIONS_SCHEMA = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("user_id", pa.string()),
-        ("session_start", pa.timestamp("us", tz="UTC")),
-        ("session_end", pa.timestamp("us", tz="UTC")),
-        ("session_date", pa.date32()),
-        ("duration_s", pa.float64()),
-        ("events", pa.int64()),
-        ("page_views", pa.int64()),
-        ("product_views", pa.int64()),
-        ("searches", pa.int64()),
-        ("add_to_carts", pa.int64()),
-        ("checkouts", pa.int64()),
-        ("purchases", pa.int64()),
-        ("revenue", pa.float64()),
-        ("currency", pa.string()),
-        ("platform", pa.string()),
-        ("device_type", pa.string()),
-        ("os", pa.string()),
-        ("app_version", pa.string()),
-        ("country", pa.string()),
-        ("channel", pa.string()),
-        ("converted", pa.bool_()),
-    ]
-)
 
 
 def make_sessions(count: int = 400, users: int = 150, days: int = 7, seed: int = 3) -> pd.DataFrame:

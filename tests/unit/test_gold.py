@@ -16,11 +16,11 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from lakehouse.clickstream import FUNNEL, SILVER_EVENTS
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models, write_gold
-from lakehouse.governance.catalog import load_catalog
+from lakehouse.governance.catalog import load_catalog, load_contract
+from lakehouse.serving.gold import FUNNEL
 
 pytestmark = pytest.mark.unit
 
@@ -73,6 +73,13 @@ def event(
         at,
         None,  # client_ip (a token in silver)
     )
+
+
+# silver.events as its contract declares it (the rows above are in its column order)
+SILVER_EVENTS = ", ".join(
+    f"{c.name} {c.type}"
+    for c in load_contract(Path(__file__).resolve().parents[2] / "catalog" / "silver" / "events.yaml").columns
+)
 
 
 def silver(spark: SparkSession, rows: list[tuple[Any, ...]]) -> DataFrame:

@@ -46,10 +46,9 @@ STAGES: dict[str, str] = {
     "lakehouse.kafka_clients": "foundation",
     "lakehouse.lag": "foundation",
     # what the user declares: contracts' build/model sections and payloads, the source registry
-    # (sources.yaml's model, read by every stage), and the demo's event schema
+    # (sources.yaml's model, read by every stage)
     "lakehouse.contracts": "declarations",
     "lakehouse.sources.registry": "declarations",
-    "lakehouse.clickstream": "declarations",
     # every stage validates, catalogues, protects and traces what it writes
     "lakehouse.governance": "cross-cutting",
     "lakehouse.quality": "cross-cutting",

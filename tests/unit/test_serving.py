@@ -12,40 +12,13 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from lakehouse.clickstream import FUNNEL
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.serving import gold
-from lakehouse.serving.gold import Filters
+from lakehouse.serving.gold import FUNNEL, Filters
+from sessions_schema import SESSIONS_SCHEMA
 
 pytestmark = pytest.mark.unit
-
-SESSIONS_SCHEMA = pa.schema(
-    [
-        ("session_id", pa.string()),
-        ("user_id", pa.string()),
-        ("session_start", pa.timestamp("us", tz="UTC")),
-        ("session_end", pa.timestamp("us", tz="UTC")),
-        ("session_date", pa.date32()),
-        ("duration_s", pa.float64()),
-        ("events", pa.int64()),
-        ("page_views", pa.int64()),
-        ("product_views", pa.int64()),
-        ("searches", pa.int64()),
-        ("add_to_carts", pa.int64()),
-        ("checkouts", pa.int64()),
-        ("purchases", pa.int64()),
-        ("revenue", pa.float64()),
-        ("currency", pa.string()),
-        ("platform", pa.string()),
-        ("device_type", pa.string()),
-        ("os", pa.string()),
-        ("app_version", pa.string()),
-        ("country", pa.string()),
-        ("channel", pa.string()),
-        ("converted", pa.bool_()),
-    ]
-)
 
 D1, D2, D3 = date(2024, 11, 1), date(2024, 11, 2), date(2024, 11, 3)
 # id, user, day, country, platform, channel, duration, page, product, cart, checkout, purchase, revenue, cur

@@ -19,7 +19,6 @@ import pytest
 from kafka.errors import KafkaTimeoutError
 from kafka.partitioner.default import murmur2
 
-from lakehouse.clickstream import CHANNELS, COUNTRY_CURRENCY, EVENT_TYPES, PLATFORMS, TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.simulate import (
@@ -36,6 +35,7 @@ from lakehouse.simulate import (
     simulate_to_kafka,
 )
 from lakehouse.simulate import clickstream as simulator
+from lakehouse.simulate.event_contract import CHANNELS, COUNTRY_CURRENCY, EVENT_TYPES, PLATFORMS, TOPIC
 
 pytestmark = pytest.mark.unit
 

@@ -24,7 +24,6 @@ import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
-from lakehouse.clickstream import FUNNEL
 from lakehouse.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -55,6 +54,8 @@ STEP_COLUMNS: Final = {
     "checkout": "checkouts",
     "purchase": "purchases",
 }
+# The funnel's steps, in order: a session reaches a step when it has at least one event of that type.
+FUNNEL: Final = tuple(STEP_COLUMNS)
 _FILTER_COLUMNS: Final = {"countries": "country", "platforms": "platform", "channels": "channel"}
 _VIEW: Final = "sessions"
 
@@ -300,7 +301,7 @@ def daily_trend(sessions: pd.DataFrame, filters: Filters) -> pd.DataFrame:
 
 
 def funnel(sessions: pd.DataFrame, filters: Filters) -> pd.DataFrame:
-    """Sessions reaching each step of :data:`lakehouse.clickstream.FUNNEL`, in order.
+    """Sessions reaching each step of :data:`FUNNEL`, in order.
 
     A session reaches a step when it has at least one event of that type (``page_views > 0`` for
     ``page_view``…), the definition of the models ``gold.funnel`` and ``gold.daily_kpis`` (``models/gold/``),

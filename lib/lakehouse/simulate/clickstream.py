@@ -48,9 +48,9 @@ from kafka.errors import KafkaError
 from tqdm import tqdm
 
 from lakehouse import kafka_clients
-from lakehouse.clickstream import CHANNELS, COUNTRY_CURRENCY, PLATFORMS, TOPIC
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
+from lakehouse.simulate.event_contract import CHANNELS, COUNTRY_CURRENCY, PLATFORMS, TOPIC
 
 log = logging.getLogger(__name__)
 
