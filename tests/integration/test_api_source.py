@@ -26,6 +26,7 @@ from lakehouse.simulate.fx_api import Faults, RunningServer, load_ecb_rates, sta
 from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
 from lakehouse.sources.http import PullTargets, RetryPolicy, pull_source
 from lakehouse.sources.registry import HttpAuth, HttpPagination, HttpSource
+from revenue_cases import DAILY_KPIS, assert_revenue_in_eur
 
 pytestmark = pytest.mark.integration
 
@@ -212,32 +213,8 @@ def test_silver_and_gold_convert_revenue_at_the_days_rate(
     # copy of the project whose lake holds these rates and these daily KPIs.
     project = _project(stack, tmp_path)
     rates.write.format("delta").save(project.table_path("silver", "fx_rates"))
-    kpis = [
-        (date(2024, 11, 1), "DE", "EUR", 100.0),
-        (date(2024, 11, 1), "US", "USD", 108.85),
-        (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
-        (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
-        (date(2024, 11, 4), "GB", "GBP", 84.063),
-        (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
-        (date(2024, 11, 4), "IN", "INR", 91.718),
-        (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
-    ]
-    got = _revenue(spark, project, kpis)
-    expected = {
-        ("2024-11-01", "DE"): (1.0, 100.0),
-        ("2024-11-01", "US"): (1.0885, 100.0),
-        ("2024-11-02", "US"): (1.0885, 200.0),
-        ("2024-11-03", "JP"): (165.54, 100.0),
-        ("2024-11-04", "GB"): (0.84063, 100.0),
-        ("2024-11-04", "IN"): (91.718, 2.0),
-        ("2024-11-04", "BR"): (6.3344, 0.0),
-    }
-    assert set(got) == set(expected)
-    for key, (rate, eur) in expected.items():
-        assert got[key]["rate_per_eur"] == rate, key
-        assert got[key]["revenue_eur"] == pytest.approx(eur, rel=1e-9), key
-        assert got[key]["revenue_reporting"] == pytest.approx(eur, rel=1e-9), key
-    assert got[("2024-11-04", "BR")]["currency"] == "BRL"
+    kpis = DAILY_KPIS
+    assert_revenue_in_eur(_revenue(spark, project, kpis))
 
     _set_params(project, reporting_currency="USD")
     in_usd = {key: r["revenue_reporting"] for key, r in _revenue(spark, project, kpis).items()}

@@ -15,6 +15,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models
 from lakehouse.governance.catalog import load_catalog
+from revenue_cases import DAILY_KPIS, assert_revenue_in_eur
 
 pytestmark = pytest.mark.unit
 
@@ -214,16 +215,6 @@ FIXINGS = [
     (date(2024, 11, 4), "INR", 91.718),
     (date(2024, 11, 4), "BRL", 6.3344),
 ]
-DAILY_KPIS = [
-    (date(2024, 11, 1), "DE", "EUR", 100.0),
-    (date(2024, 11, 1), "US", "USD", 108.85),
-    (date(2024, 11, 2), "US", "USD", 217.7),  # Saturday: Friday's rate
-    (date(2024, 11, 3), "JP", "JPY", 16554.0),  # Sunday: Friday's rate
-    (date(2024, 11, 4), "GB", "GBP", 84.063),
-    (date(2024, 11, 4), "IN", "INR", 91.718),  # two platforms of one country-day are summed
-    (date(2024, 11, 4), "IN", "INR", 91.718),
-    (date(2024, 11, 4), "BR", None, 0.0),  # no purchase: currency from the country
-]
 
 
 def _revenue_inputs(spark: Any, project: Settings, kpis: list[tuple[Any, ...]]) -> None:
@@ -258,24 +249,7 @@ def test_revenue_is_converted_at_the_days_rate_or_the_last_one_before_it(
     spark: Any, project: Settings
 ) -> None:
     _revenue_inputs(spark, project, DAILY_KPIS)
-    got = _revenue(spark, project)
-    expected = {
-        ("2024-11-01", "DE"): (1.0, 100.0),
-        ("2024-11-01", "US"): (1.0885, 100.0),
-        ("2024-11-02", "US"): (1.0885, 200.0),
-        ("2024-11-03", "JP"): (165.54, 100.0),
-        ("2024-11-04", "GB"): (0.84063, 100.0),
-        ("2024-11-04", "IN"): (91.718, 2.0),
-        ("2024-11-04", "BR"): (6.3344, 0.0),
-    }
-    assert set(got) == set(expected)
-    for key, (rate, eur) in expected.items():
-        assert got[key]["rate_per_eur"] == rate, key
-        assert got[key]["revenue_eur"] == pytest.approx(eur, rel=1e-9), key
-        assert got[key]["revenue_reporting"] == pytest.approx(eur, rel=1e-9), key
-        assert got[key]["reporting_currency"] == "EUR", key
-    assert got[("2024-11-04", "BR")]["currency"] == "BRL"
-    assert got[("2024-11-04", "IN")]["revenue"] == pytest.approx(2 * 91.718)
+    assert_revenue_in_eur(_revenue(spark, project))
 
 
 def test_the_reporting_currency_is_a_param(spark: Any, project: Settings) -> None:
