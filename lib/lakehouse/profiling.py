@@ -257,8 +257,13 @@ def profile_table(
     )
 
 
-def write_index(directory: Path, results: Sequence[ProfileResult], missing: Sequence[str] = ()) -> Path:
-    """Write ``directory / "index.html"`` linking every report (and naming tables that had none)."""
+def write_index(
+    directory: Path,
+    results: Sequence[ProfileResult],
+    missing: Sequence[str] = (),
+    uncatalogued: Sequence[str] = (),
+) -> Path:
+    """Write ``directory / "index.html"`` linking every report (and naming tables that had none, and why)."""
     directory.mkdir(parents=True, exist_ok=True)
     rows = "\n".join(
         f'<tr><td><a href="{html.escape(r.path.name)}">{html.escape(r.table)}</a></td>'
@@ -267,6 +272,13 @@ def write_index(directory: Path, results: Sequence[ProfileResult], missing: Sequ
         for r in results
     )
     absent = "<p>No table yet (not profiled): " + html.escape(", ".join(missing)) + "</p>" if missing else ""
+    if uncatalogued:
+        absent += (
+            "<p>In the lake without a catalog contract, so with PII unknown (not profiled: add a contract, "
+            "<code>lakehouse catalog scaffold &lt;table&gt;</code>): "
+            + html.escape(", ".join(uncatalogued))
+            + "</p>"
+        )
     empty = "" if results else "<p>No table has been profiled yet: build the DAG first (make demo).</p>"
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     page = f"""<!DOCTYPE html>
@@ -287,10 +299,10 @@ td,th{{border:1px solid #d8dee4;padding:4px 10px;text-align:left}}</style></head
 def layer_tables(settings: Settings, layers: Sequence[str]) -> list[str]:
     """The tables :func:`profile_tables` profiles for ``layers`` (``<layer>.<name>``), in order.
 
-    Per layer, every table the catalog declares (a declared table's quarantine too) and every Delta table
-    the lake has there without a contract, by name; then the layer's bookkeeping
-    (:data:`LAYER_AUDIT_TABLES`). A user's table is profiled as soon as it is declared or lands: no list to
-    edit.
+    Per layer, every table the catalog declares (a declared table's quarantine too), by name; then the
+    layer's bookkeeping (:data:`LAYER_AUDIT_TABLES`). A user's table is profiled as soon as it has a contract:
+    no list to edit. A table in the lake without one is not (:func:`uncatalogued_tables`): nothing says which
+    of its columns are PII, so a report could show them in clear.
 
     Raises:
         ConfigError: an unknown layer, or an invalid contract in the catalog.
@@ -298,12 +310,26 @@ def layer_tables(settings: Settings, layers: Sequence[str]) -> list[str]:
     unknown = [layer for layer in layers if layer not in PROFILED_LAYERS]
     if unknown:
         raise ConfigError(f"cannot profile layer {unknown[0]!r}: use {', '.join(PROFILED_LAYERS)}")
-    declared = list(load_catalog(settings).tables) if catalog_root(settings).is_dir() else []
-    tables: list[str] = []
-    for layer in layers:
-        landed = {f"{layer}.{log.parent.name}" for log in (settings.lake / layer).glob("*/_delta_log")}
-        tables.extend(sorted({t for t in declared if split_table(t)[0] == layer} | landed))
-    return [*tables, *(table for layer in layers for table in LAYER_AUDIT_TABLES.get(layer, ()))]
+    declared = _catalogued(settings)
+    return [
+        *(table for layer in layers for table in sorted(t for t in declared if split_table(t)[0] == layer)),
+        *(table for layer in layers for table in LAYER_AUDIT_TABLES.get(layer, ())),
+    ]
+
+
+def uncatalogued_tables(settings: Settings, layers: Sequence[str]) -> list[str]:
+    """Delta tables the lake has in ``layers`` that no catalog contract declares (left out of profiling)."""
+    declared = set(_catalogued(settings))
+    landed = (
+        f"{layer}.{log.parent.name}"
+        for layer in layers
+        for log in (settings.lake / layer).glob("*/_delta_log")
+    )
+    return sorted(table for table in landed if table not in declared)
+
+
+def _catalogued(settings: Settings) -> list[str]:
+    return list(load_catalog(settings).tables) if catalog_root(settings).is_dir() else []
 
 
 def profile_tables(
@@ -316,7 +342,8 @@ def profile_tables(
 ) -> list[ProfileResult]:
     """Profile every existing table of ``layers`` (or the given ``tables``) and write the index page.
 
-    Tables that do not exist yet are skipped (and named in the index), so a partial lake still gets reports.
+    Tables that do not exist yet are skipped (and named in the index), so a partial lake still gets reports;
+    so are the lake's tables without a catalog contract, named in the index as such (their PII is unknown).
 
     Args:
         settings: the environment.
@@ -333,6 +360,7 @@ def profile_tables(
         ConfigError: an unknown layer or a malformed table name.
     """
     wanted = list(tables) if tables is not None else layer_tables(settings, layers)
+    unprofiled = uncatalogued_tables(settings, layers) if tables is None else []
     known = pii if pii is not None else pii_columns(settings)
     results: list[ProfileResult] = []
     missing: list[str] = []
@@ -343,7 +371,9 @@ def profile_tables(
             missing.append(table)
             continue
         results.append(profile_table(settings, table, sample_rows, tuple(known.get(table, ())), seed))
-    write_index(settings.reports / "profiles", results, missing)
+    if unprofiled:
+        logger.warning("not profiled, no catalog contract (PII unknown): %s", ", ".join(unprofiled))
+    write_index(settings.reports / "profiles", results, missing, unprofiled)
     return results
 
 

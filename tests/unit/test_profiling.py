@@ -152,13 +152,16 @@ def test_every_declared_table_and_its_quarantine_is_profiled(project: Settings) 
         profiling.layer_tables(project, ("audit",))
 
 
-def test_a_table_the_lake_has_without_a_contract_is_profiled_too(settings: Settings) -> None:
-    # A user's table that landed before anyone wrote its contract: profiled, PII-scrubbed all the same.
+def test_a_table_the_lake_has_without_a_contract_is_named_not_profiled(settings: Settings) -> None:
+    # Landed before anyone wrote its contract: nothing says which columns are PII, so no report shows them.
     write_deltalake(settings.table_path("bronze", "partner_feed"), customers())
-    assert profiling.layer_tables(settings, ("bronze",)) == ["bronze.partner_feed"]
-    [result] = profiling.profile_tables(settings, layers=("bronze",), sample_rows=1000)
-    assert (result.table, result.sampled_rows) == ("bronze.partner_feed", 300)
-    assert PLANTED_EMAIL not in result.path.read_text(encoding="utf-8")
+    assert profiling.layer_tables(settings, ("bronze",)) == []
+    assert profiling.uncatalogued_tables(settings, ("bronze", "silver")) == ["bronze.partner_feed"]
+    assert profiling.profile_tables(settings, layers=("bronze",)) == []
+    assert not (settings.reports / "profiles" / "bronze.partner_feed.html").exists()
+    index = (settings.reports / "profiles" / "index.html").read_text(encoding="utf-8")
+    assert "without a catalog contract" in index and "bronze.partner_feed" in index
+    assert PLANTED_EMAIL not in index and PLANTED_NAME not in index
 
 
 def test_scrub_text_replaces_emails_and_ips_only() -> None:
