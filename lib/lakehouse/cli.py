@@ -89,10 +89,14 @@ def down(settings: Settings, only: str | None) -> None:
 
 
 @main.command()
+@click.option("--services", "services_only", is_flag=True, help="Only the services, not the tables' lag.")
 @pass_settings
-def status(settings: Settings) -> None:
-    """Show each service, its port, health and memory."""
+def status(settings: Settings, services_only: bool) -> None:
+    """Show each service (port, health, memory), then each DAG task's lag behind its inputs."""
     _print_status(settings)
+    if not services_only:
+        click.echo("")
+        _print_plan(settings)
 
 
 @main.command()
@@ -158,10 +162,27 @@ def ingest(settings: Settings, topic: str, continuous: bool, trigger_interval: s
         query.stop()
 
 
+def _print_plan(settings: Settings) -> int:
+    """Each DAG task: current, behind its inputs (and why) or waiting for one that is; how many lag."""
+    from lakehouse.dag import plan
+
+    outcomes = plan(settings)
+    for outcome in outcomes:
+        click.echo(outcome.line())
+    lagging = sum(1 for o in outcomes if o.action != "current")
+    click.echo(
+        f"{lagging} of {len(outcomes)} task(s) behind their inputs: `lakehouse build` runs them"
+        if lagging
+        else f"all {len(outcomes)} task(s) current"
+    )
+    return lagging
+
+
 @main.command()
 @click.option("--force", is_flag=True, help="Re-run every task.")
+@click.option("--plan", "dry_run", is_flag=True, help="Run nothing: which tasks lag their inputs, and why.")
 @pass_settings
-def build(settings: Settings, force: bool) -> None:
+def build(settings: Settings, force: bool, dry_run: bool) -> None:
     """Build the DAG (pipeline.yaml): each task runs only when its code, parameters or inputs changed."""
     from lakehouse.dag import BuildFailed
     from lakehouse.dag import build as build_dag
@@ -169,6 +190,9 @@ def build(settings: Settings, force: bool) -> None:
 
     if sync(settings):  # a new or changed declaration is a new or changed task of this build
         click.echo("pipeline.declared.yaml: updated from the declarations")
+    if dry_run:
+        _print_plan(settings)
+        return
     try:
         report = build_dag(settings, force=force, progress=click.echo)
     except BuildFailed as failed:

@@ -280,7 +280,9 @@ def _innermost(exc: BaseException) -> str:
 # --- the build ---------------------------------------------------------------------------------------------
 
 
-Action = Literal["ran", "failed", "skipped", "blocked"]
+# What a build did with a task (ran, failed, skipped as up to date, blocked by a failed upstream), or what the
+# next one would do (plan: behind its inputs, waiting for an upstream that is behind, current).
+Action = Literal["ran", "failed", "skipped", "blocked", "behind", "waiting", "current"]
 
 
 @dataclass(frozen=True)
@@ -424,6 +426,48 @@ def build(
     if report.failed:
         raise BuildFailed(report, settings)
     return report
+
+
+def plan(settings: Settings) -> list[TaskOutcome]:
+    """What the next build would run, and why, without running anything: how far each task lags its inputs.
+
+    A task is ``behind`` when its code, parameters, declaration or inputs changed since its last successful
+    run — a source's new data (Kafka end offsets, a database's watermark), an upstream table's new Delta
+    version, or a failed or missing run; the reasons say which (``bronze/clickstream v12 -> v14``). It is
+    ``waiting`` when an upstream task is behind (the build decides once that one ran: it may find nothing
+    new for it) and ``current`` otherwise. The same decisions as :func:`build`, so every task a build would
+    run is behind or waiting: a silver table that lags bronze is never reported current.
+
+    Raises:
+        ConfigError: pipeline.yaml or sources.yaml is invalid.
+    """
+    registry = load_registry(settings)
+    tasks = topological(load_tasks(settings))
+    by_name = {task.name: task for task in tasks}
+    records: dict[str, TaskRecord | None] = {task.name: read_record(settings, task.name) for task in tasks}
+    behind: set[str] = set()
+    outcomes: list[TaskOutcome] = []
+    with probing(settings, registry) as ctx:
+        for task in tasks:
+            waits = [name for name in task.upstream if name in behind]
+            if waits:
+                behind.add(task.name)
+                shown = ", ".join(waits[:3]) + (f" and {len(waits) - 3} more" if len(waits) > 3 else "")
+                why = f"checked again after {shown}"
+                outcomes.append(TaskOutcome(task.name, "waiting", [why]))
+                continue
+            upstream = {name: by_name[name] for name in task.upstream}
+            decision = decide(
+                records[task.name],
+                code=code_fingerprint(task, settings.root),
+                inputs=collect_inputs(ctx, task, upstream, records),
+                missing_products=missing_products(task),
+                force=False,
+            )
+            if decision.run:
+                behind.add(task.name)
+            outcomes.append(TaskOutcome(task.name, "behind" if decision.run else "current", decision.reasons))
+    return outcomes
 
 
 def _run(

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from lakehouse.cli import main
 from lakehouse.config import Settings
-from lakehouse.dag import build, ploomber_env
+from lakehouse.dag import build, plan, ploomber_env
 from lakehouse.silver import engine
 from lakehouse.simulate import simulate_to_kafka
 
@@ -97,6 +99,10 @@ def test_a_second_build_with_nothing_new_runs_nothing(stack: Settings, built: di
     assert report.ran == [], "\n".join(o.line() for o in report.outcomes)
     assert set(report.skipped) == set(TASKS)
     assert _executed(stack) == built["executed"]
+    # `lakehouse status` says the same: no table lags its inputs
+    shown = CliRunner().invoke(main, ["--env", stack.env_name, "status"])
+    assert shown.exit_code == 0, shown.output
+    assert f"all {len(TASKS)} task(s) current" in shown.output
 
 
 def test_new_events_rerun_bronze_and_everything_downstream(
@@ -105,7 +111,17 @@ def test_new_events_rerun_bronze_and_everything_downstream(
     events = engine.silver_table(stack, "silver.events")
     before = engine.check_table(spark, events)
     more = simulate_to_kafka(stack, count=300, run=1)
+    # Before the build, the plan (what `lakehouse status` shows) says who lags and why, running nothing.
+    planned = {o.task: o for o in plan(stack)}
+    assert planned["bronze-ingest-events"].action == "behind"
+    assert f"clickstream: {more.sent} records in Kafka" in planned["bronze-ingest-events"].reasons[0]
+    waiting = {t for t, o in planned.items() if o.action == "waiting"}
+    assert set(DOWNSTREAM_OF_CLICKSTREAM[1:]) <= waiting  # checked again once bronze ran
+    assert set(planned) == set(TASKS)
     report = build(stack)
+    assert set(report.ran) <= {t for t, o in planned.items() if o.action != "current"}, (
+        "the plan missed a task"
+    )
     # exactly the Kafka bronze task and what reads its clickstream table, directly or not
     assert sorted(report.ran) == sorted(DOWNSTREAM_OF_CLICKSTREAM), "\n".join(
         o.line() for o in report.outcomes

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from lakehouse.config import Settings
-from lakehouse.dag import BuildFailed, BuildReport, build
+from lakehouse.dag import BuildFailed, BuildReport, build, plan
 from lakehouse.kafka_clients import producer
 from lakehouse.rebuild import delta_version
 from lakehouse.simulate import simulate_to_kafka
@@ -57,9 +57,11 @@ def failed_then_rebuilt(stack: Settings, built: None) -> dict[str, Any]:
     with pytest.raises(BuildFailed) as failure:
         build(stack)
     committed = delta_version(bronze)
+    planned = {o.task: o for o in plan(stack)}
     rebuilt = build(stack)
     return {
         "failed": failure.value.report,
+        "planned": planned,
         "rebuilt": rebuilt,
         "record": (partition, offset),
         "versions": (before, committed),
@@ -84,6 +86,13 @@ def test_a_task_that_failed_after_committing_reruns_with_its_downstream(
     assert committed is not None and before is not None and committed > before, (
         "bronze committed, then failed"
     )
+
+    # Between the two builds silver lags what the failed run committed, and says so (`lakehouse status`).
+    planned = failed_then_rebuilt["planned"]
+    assert planned["bronze-ingest-events"].action == "behind"
+    assert planned["bronze-ingest-events"].reasons[0].startswith("failed in an earlier build")
+    assert planned["silver-telemetry"].action == "waiting"
+    assert set(rebuilt.ran) <= {t for t, o in planned.items() if o.action != "current"}
 
     assert sorted(rebuilt.ran) == sorted(TELEMETRY_TASKS), _lines(rebuilt)
     assert rebuilt.outcome("bronze-ingest-events").reasons[0].startswith("failed in an earlier build")

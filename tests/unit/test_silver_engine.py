@@ -175,6 +175,65 @@ def test_append_parses_rejects_dedupes_and_accounts_for_every_row(
     )
 
 
+def test_a_clock_in_the_future_cannot_move_the_watermark(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    # One device dated 2099: before the bound it became the newest event and every later reading was late.
+    document = json.loads(json.dumps(READINGS))
+    document["build"]["event_time"].update(relative_to="offset_time", not_before="2020-01-01")
+    document["build"]["inputs"][0]["keep"] = ["offset", "offset_time"]
+    table = _table(settings, document, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    schema = "value string, offset long, offset_time timestamp"
+    ingest = datetime(2024, 11, 1, 6, tzinfo=UTC)  # six hours after T0
+    year_2099 = int(datetime(2099, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    first = run.feed(
+        [
+            {"value": _reading("d1", 1, 0), "offset": 0, "offset_time": ingest},
+            {"value": _reading("d9", 1, (year_2099 - T0) // 60_000), "offset": 1, "offset_time": ingest},
+            # a day and six hours ahead of T0 is a day ahead of the ingest, and a minute more
+            {"value": _reading("d1", 2, 60 * 30 + 1), "offset": 2, "offset_time": ingest},
+            {"value": _reading("d7", 1, -60 * 24 * 365 * 6), "offset": 3, "offset_time": ingest},  # 2018
+        ],
+        schema,
+    )
+    assert (first.applied, first.quarantined, first.late) == (1, 3, 0)
+    # The next readings are an hour after the first: on time, whatever the quarantined clocks said.
+    later = [
+        {"value": _reading("d1", 4 + i, 60 + i), "offset": 4 + i, "offset_time": ingest} for i in range(3)
+    ]
+    second = run.feed(later, schema)
+    assert (second.applied, second.quarantined, second.late) == (3, 0, 0)
+    reasons = sorted((r["reason"], r["offset"]) for r in run.quarantine())
+    assert reasons == [
+        ("event_time_before_floor", 3),
+        ("event_time_in_future", 1),
+        ("event_time_in_future", 2),
+    ]
+    assert [r["offset"] for r in run.rows("offset")] == [0, 4, 5, 6]
+    # At the bound itself a reading is kept: a day ahead of its ingest, to the millisecond.
+    edge = run.feed([{"value": _reading("d1", 9, 60 * 30), "offset": 7, "offset_time": ingest}], schema)
+    assert (edge.applied, edge.quarantined) == (1, 0)
+
+
+def test_the_future_is_judged_against_processing_time_by_default(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    table = _table(settings, READINGS, tmp_path)  # max_future: 1 day of the time the batch is processed
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    tomorrow = int((datetime.now(UTC).timestamp() + 3 * 3600) * 1000)  # three hours ahead: a skewed clock
+    next_week = int((datetime.now(UTC).timestamp() + 7 * 86400) * 1000)
+    counts = run.feed(
+        [
+            {"value": _reading("d1", 1, (tomorrow - T0) // 60_000), "offset": 0},
+            {"value": _reading("d2", 1, (next_week - T0) // 60_000), "offset": 1},
+        ],
+        RAW_SCHEMA,
+    )
+    assert (counts.applied, counts.quarantined) == (1, 1)
+    assert [(r["reason"], r["offset"]) for r in run.quarantine()] == [("event_time_in_future", 1)]
+
+
 def test_a_replayed_micro_batch_is_written_once(spark: Any, settings: Settings, tmp_path: Path) -> None:
     table = _table(settings, READINGS, tmp_path)
     run = Runner(spark, _settings(settings, tmp_path), table)
@@ -630,6 +689,9 @@ def test_a_failing_fail_rule_stops_the_batch_before_anything_is_written(
         (lambda d: d["build"].update(key=["nope"]), r"build\.key names \['nope'\]"),
         (lambda d: d["build"].update(apply="upsert", sequence=[]), "needs sequence"),
         (lambda d: d["build"]["event_time"].update(watermark="soon"), "not an interval"),
+        (lambda d: d["build"]["event_time"].update(max_future="tomorrow"), "not an interval"),
+        (lambda d: d["build"]["event_time"].update(not_before="the nineties"), "not an ISO date"),
+        (lambda d: d["build"]["event_time"].update(relative_to="received"), "relative_to 'received'"),
         (lambda d: d["build"]["inputs"][0].update(format="xml"), r"build\.inputs\[0\]\.format"),
     ],
 )

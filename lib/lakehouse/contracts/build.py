@@ -32,6 +32,7 @@ Nothing here imports Spark: configuration is checked (and errors name the file a
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -112,18 +113,38 @@ class EventTimeSpec(_Model):
     within a batch, and across batches the newest ``column`` already in silver — of the row's group when the
     ``partition_by`` columns are columns of the table (devices with skewed clocks are judged each on its
     own), else of the whole table. Late rows are quarantined with reason ``late_beyond_watermark``.
+
+    An event time is bounded before it can move the watermark: one dated later than ``max_future`` past
+    ``relative_to`` (a column of the row, e.g. the ingest or Kafka time; default the time the batch is
+    processed) is quarantined as ``event_time_in_future``, one before ``not_before`` as
+    ``event_time_before_floor`` — so one device with a wrong clock cannot make every later event late.
+    ``max_future: null`` turns the future bound off.
     """
 
     column: str
     watermark: str
     partition_by: list[str] = Field(default_factory=list)
     order_by: list[str] = Field(default_factory=list)
+    max_future: str | None = "1 day"
+    relative_to: str | None = None
+    not_before: str | None = None
 
-    @field_validator("watermark")
+    @field_validator("watermark", "max_future")
     @classmethod
-    def _interval(cls, value: str) -> str:
-        if not _INTERVAL.match(value.strip()):
-            raise ValueError(f"watermark {value!r} is not an interval like '15 minutes' or '1 hour'")
+    def _interval(cls, value: str | None) -> str | None:
+        if value is not None and not _INTERVAL.match(value.strip()):
+            raise ValueError(f"{value!r} is not an interval like '15 minutes' or '1 hour'")
+        return None if value is None else value.strip()
+
+    @field_validator("not_before")
+    @classmethod
+    def _instant(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"not_before {value!r} is not an ISO date or time like '2000-01-01'") from None
         return value.strip()
 
 

@@ -244,6 +244,13 @@ class TableContract(_Model):
                     f"build.event_time.column {build.event_time.column!r} is {kind}: an event time is a "
                     "timestamp or date column (declare its type, or derive one with expr)"
                 )
+            relative = build.event_time.relative_to
+            kept = [c for spec in build.inputs for c in spec.keep]
+            if relative is not None and relative not in names and relative not in kept:
+                raise ValueError(
+                    f"build.event_time.relative_to {relative!r} is neither a column nor kept from an input "
+                    "(the time the bound is judged against: e.g. ingested_at, or a Kafka timestamp in keep)"
+                )
         if build.scd2:
             for role in ("valid_from", "valid_to", "is_current"):
                 column = getattr(build.scd2, role)

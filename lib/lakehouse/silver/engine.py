@@ -52,7 +52,7 @@ from pyspark.sql.types import (
 )
 
 from lakehouse.config import Settings
-from lakehouse.contracts.build import BuildSpec, InputSpec
+from lakehouse.contracts.build import BuildSpec, EventTimeSpec, InputSpec
 from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import TableContract, load_catalog
@@ -71,6 +71,8 @@ OUTCOME: Final = "_outcome"
 RULES: Final = "_failed_rules"
 PAYLOAD: Final = "payload"
 LATE: Final = "late_beyond_watermark"
+FUTURE: Final = "event_time_in_future"
+BEFORE_FLOOR: Final = "event_time_before_floor"
 ENGINE_COLUMNS: Final = frozenset({DELETED, SOURCE, MERGED_AT})
 # CDC positions of a wal2json input: usable in a declaration's sequence without being table columns.
 CDC_COLUMNS: Final = ("_op", "_lsn", "_commit_lsn", "_committed_at")
@@ -443,6 +445,8 @@ def typed(parsed: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         bad = F.col(f"_invalid_{i}")
         judged = bad if column in build.key else live & bad
         reason = reason.when(judged, F.lit(f"invalid_value:{column}"))
+    if build.event_time is not None:
+        reason = _bound_event_time(reason, build.event_time, live)
     if build.key:
         reason = reason.when(
             reduce(operator.or_, [F.col(q(k)).isNull() for k in build.key]), F.lit("missing_key")
@@ -456,6 +460,17 @@ def typed(parsed: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         *(f"_invalid_{i}" for i in range(len(invalid))),
     ]
     return staged.withColumn(REASON, reason).drop(*helpers)
+
+
+def _bound_event_time(reason: Column, spec: EventTimeSpec, live: Column) -> Column:
+    """Add the event-time bounds to ``reason``: a row past them is quarantined before a watermark sees it."""
+    when = F.col(q(spec.column))
+    if spec.max_future is not None:
+        now = F.col(q(spec.relative_to)).cast("timestamp") if spec.relative_to else F.current_timestamp()
+        reason = reason.when(live & (when > now + F.expr(f"INTERVAL {spec.max_future}")), F.lit(FUTURE))
+    if spec.not_before is not None:
+        reason = reason.when(live & (when < F.lit(spec.not_before).cast("timestamp")), F.lit(BEFORE_FLOOR))
+    return reason
 
 
 # --- one micro-batch --------------------------------------------------------------------------------------
