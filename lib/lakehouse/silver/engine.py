@@ -30,7 +30,8 @@ import logging
 import operator
 import re
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
@@ -647,20 +648,31 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     accepted = marked.where(F.col(OUTCOME) == "insert")
     rejected = marked.where(F.col(OUTCOME) == "quarantine").withColumn(RULES, F.array(F.col(REASON)))
     inserts = int(stats["insert"])
+    # Appends to other tables than the silver table itself (the quarantine, the validation results) run
+    # beside its write: each is a Delta commit of its own, mostly waiting on the file system, and in turn they
+    # were most of a small micro-batch's time. Each is idempotent like the table's (txnAppId/txnVersion),
+    # so a batch that fails in any of them is replayed whole; the audit row, written last, says it is done.
+    beside: list[Callable[[], Any]] = []
     if inserts and (build.references or (ctx.quality and build.quality)):
-        accepted, extra_rejected, rejected_now, dropped, orphans = _check(accepted, inserts, batch_id, ctx)
+        accepted, extra_rejected, rejected_now, dropped, orphans = _check(
+            accepted, inserts, batch_id, ctx, beside
+        )
         counts.dropped, counts.orphans = dropped, orphans
         rejected = rejected.unionByName(extra_rejected)
         counts.quarantined += rejected_now
         inserts -= rejected_now + dropped
     txn = {"txnAppId": ctx.app_id, "txnVersion": str(batch_id)}
-    inserted = _apply(accepted, inserts, spark, ctx, txn)
+    if counts.quarantined:  # an empty append still costs a Delta commit (seconds per micro-batch)
+        beside.append(lambda: _quarantine(rejected, batch_id, ctx, txn))
+    with ThreadPoolExecutor(max_workers=max(1, len(beside)), thread_name_prefix="silver-write") as pool:
+        pending = [pool.submit(write) for write in beside]
+        inserted = _apply(accepted, inserts, spark, ctx, txn)
+        for done in pending:
+            done.result()  # a failed write fails the batch, after every other write finished
     # A version that changed no row or replaced an older one counts as a duplicate of its key, so that
     # input rows = applied + quarantined + duplicates + dropped, and the table holds the sum of applied.
     counts.applied = inserted
     counts.duplicates += inserts - inserted
-    if counts.quarantined:  # an empty append still costs a Delta commit (seconds per micro-batch)
-        _quarantine(rejected, batch_id, ctx, txn)
     audit = spark.createDataFrame(
         [(table.name, spec.label, ctx.run_id, batch_id, *counts.as_tuple(), datetime.now(UTC))], AUDIT
     )
@@ -670,9 +682,11 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
 
 
 def _check(
-    accepted: DataFrame, rows: int, batch_id: int, ctx: RunContext
+    accepted: DataFrame, rows: int, batch_id: int, ctx: RunContext, beside: list[Callable[[], Any]]
 ) -> tuple[DataFrame, DataFrame, int, int, int]:
     """Compiled suite and references on the accepted rows.
+
+    The validation results' write is added to ``beside`` (run beside the table's own write).
 
     Returns:
         The rows still accepted, the newly rejected ones, and how many were quarantined, dropped and orphans
@@ -712,7 +726,7 @@ def _check(
             suite = _batch_suite(load_suite(ctx.settings, table.name), table, frame.columns)
             compiled_suite = cq.CompiledSuite.of(suite)
             evaluation = cq.evaluate(frame, compiled_suite, columns=table.columns)
-            _record(evaluation, suite, batch_id, ctx)
+            keep_results = _record(evaluation, suite, batch_id, ctx)
             failures = evaluation.failures()
             rest = compiled_suite.rest_suite()
             if rest is not None:  # what the compiler does not know runs through GX (warn/fail only)
@@ -734,9 +748,11 @@ def _check(
             if failures:
                 from lakehouse.quality.validate import QualityError
 
+                keep_results()  # a batch a fail rule stops still leaves its results, written now
                 raise QualityError(
                     f"{table.name} batch {batch_id} failed its quality suite: " + "; ".join(failures)
                 )
+            beside.append(keep_results)
             frame = evaluation.marked
             route = F.col(cq.ROUTE)
             reason = F.col(cq.REASON)
@@ -790,8 +806,11 @@ def _batch_suite(
     return ExpectationSuite(name=suite.name, expectations=[e.configuration for e in kept])
 
 
-def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx: RunContext) -> None:
-    """Persist the compiled rules' results (``audit.validation_results``) and keep them for Data Docs."""
+def _record(
+    evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx: RunContext
+) -> Callable[[], int]:
+    """Keep the compiled rules' results for Data Docs; the write of them to ``audit.validation_results``,
+    to run (:func:`process_batch` runs it beside the table's write)."""
     from lakehouse.privacy.mask import table_pii
     from lakehouse.quality.compiled import result_rows, validation_result
     from lakehouse.quality.docs import save_validation
@@ -801,10 +820,11 @@ def _record(evaluation: Evaluation, suite: ExpectationSuite, batch_id: int, ctx:
     results = result_rows(
         evaluation.outcomes, table=table, suite=suite.name, run_id=ctx.run_id, batch_id=batch_id
     )
-    write_results(evaluation.marked.sparkSession, ctx.settings, results)
     if ctx.settings.quality.data_docs:
         outcome = validation_result(evaluation.outcomes, suite)
         save_validation(ctx.settings, table, ctx.run_id, batch_id, outcome, table_pii(ctx.settings, table))
+    spark = evaluation.marked.sparkSession
+    return lambda: write_results(spark, ctx.settings, results)
 
 
 # Delta's optimistic concurrency: two inputs of one table streamed at once (continuous mode beside a DAG run
