@@ -234,6 +234,59 @@ def test_the_future_is_judged_against_processing_time_by_default(
     assert [(r["reason"], r["offset"]) for r in run.quarantine()] == [("event_time_in_future", 1)]
 
 
+def test_a_duplicate_that_disagrees_is_quarantined_not_resolved_by_arrival_order(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    document = json.loads(json.dumps(READINGS))
+    document["build"]["conflicts"] = {"compare": ["measured_at", "value"]}
+    table = _table(settings, document, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    first = run.feed(
+        [
+            {"value": _reading("d1", 1, 0, value=1.5), "offset": 0},
+            {"value": _reading("d1", 1, 0, value=1.5), "offset": 1},  # a re-delivery: the same content
+            {"value": _reading("d1", 1, 0, value=9.0), "offset": 2},  # the same key, another value
+            {"value": _reading("d2", 1, 0, value=None), "offset": 3},
+            {"value": _reading("d2", 1, 0, value=None), "offset": 4},  # nulls compare equal
+        ],
+        RAW_SCHEMA,
+    )
+    assert (first.applied, first.duplicates, first.quarantined) == (2, 2, 1)
+    # Later batches compare with the table's row: a re-delivery is a duplicate, a disagreement is held.
+    second = run.feed(
+        [
+            {"value": _reading("d1", 1, 0, value=1.5), "offset": 5},
+            {"value": _reading("d1", 1, 1, value=1.5), "offset": 6},  # another time for the same key
+        ],
+        RAW_SCHEMA,
+    )
+    assert (second.applied, second.duplicates, second.quarantined) == (0, 1, 1)
+    assert sorted((r["reason"], r["offset"]) for r in run.quarantine()) == [
+        ("conflicting_duplicate", 2),
+        ("conflicting_duplicate", 6),
+    ]
+    assert [(r["device_id"], r["value"]) for r in run.rows("device_id")] == [("d1", 1.5), ("d2", None)]
+    totals = engine.reconcile(spark, table)
+    assert totals["input_rows"] == totals["applied"] + totals["quarantined"] + totals["duplicates"]
+
+
+def test_a_duplicate_that_disagrees_can_be_only_counted(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    document = json.loads(json.dumps(READINGS))
+    document["build"]["conflicts"] = {"compare": ["value"], "action": "warn"}
+    table = _table(settings, document, tmp_path)
+    run = Runner(spark, _settings(settings, tmp_path), table)
+    counts = run.feed(
+        [
+            {"value": _reading("d1", 1, 0, value=1.5), "offset": 0},
+            {"value": _reading("d1", 1, 0, value=2), "offset": 1},
+        ],
+        RAW_SCHEMA,
+    )
+    assert (counts.applied, counts.duplicates, counts.quarantined) == (1, 1, 0)
+
+
 def test_a_replayed_micro_batch_is_written_once(spark: Any, settings: Settings, tmp_path: Path) -> None:
     table = _table(settings, READINGS, tmp_path)
     run = Runner(spark, _settings(settings, tmp_path), table)
@@ -692,6 +745,15 @@ def test_a_failing_fail_rule_stops_the_batch_before_anything_is_written(
         (lambda d: d["build"]["event_time"].update(max_future="tomorrow"), "not an interval"),
         (lambda d: d["build"]["event_time"].update(not_before="the nineties"), "not an ISO date"),
         (lambda d: d["build"]["event_time"].update(relative_to="received"), "relative_to 'received'"),
+        (
+            lambda d: d["build"].update(conflicts={"compare": ["colour"]}),
+            r"conflicts\.compare names \['colour'\]",
+        ),
+        (lambda d: d["build"].update(conflicts={"compare": []}), r"build\.conflicts\.compare"),
+        (
+            lambda d: d["build"].update(dedupe=False, conflicts={"compare": ["value"]}),
+            "conflicts needs apply",
+        ),
         (lambda d: d["build"]["inputs"][0].update(format="xml"), r"build\.inputs\[0\]\.format"),
     ],
 )

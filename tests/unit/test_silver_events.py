@@ -202,7 +202,7 @@ def test_duplicates_and_late_events(spark: Any, settings: Settings, events: Silv
                 _v1("a", 0),  # re-delivery of a: a duplicate, even though it is old
                 _v1("c", 3 * 3600 - 1800),  # 30 minutes late: within the 1-hour watermark
                 _v1("d", 0),  # 3 hours late: beyond the watermark
-                _v1("known", 3 * 3600),  # already in silver from an earlier batch
+                _v1("known", 3 * 3600),  # in silver from an earlier batch, at another time: a conflict
                 "not json",
             ],
         )
@@ -210,8 +210,8 @@ def test_duplicates_and_late_events(spark: Any, settings: Settings, events: Silv
     assert (counts.input_rows, counts.applied, counts.duplicates, counts.quarantined, counts.late) == (
         7,
         3,
-        2,
-        2,
+        1,
+        3,
         1,
     )
     silver = batches.silver()
@@ -220,13 +220,14 @@ def test_duplicates_and_late_events(spark: Any, settings: Settings, events: Silv
     assert silver["known"]["source_offset"] == 100, "an event already in silver is not replaced"
     assert [(r["offset"], r["reason"], r["event_id"]) for r in batches.quarantine()] == [
         (4, "late_beyond_watermark", "d"),
+        (5, "conflicting_duplicate", "known"),
         (6, "malformed_json", None),
     ]
     assert engine.check_table(spark, events) == {
         "input_rows": 8,
         "applied": 4,
-        "quarantined": 2,
-        "duplicates": 2,
+        "quarantined": 3,
+        "duplicates": 1,
         "late": 1,
         "dropped": 0,
         "orphans": 0,

@@ -207,6 +207,18 @@ class Scd2Spec(_Model):
     surrogate_key: str | None = None
 
 
+class ConflictSpec(_Model):
+    """Duplicates that disagree (append mode): a row whose key was seen before — earlier in the batch or in
+    the table — but whose ``compare`` columns differ is not a re-delivery, and is not resolved by arrival
+    order: it is quarantined with reason ``conflicting_duplicate`` (the row kept first stays), or only
+    counted with ``action: warn``. ``compare`` names the columns a re-delivery repeats exactly (not the
+    ingest time or the Kafka offset, which differ each time).
+    """
+
+    compare: list[str] = Field(min_length=1)
+    action: Literal["quarantine", "warn"] = "quarantine"
+
+
 class BuildSpec(_Model):
     """The ``build`` section of a silver contract: inputs, keys and how rows are applied."""
 
@@ -215,6 +227,7 @@ class BuildSpec(_Model):
     sequence: list[str] = Field(default_factory=list)
     apply: Literal["append", "upsert", "scd2"] = "append"
     dedupe: bool = True
+    conflicts: ConflictSpec | None = None
     deletes: str | None = None
     event_time: EventTimeSpec | None = None
     reject: list[RejectRule] = Field(default_factory=list)
@@ -239,6 +252,8 @@ class BuildSpec(_Model):
         labels = [i.label for i in self.inputs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"inputs must have distinct names; give them `name:` ({labels})")
+        if self.conflicts is not None and (self.apply != "append" or not self.key or not self.dedupe):
+            raise ValueError("conflicts needs apply: append with a key and dedupe (upserts expect changes)")
         reasons = [r.reason for r in self.reject]
         if len(set(reasons)) != len(reasons):
             raise ValueError(f"duplicate reject reasons {reasons}")

@@ -229,6 +229,7 @@ class TableContract(_Model):
             "partition_by": build.partition_by,
             **({"scd2.track": build.scd2.track} if build.scd2 else {}),
             **({"references.columns": [c for r in build.references for c in r.columns]}),
+            **({"conflicts.compare": build.conflicts.compare} if build.conflicts else {}),
         }
         extra = set(build.sequence) & {"_lsn", "_commit_lsn"}  # CDC positions may order without a column
         for field_name, columns in declared.items():

@@ -74,6 +74,8 @@ PAYLOAD: Final = "payload"
 LATE: Final = "late_beyond_watermark"
 FUTURE: Final = "event_time_in_future"
 BEFORE_FLOOR: Final = "event_time_before_floor"
+CONFLICT: Final = "conflicting_duplicate"
+CONFLICTING: Final = "_conflicting"  # a duplicate whose declared content differs from the row kept
 ENGINE_COLUMNS: Final = frozenset({DELETED, SOURCE, MERGED_AT})
 # CDC positions of a wal2json input: usable in a declaration's sequence without being table columns.
 CDC_COLUMNS: Final = ("_op", "_lsn", "_commit_lsn", "_committed_at")
@@ -499,15 +501,29 @@ def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> D
     valid = F.col(REASON).isNull()
     marked = frame
     duplicate = F.lit(False)
+    conflicting = F.lit(False)
     ordering = [F.col(q(c)) for c in build.sequence] or [F.monotonically_increasing_id()]
     existing = spark.read.format("delta").load(table.path)
     if build.key and build.dedupe:
         first_seen = Window.partitionBy(*[F.col(q(k)) for k in build.key]).orderBy(*ordering)
-        known = existing.select(*[F.col(q(k)).alias(f"_known_{k}") for k in build.key]).distinct()
+        known_columns = [F.col(q(k)).alias(f"_known_{k}") for k in build.key]
+        if build.conflicts is not None:
+            content = F.xxhash64(*[F.col(q(c)) for c in build.conflicts.compare])
+            known_columns.append(content.alias("_known_content"))
+            so_far = first_seen.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+            marked = marked.withColumn(
+                "_first_content", F.first(F.when(valid, content), ignorenulls=True).over(so_far)
+            )
+        known = existing.select(*known_columns).distinct()
         marked = marked.withColumn("_rank", F.when(valid, F.row_number().over(first_seen)))
         on = reduce(operator.and_, [F.col(q(k)).eqNullSafe(F.col(f"_known_{k}")) for k in build.key])
         marked = marked.join(known, on, "left")
-        duplicate = valid & ((F.col("_rank") > 1) | F.col(f"_known_{build.key[0]}").isNotNull())
+        seen_here, seen_before = F.col("_rank") > 1, F.col(f"_known_{build.key[0]}").isNotNull()
+        duplicate = valid & (seen_here | seen_before)
+        if build.conflicts is not None:
+            # Against the table's row when the key is there already, else the batch's first row of the key.
+            kept = F.when(seen_before, F.col("_known_content")).otherwise(F.col("_first_content"))
+            conflicting = duplicate & ~content.eqNullSafe(kept)
     late = F.lit(False)
     if build.event_time is not None:
         spec = build.event_time
@@ -537,15 +553,24 @@ def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> D
             & F.coalesce(column < newest - F.expr(f"INTERVAL {spec.watermark}"), F.lit(False))
         )
     helper = [
-        c for c in marked.columns if c.startswith(("_known_", "_carried_")) or c in ("_rank", "_seen_max")
+        c
+        for c in marked.columns
+        if c.startswith(("_known_", "_carried_")) or c in ("_rank", "_seen_max", "_first_content")
     ]
+    held = (
+        conflicting
+        if build.conflicts is not None and build.conflicts.action == "quarantine"
+        else F.lit(False)
+    )
     return marked.select(
         *[F.col(q(c)) for c in frame.columns if c != REASON],
-        F.when(late, F.lit(LATE)).otherwise(F.col(REASON)).alias(REASON),
-        F.when(duplicate, F.lit("duplicate"))
+        F.when(late, F.lit(LATE)).when(held, F.lit(CONFLICT)).otherwise(F.col(REASON)).alias(REASON),
+        F.when(held, F.lit("quarantine"))
+        .when(duplicate, F.lit("duplicate"))
         .when(valid & ~late, F.lit("insert"))
         .otherwise(F.lit("quarantine"))
         .alias(OUTCOME),
+        F.coalesce(conflicting, F.lit(False)).alias(CONFLICTING),
     ).drop(*helper)
 
 
@@ -637,8 +662,28 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
             F.count(F.when(F.col(OUTCOME) == "duplicate", 1)).alias("duplicate"),
             F.count(F.when(F.col(OUTCOME) == "quarantine", 1)).alias("quarantine"),
             F.count(F.when(F.col(REASON) == LATE, 1)).alias("late"),
+            *(
+                [F.count(F.when(F.col(CONFLICTING), 1)).alias("conflicts")]
+                if CONFLICTING in marked.columns
+                else []
+            ),
         )
     )
+    if CONFLICTING in marked.columns and int(stats["conflicts"]):
+        action = (
+            "quarantined"
+            if build.conflicts and build.conflicts.action == "quarantine"
+            else "counted as duplicates"
+        )
+        log.warning(
+            "%s <- %s batch %d: %d rows repeat a key with other content (%s): %s",
+            table.name,
+            spec.label,
+            batch_id,
+            int(stats["conflicts"]),
+            ", ".join(build.conflicts.compare if build.conflicts else []),
+            action,
+        )
     counts = BatchCounts(
         input_rows=int(stats["rows"]),
         duplicates=int(stats["duplicate"]),
