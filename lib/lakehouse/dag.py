@@ -33,6 +33,8 @@ from lakehouse.errors import ConfigError, LakehouseError
 from lakehouse.lineage.tracker import TASK_RUN_VARIABLE
 from lakehouse.rebuild import (
     Check,
+    Decision,
+    ProbeContext,
     TaskRecord,
     TaskSpec,
     code_fingerprint,
@@ -392,16 +394,7 @@ def build(
                 stopped.add(task.name)
                 emit(TaskOutcome(task.name, "blocked", [f"upstream {', '.join(blockers)} failed"]))
                 continue
-            code = code_fingerprint(task, settings.root)
-            upstream = {name: by_name[name] for name in task.upstream}
-            inputs = collect_inputs(ctx, task, upstream, records)
-            decision = decide(
-                records[task.name],
-                code=code,
-                inputs=inputs,
-                missing_products=missing_products(task),
-                force=force,
-            )
+            code, inputs, decision = _decision(ctx, task, by_name, records, force=force)
             if not decision.run:
                 up_to_date.append(task.name)
                 emit(TaskOutcome(task.name, "skipped", decision.reasons))
@@ -426,6 +419,25 @@ def build(
     if report.failed:
         raise BuildFailed(report, settings)
     return report
+
+
+def _decision(
+    ctx: ProbeContext,
+    task: TaskSpec,
+    by_name: Mapping[str, TaskSpec],
+    records: Mapping[str, TaskRecord | None],
+    *,
+    force: bool,
+) -> tuple[str, dict[str, Check], Decision]:
+    """The task's code fingerprint, its inputs as observed now, and whether (and why) it runs: one decision
+    for :func:`build` and :func:`plan`."""
+    code = code_fingerprint(task, ctx.settings.root)
+    upstream = {name: by_name[name] for name in task.upstream}
+    inputs = collect_inputs(ctx, task, upstream, records)
+    decision = decide(
+        records[task.name], code=code, inputs=inputs, missing_products=missing_products(task), force=force
+    )
+    return code, inputs, decision
 
 
 def plan(settings: Settings) -> list[TaskOutcome]:
@@ -456,14 +468,7 @@ def plan(settings: Settings) -> list[TaskOutcome]:
                 why = f"checked again after {shown}"
                 outcomes.append(TaskOutcome(task.name, "waiting", [why]))
                 continue
-            upstream = {name: by_name[name] for name in task.upstream}
-            decision = decide(
-                records[task.name],
-                code=code_fingerprint(task, settings.root),
-                inputs=collect_inputs(ctx, task, upstream, records),
-                missing_products=missing_products(task),
-                force=False,
-            )
+            _, _, decision = _decision(ctx, task, by_name, records, force=False)
             if decision.run:
                 behind.add(task.name)
             outcomes.append(TaskOutcome(task.name, "behind" if decision.run else "current", decision.reasons))

@@ -570,7 +570,7 @@ def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> D
         .when(valid & ~late, F.lit("insert"))
         .otherwise(F.lit("quarantine"))
         .alias(OUTCOME),
-        F.coalesce(conflicting, F.lit(False)).alias(CONFLICTING),
+        *([F.coalesce(conflicting, F.lit(False)).alias(CONFLICTING)] if build.conflicts is not None else []),
     ).drop(*helper)
 
 
@@ -664,24 +664,20 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
             F.count(F.when(F.col(REASON) == LATE, 1)).alias("late"),
             *(
                 [F.count(F.when(F.col(CONFLICTING), 1)).alias("conflicts")]
-                if CONFLICTING in marked.columns
+                if build.conflicts is not None
                 else []
             ),
         )
     )
-    if CONFLICTING in marked.columns and int(stats["conflicts"]):
-        action = (
-            "quarantined"
-            if build.conflicts and build.conflicts.action == "quarantine"
-            else "counted as duplicates"
-        )
+    if build.conflicts is not None and int(stats["conflicts"]):
+        action = "quarantined" if build.conflicts.action == "quarantine" else "counted as duplicates"
         log.warning(
             "%s <- %s batch %d: %d rows repeat a key with other content (%s): %s",
             table.name,
             spec.label,
             batch_id,
             int(stats["conflicts"]),
-            ", ".join(build.conflicts.compare if build.conflicts else []),
+            ", ".join(build.conflicts.compare),
             action,
         )
     counts = BatchCounts(
