@@ -281,6 +281,48 @@ def test_an_uncompiled_rule_that_routes_rows_runs_the_suite_on_gx(spark: Any, se
         check_batch(frame, "silver.crafted", engine="compiled", **common)
 
 
+def test_a_suite_counted_within_a_larger_aggregate_judges_only_those_rows(spark: Any) -> None:
+    """The silver engine counts the suite in the batch's own aggregate, over rows it does not insert too."""
+    from pyspark.sql import functions as F
+
+    from lakehouse.quality import compiled as cq
+
+    suite = _suite_with(  # a rule passing by ``mostly`` with failing rows takes the recount branch
+        {
+            **_expectation("expect_column_values_to_not_be_null", "drop", column="cc", mostly=0.5),
+            "meta": {"action": "drop", "rule": "cc_mostly_present"},
+        }
+    )
+    compiled = cq.CompiledSuite.of(suite)
+    inside = [(*row, True) for row in [*_ROWS, ("6", 3.0, None, "a")]]
+    outside = [(None, -9.0, None, "zzz", False)] * 3  # would fail every rule, were it judged
+    frame = spark.createDataFrame([*inside, *outside], _SCHEMA + ", keep boolean")
+    alone = cq.evaluate(frame.where("keep"), compiled)
+    pending = cq.prepare(frame, compiled, within=F.col("keep"))
+    fused = cq.conclude(
+        pending, pending.flagged.agg(F.count(F.lit(1)).alias("all"), *pending.aggregates).first()
+    )
+
+    def seen(e: cq.Evaluation) -> tuple[Any, ...]:
+        marked = sorted((r["id"] or "", r[cq.ROUTE] or "", tuple(r[cq.FAILED])) for r in e.marked.collect())
+        return (
+            e.rows,
+            e.quarantined,
+            e.dropped,
+            [(o.rule.rule, o.judged, o.unexpected) for o in e.outcomes],
+            marked,
+        )
+
+    assert seen(fused) == seen(alone)
+    assert fused.rows == len(inside) and fused.quarantined == 2 and fused.dropped == 1
+    unique = cq.CompiledSuite.of(
+        _suite_with({**_expectation("expect_column_values_to_be_unique", "warn", column="id")})
+    )
+    assert unique.windowed and not compiled.windowed
+    with pytest.raises(ValueError, match="uniqueness"):
+        cq.prepare(frame, unique, within=F.col("keep"))
+
+
 def test_fail_action_raises_quality_error(spark: Any, settings: Settings) -> None:
     with pytest.raises(QualityError, match="kind_known") as raised:
         _check(spark, settings, [*_ROWS, ("9", 1.0, "DE", "zzz")], "pandas")

@@ -105,6 +105,7 @@ _ROW_RULES: Final[dict[str, tuple[_Predicate, Callable[[dict[str, Any]], list[st
         lambda kw: [kw["column_A"], kw["column_B"]],
     ),
 }
+_WINDOWED: Final = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
 _TABLE_RULES: Final = frozenset({"expect_table_row_count_to_be_between", "expect_table_columns_to_match_set"})
 # GX's defaults for which rows a multi-column rule skips: compound uniqueness skips rows whose every value
 # is missing, the column pair skips rows where both are.
@@ -174,6 +175,11 @@ class CompiledSuite:
         rules = [_compile(e) for e in suite.expectations if compilable(e)]
         rest = [e for e in suite.expectations if not compilable(e)]
         return cls(suite=suite, rules=rules, rest=rest)
+
+    @property
+    def windowed(self) -> bool:
+        """Whether a rule judges a row by the other rows (uniqueness: a window over the batch)."""
+        return any(r.kind in _WINDOWED for r in self.rules)
 
     def rest_suite(self) -> gx.ExpectationSuite | None:
         """The expectations GX evaluates, as their own suite (None when every rule compiled)."""
@@ -247,46 +253,84 @@ def _any(columns: Sequence[Column]) -> Column:
     return reduce(lambda a, b: a | b, columns) if columns else F.lit(False)
 
 
-def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] | None = None) -> Evaluation:
-    """Count every rule's failures in one aggregate and mark each row with its route.
+@dataclass
+class Pending:
+    """A batch with its rules' failure flags, and the aggregate columns that count them.
+
+    The counts can be computed by any aggregate over :attr:`flagged` (a caller may add its own columns to the
+    same pass); :func:`conclude` turns that aggregate's row into the :class:`Evaluation`.
+    """
+
+    compiled: CompiledSuite
+    frame: DataFrame
+    flagged: DataFrame
+    flags: dict[int, str]
+    within: Column | None
+    aggregates: list[Column]
+
+    def rows(self) -> DataFrame:
+        """The flagged rows the rules judge (those ``within``)."""
+        return self.flagged if self.within is None else self.flagged.where(self.within)
+
+
+def _count(condition: Column, within: Column | None) -> Column:
+    return F.count(F.when(condition if within is None else within & condition, 1))
+
+
+def prepare(frame: DataFrame, compiled: CompiledSuite, within: Column | None = None) -> Pending:
+    """Flag each row's failures and build the aggregate that counts them.
 
     Args:
         frame: the batch, materialised (a ``localCheckpoint``): it is read by the aggregate and again by
             whoever writes the marked rows.
-        compiled: the suite.
-        columns: the table's columns, for column-set rules (default: the frame's; a batch may carry
-            bookkeeping columns the table does not have).
+        compiled: the suite; rules over a window (uniqueness) need ``within`` to be None, since the window
+            would count rows outside it.
+        within: only rows where it holds are judged, counted and marked (the rest of ``frame`` is another
+            outcome of the caller's, counted in the same aggregate).
     """
+    if within is not None and compiled.windowed:
+        raise ValueError(
+            "a suite with uniqueness rules is evaluated on its own rows, not within a larger frame"
+        )
     rules = compiled.rules
     flag = {id(r): f"_dq_f{i}" for i, r in enumerate(rules) if r.failing is not None}
     flagged = frame.select("*", *[r.failing.alias(flag[id(r)]) for r in rules if r.failing is not None])
-
-    def routed(active: Sequence[CompiledRule]) -> tuple[Column, Column]:
-        quarantine = _any([F.col(flag[id(r)]) for r in active if r.action == "quarantine"])
-        drop = _any([F.col(flag[id(r)]) for r in active if r.action == "drop"])
-        return quarantine, ~quarantine & drop
-
-    routing_rules = [r for r in rules if r.failing is not None and r.action in ROW_ACTIONS]
-    quarantine_all, drop_all = routed(routing_rules)
+    quarantine_all, drop_all = _routed(flag, rules)
     aggregates = [
-        F.count(F.lit(1)).alias("_dq_rows"),
-        F.count(F.when(quarantine_all, 1)).alias("_dq_q"),
-        F.count(F.when(drop_all, 1)).alias("_dq_d"),
+        _count(F.lit(True), within).alias("_dq_rows"),
+        _count(quarantine_all, within).alias("_dq_q"),
+        _count(drop_all, within).alias("_dq_d"),
     ]
     for rule in rules:
         if rule.failing is not None:
             name = flag[id(rule)]
             aggregates += [
-                F.count(F.when(F.col(name), 1)).alias(f"{name}_u"),
-                F.count(F.when(rule.judged, 1)).alias(f"{name}_j"),
+                _count(F.col(name), within).alias(f"{name}_u"),
+                _count(rule.judged, within).alias(f"{name}_j"),
             ]
-    totals = flagged.agg(*aggregates).first()
-    if totals is None:  # an aggregate always has a row
-        raise RuntimeError("the quality aggregate returned no row")
+    return Pending(compiled, frame, flagged, flag, within, aggregates)
+
+
+def _routed(flag: dict[int, str], active: Sequence[CompiledRule]) -> tuple[Column, Column]:
+    """Whether a row goes to quarantine, and whether it is dropped, by the ``active`` routing rules."""
+    routing = [r for r in active if id(r) in flag and r.action in ROW_ACTIONS]
+    quarantine = _any([F.col(flag[id(r)]) for r in routing if r.action == "quarantine"])
+    drop = _any([F.col(flag[id(r)]) for r in routing if r.action == "drop"])
+    return quarantine, ~quarantine & drop
+
+
+def conclude(pending: Pending, totals: Any, columns: Sequence[str] | None = None) -> Evaluation:
+    """The evaluation, from the row of an aggregate that included ``pending.aggregates``.
+
+    Args:
+        columns: the table's columns, for column-set rules (default: the frame's; a batch may carry
+            bookkeeping columns the table does not have).
+    """
+    flag, frame = pending.flags, pending.frame
     rows = int(totals["_dq_rows"])
     table_columns = set(columns if columns is not None else frame.columns)
     outcomes: list[RuleOutcome] = []
-    for rule in rules:
+    for rule in pending.compiled.rules:
         if rule.kind == "expect_table_row_count_to_be_between":
             outcomes.append(RuleOutcome(rule, rows, rows, 0, observed=rows))
         elif rule.kind == "expect_table_columns_to_match_set":
@@ -298,23 +342,40 @@ def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] |
             name = flag[id(rule)]
             outcomes.append(RuleOutcome(rule, rows, int(totals[f"{name}_j"]), int(totals[f"{name}_u"])))
     # A rule routes its rows only when it fails as a whole (``mostly`` may let some failing rows pass).
-    routing_ids = {id(r) for r in routing_rules}
-    active = [o.rule for o in outcomes if id(o.rule) in routing_ids and not o.success]
-    quarantine, drop = routed(active)
-    if len(active) == len([o for o in outcomes if id(o.rule) in routing_ids and o.unexpected]):
+    routing = [o for o in outcomes if id(o.rule) in flag and o.rule.action in ROW_ACTIONS]
+    active = [o.rule for o in routing if not o.success]
+    quarantine, drop = _routed(flag, active)
+    judged = pending.rows()
+    if len(active) == len([o for o in routing if o.unexpected]):
         counts = (int(totals["_dq_q"]), int(totals["_dq_d"]))
     else:  # a passing rule with failing rows (mostly): count again with only the failed rules routing
-        again = flagged.agg(F.count(F.when(quarantine, 1)), F.count(F.when(drop, 1))).first()
+        again = judged.agg(F.count(F.when(quarantine, 1)), F.count(F.when(drop, 1))).first()
         counts = (int(again[0]), int(again[1])) if again is not None else (0, 0)
     names = [F.when(F.col(flag[id(r)]), F.lit(r.rule)) for r in active]
     failed = F.filter(F.array(*names), lambda x: x.isNotNull()) if names else F.array().cast("array<string>")
     route = F.when(quarantine, F.lit("quarantine")).when(drop, F.lit("drop"))
-    marked = flagged.select(
+    marked = judged.select(
         *[_col(c) for c in frame.columns],
         route.alias(ROUTE),
         failed.alias(FAILED),
     ).withColumn(REASON, F.try_element_at(F.col(FAILED), F.lit(1)))
     return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1], rows=rows)
+
+
+def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] | None = None) -> Evaluation:
+    """Count every rule's failures in one aggregate and mark each row with its route.
+
+    Args:
+        frame: the batch, materialised (a ``localCheckpoint``): it is read by the aggregate and again by
+            whoever writes the marked rows.
+        compiled: the suite.
+        columns: the table's columns, for column-set rules (default: the frame's).
+    """
+    pending = prepare(frame, compiled)
+    totals = pending.flagged.agg(*pending.aggregates).first()
+    if totals is None:  # an aggregate always has a row
+        raise RuntimeError("the quality aggregate returned no row")
+    return conclude(pending, totals, columns)
 
 
 def result_rows(

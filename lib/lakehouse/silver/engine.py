@@ -58,6 +58,7 @@ from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import TableContract, load_catalog
 from lakehouse.privacy.tokenize import token_column
+from lakehouse.quality import compiled as cq
 from lakehouse.quality.compiled import Evaluation
 from lakehouse.silver import apply
 from lakehouse.silver.apply import DELETED, IS_DELETE, MERGED_AT, SOURCE, q
@@ -655,8 +656,16 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     staged = typed(parse(batch, spec, table), spec, table)
     marked = _mark_append(staged, table, spark) if build.apply == "append" else _mark_versions(staged, table)
     marked = _protect(marked, table).localCheckpoint(eager=True)
+    suite = _compiled_suite(ctx, marked.columns)
+    # The suite's counts join the batch's own aggregate when nothing stands between them (a reference
+    # check adds columns first; a uniqueness rule's window must not see the rows that are not inserted).
+    pending: cq.Pending | None = (
+        cq.prepare(marked, suite, within=F.col(OUTCOME) == "insert")
+        if suite is not None and not build.references and not suite.windowed
+        else None
+    )
     stats = first_row(
-        marked.agg(
+        (pending.flagged if pending is not None else marked).agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col(OUTCOME) == "insert", 1)).alias("insert"),
             F.count(F.when(F.col(OUTCOME) == "duplicate", 1)).alias("duplicate"),
@@ -667,6 +676,7 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
                 if build.conflicts is not None
                 else []
             ),
+            *(pending.aggregates if pending is not None else []),
         )
     )
     if build.conflicts is not None and int(stats["conflicts"]):
@@ -694,9 +704,10 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     # were most of a small micro-batch's time. Each is idempotent like the table's (txnAppId/txnVersion),
     # so a batch that fails in any of them is replayed whole; the audit row, written last, says it is done.
     beside: list[Callable[[], Any]] = []
-    if inserts and (build.references or (ctx.quality and build.quality)):
+    if inserts and (build.references or suite is not None):
+        evaluation = cq.conclude(pending, stats, columns=table.columns) if pending is not None else None
         accepted, extra_rejected, rejected_now, dropped, orphans = _check(
-            accepted, inserts, batch_id, ctx, beside
+            accepted, inserts, batch_id, ctx, beside, suite, evaluation
         )
         counts.dropped, counts.orphans = dropped, orphans
         rejected = rejected.unionByName(extra_rejected)
@@ -706,9 +717,9 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     if counts.quarantined:  # an empty append still costs a Delta commit (seconds per micro-batch)
         beside.append(lambda: _quarantine(rejected, batch_id, ctx, txn))
     with ThreadPoolExecutor(max_workers=max(1, len(beside)), thread_name_prefix="silver-write") as pool:
-        pending = [pool.submit(write) for write in beside]
+        writing = [pool.submit(write) for write in beside]
         inserted = _apply(accepted, inserts, spark, ctx, txn)
-        for done in pending:
+        for done in writing:
             done.result()  # a failed write fails the batch, after every other write finished
     # A version that changed no row or replaced an older one counts as a duplicate of its key, so that
     # input rows = applied + quarantined + duplicates + dropped, and the table holds the sum of applied.
@@ -722,19 +733,34 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     return counts
 
 
+def _compiled_suite(ctx: RunContext, columns: Sequence[str]) -> cq.CompiledSuite | None:
+    """The table's suite for a batch with these columns, compiled (None without quality or a suite)."""
+    from lakehouse.quality.suites import load_suite, suite_path
+
+    table = ctx.table
+    if not (ctx.quality and table.build.quality) or not suite_path(ctx.settings, table.name).is_file():
+        return None
+    return cq.CompiledSuite.of(_batch_suite(load_suite(ctx.settings, table.name), table, columns))
+
+
 def _check(
-    accepted: DataFrame, rows: int, batch_id: int, ctx: RunContext, beside: list[Callable[[], Any]]
+    accepted: DataFrame,
+    rows: int,
+    batch_id: int,
+    ctx: RunContext,
+    beside: list[Callable[[], Any]],
+    compiled_suite: cq.CompiledSuite | None,
+    evaluation: Evaluation | None = None,
 ) -> tuple[DataFrame, DataFrame, int, int, int]:
     """Compiled suite and references on the accepted rows.
 
+    ``evaluation`` is the suite already evaluated on these rows (by the batch's own aggregate), if it was.
     The validation results' write is added to ``beside`` (run beside the table's own write).
 
     Returns:
         The rows still accepted, the newly rejected ones, and how many were quarantined, dropped and orphans
         (counted by the suite's one aggregate, not by reading the rows again).
     """
-    from lakehouse.quality import compiled as cq
-
     table, build = ctx.table, ctx.table.build
     spark = accepted.sparkSession
     frame, flags = _references(accepted, table, spark) if build.references else (accepted, [])
@@ -760,45 +786,42 @@ def _check(
                 )
     dropped = quality_quarantined = 0
     route = F.lit(None).cast("string")
-    if ctx.quality and build.quality:
-        from lakehouse.quality.suites import load_suite, suite_path
-
-        if suite_path(ctx.settings, table.name).is_file():
-            suite = _batch_suite(load_suite(ctx.settings, table.name), table, frame.columns)
-            compiled_suite = cq.CompiledSuite.of(suite)
+    if compiled_suite is not None:
+        suite = compiled_suite.suite
+        if evaluation is None:
             evaluation = cq.evaluate(frame, compiled_suite, columns=table.columns)
-            keep_results = _record(evaluation, suite, batch_id, ctx)
-            failures = evaluation.failures()
-            rest = compiled_suite.rest_suite()
-            if rest is not None:  # what the compiler does not know runs through GX (warn/fail only)
-                from lakehouse.quality.validate import QualityError, check_batch
+        keep_results = _record(evaluation, suite, batch_id, ctx)
+        failures = evaluation.failures()
+        rest = compiled_suite.rest_suite()
+        if rest is not None:  # what the compiler does not know runs through GX (warn/fail only)
+            from lakehouse.quality.validate import QualityError, check_batch
 
-                try:
-                    check_batch(
-                        frame.select(*[q(c) for c in table.columns if c in frame.columns]),
-                        table.name,
-                        settings=ctx.settings,
-                        run_id=ctx.run_id,
-                        batch_id=batch_id,
-                        suite=rest,
-                        materialised=True,
-                        rows=rows,
-                    )
-                except QualityError as exc:
-                    failures.append(str(exc))
-            if failures:
-                from lakehouse.quality.validate import QualityError
-
-                keep_results()  # a batch a fail rule stops still leaves its results, written now
-                raise QualityError(
-                    f"{table.name} batch {batch_id} failed its quality suite: " + "; ".join(failures)
+            try:
+                check_batch(
+                    frame.select(*[q(c) for c in table.columns if c in frame.columns]),
+                    table.name,
+                    settings=ctx.settings,
+                    run_id=ctx.run_id,
+                    batch_id=batch_id,
+                    suite=rest,
+                    materialised=True,
+                    rows=rows,
                 )
-            beside.append(keep_results)
-            frame = evaluation.marked
-            route = F.col(cq.ROUTE)
-            reason = F.col(cq.REASON)
-            rules_column = F.col(cq.FAILED)
-            dropped, quality_quarantined = evaluation.dropped, evaluation.quarantined
+            except QualityError as exc:
+                failures.append(str(exc))
+        if failures:
+            from lakehouse.quality.validate import QualityError
+
+            keep_results()  # a batch a fail rule stops still leaves its results, written now
+            raise QualityError(
+                f"{table.name} batch {batch_id} failed its quality suite: " + "; ".join(failures)
+            )
+        beside.append(keep_results)
+        frame = evaluation.marked
+        route = F.col(cq.ROUTE)
+        reason = F.col(cq.REASON)
+        rules_column = F.col(cq.FAILED)
+        dropped, quality_quarantined = evaluation.dropped, evaluation.quarantined
     for rule, flag in quarantine_flags:
         hit = F.col(flag)
         reason = F.when(reason.isNull() & hit, F.lit(rule)).otherwise(reason)
