@@ -90,12 +90,21 @@ def split_table(table: str) -> tuple[str, str]:
 
 
 def _arrow_for_pandas(table: pa.Table) -> pa.Table:
-    """Decimals become floats and nested values strings: ydata-profiling types plain columns only."""
+    """Decimals become floats, nested values strings and bytes text (what is not UTF-8 as ``\\xNN``):
+    ydata-profiling types plain columns only."""
     columns = []
     for column in table.columns:
         kind = column.type
         if pa.types.is_decimal(kind):
             column = column.cast(pa.float64())
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            column = pa.array(
+                [
+                    None if value is None else value.decode("utf-8", "backslashreplace")
+                    for value in column.to_pylist()
+                ],
+                type=pa.string(),
+            )
         elif (
             pa.types.is_list(kind)
             or pa.types.is_large_list(kind)

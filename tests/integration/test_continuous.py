@@ -393,7 +393,7 @@ def _declared_project(stack: Settings, tmp_path: Path, topic: str, name: str) ->
     (tmp_path / "only.yaml").write_text(yaml.safe_dump({"sources": {name: source}}))
     kafka = [("key", "string"), ("value", "string"), ("topic", "string"), ("partition", "integer"),
              ("offset", "long"), ("kafka_timestamp", "timestamp"), ("ingested_at", "timestamp"),
-             ("ingest_date", "date")]  # fmt: skip
+             ("ingest_date", "date"), ("key_bytes", "binary"), ("value_bytes", "binary")]  # fmt: skip
     documents = [
         {
             "table": f"bronze.{name}",

@@ -92,7 +92,8 @@ def test_a_new_topic_reaches_silver_and_a_gold_model_by_configuration(
     keyless: dict[str, Any] = {"buyer": {"email": "x@example.org"}}
     for order in [*orders, orders[0], keyless]:  # a re-send and one without its key
         producer.send(topic, key=str(order.get("order_id")).encode(), value=json.dumps(order).encode())
-    producer.send(topic, value=b"{not json")  # (bytes that are not UTF-8 break bronze today: issue 11)
+    producer.send(topic, value=b"{not json")
+    producer.send(topic, key=b"o\xff", value=b'{"order_id": "o\xe9"}')  # bytes that are not UTF-8
     producer.flush()
     producer.close()
 
@@ -125,7 +126,11 @@ def test_a_new_topic_reaches_silver_and_a_gold_model_by_configuration(
         r["reason"]
         for r in spark.read.format("delta").load(stack.table_path("silver", f"{name}_quarantine")).collect()
     }
-    assert reasons == {"missing_order_id", "malformed_json"}
+    assert reasons == {"missing_order_id", "malformed_json", "invalid_utf8"}
+    kept = spark.read.format("delta").load(stack.table_path("bronze", name)).where("value_bytes IS NOT NULL")
+    assert [(bytes(r["key_bytes"]), bytes(r["value_bytes"])) for r in kept.collect()] == [
+        (b"o\xff", b'{"order_id": "o\xe9"}')
+    ]  # bronze keeps the bytes exact
 
     (root / "models" / "gold" / f"{name}_daily.sql").write_text(
         f"SELECT CAST(ordered_at AS DATE) AS day, count(*) AS orders, sum(amount_eur) AS revenue_eur\n"

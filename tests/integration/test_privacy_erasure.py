@@ -263,7 +263,7 @@ def test_simulated_client_ip_reaches_silver_only_as_a_token(
     now = datetime.now(UTC)
     events = list(generate_events(200, seed=11, flaws=Flaws.none()))
     rows = [
-        (e.key.decode(), e.value.decode(), "t", 0, offset, now, now, now.date())
+        (e.key.decode(), e.value.decode(), "t", 0, offset, now, now, now.date(), None, None)
         for offset, e in enumerate(events)
     ]
     table = _events(stack, tmp_path)

@@ -44,7 +44,7 @@ def _payload(index: int, **overrides: Any) -> str:
 def _write_bronze(spark: Any, path: str, payloads: list[str], offset_start: int = 0) -> None:
     now = datetime.now(UTC)
     rows = [
-        (None, value, "clickstream", 0, offset_start + i, now, now, now.date())
+        (None, value, "clickstream", 0, offset_start + i, now, now, now.date(), None, None)
         for i, value in enumerate(payloads)
     ]
     spark.createDataFrame(rows, BRONZE_KAFKA).write.format("delta").mode("append").save(path)

@@ -176,3 +176,31 @@ def test_check_catalog_raises_schema_drift(settings: Settings, tmp_path: Path) -
             "classification": "internal",
         }
     ]
+
+
+def test_a_drafted_bronze_contract_classifies_kept_bytes_as_their_text(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``value_bytes`` holds the payloads ``value`` shows (when not UTF-8): the same PII, the same treatment."""
+    settings = settings.model_copy(update={"workspace": tmp_path / "workspace"})
+    payloads = [f'{{"email": "user{i}@example.org", "n": {i}}}' for i in range(20)]
+    write_deltalake(
+        settings.table_path("bronze", "signups"),
+        pa.table(
+            {
+                "key": pa.array([f"k{i}" for i in range(20)]),
+                "value": pa.array(payloads),
+                "key_bytes": pa.array([None] * 20, pa.binary()),
+                "value_bytes": pa.array([b"\xff" + payloads[0].encode()] + [None] * 19, pa.binary()),
+            }
+        ),
+    )
+    columns = {c["name"]: c for c in yaml.safe_load(scaffold_contract(settings, "bronze.signups"))["columns"]}
+    assert columns["value"]["classification"] == "pii" and columns["value"]["pii"] == "email"
+    assert {k: columns["value_bytes"][k] for k in ("type", "classification", "pii", "treatment")} == {
+        "type": "binary",
+        "classification": "pii",
+        "pii": "email",
+        "treatment": "keep",
+    }
+    assert columns["key_bytes"]["classification"] == columns["key"]["classification"] == "internal"

@@ -197,6 +197,24 @@ def test_nested_and_decimal_columns_are_profiled(settings: Settings) -> None:
     assert "failed_rules" in result.path.read_text(encoding="utf-8")
 
 
+def test_bytes_that_are_not_utf8_are_profiled_as_escaped_text(settings: Settings) -> None:
+    """Bronze keeps payload bytes as they arrived (``value_bytes``); a profile shows them, it never fails."""
+    table = pa.table(
+        {
+            "value": ["caf\ufffd", "ok", None],
+            "value_bytes": pa.array([b"caf\xe9 \x00\xff", None, None], type=pa.binary()),
+        }
+    )
+    write_deltalake(settings.table_path("bronze", "bytes"), table)
+    result = profiling.profile_table(settings, "bronze.bytes", pii=())
+    assert result.sampled_rows == 3
+    assert profiling._arrow_for_pandas(table).column("value_bytes").to_pylist() == [
+        "caf\\xe9 \x00\\xff",
+        None,
+        None,
+    ]
+
+
 CONTRACT = """\
 table: silver.retail_customers
 owner: retail-data

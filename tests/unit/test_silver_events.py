@@ -79,7 +79,7 @@ def events(settings: Settings, tmp_path: Path) -> SilverTable:
 
 def _bronze(spark: Any, values: list[str], partition: int = 0, first_offset: int = 0) -> Any:
     rows = [
-        ("u-1", value, "clickstream", partition, first_offset + index, NOW, NOW, NOW.date())
+        ("u-1", value, "clickstream", partition, first_offset + index, NOW, NOW, NOW.date(), None, None)
         for index, value in enumerate(values)
     ]
     return spark.createDataFrame(rows, BRONZE_KAFKA)
@@ -188,6 +188,43 @@ def test_every_bad_payload_lands_in_the_quarantine_with_its_reason(
     assert {r["partition"] for r in quarantined} == {0} and quarantined[3]["event_id"] == "x"
     assert {r["run_id"] for r in quarantined} == {"run-1"}
     assert engine.check_table(spark, events)["quarantined"] == len(BROKEN)
+
+
+def test_bytes_that_are_not_utf8_are_kept_exact_in_bronze_and_quarantined_in_silver(
+    spark: Any, settings: Settings, events: SilverTable, tmp_path: Path
+) -> None:
+    """Kafka delivers bytes: bronze keeps them exact beside a text every reader takes (Arrow, DuckDB)."""
+    import duckdb
+    from deltalake import DeltaTable
+
+    from lakehouse.sources.kafka import to_bronze
+
+    good = _v1("ok").encode()
+    bad = [
+        _v1("latin1", page="/caf\u00e9").replace("\\u00e9", "\xe9").encode("latin-1"),  # é as one byte
+        b"\xff\xfe" + _v1("bom").encode(),
+        b'{"event_id": "\xc3\x28"}',  # a 2-byte sequence cut short
+    ]
+    records = spark.createDataFrame(
+        [(b"u-\x80", value, "clickstream", 0, offset, NOW) for offset, value in enumerate([good, *bad])],
+        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp",
+    )
+    path = str(tmp_path / "bronze")
+    to_bronze(records).write.format("delta").save(path)
+    arrow = DeltaTable(path).to_pyarrow_table().sort_by("offset")  # Arrow validates UTF-8: it would raise
+    rows = arrow.to_pylist()
+    assert [r["value_bytes"] for r in rows] == [None, *bad]  # exact, and only where the text is not
+    assert rows[0]["value"].encode() == good and all("\ufffd" in r["value"] for r in rows[1:])
+    assert {r["key_bytes"] for r in rows} == {b"u-\x80"} and {r["key"] for r in rows} == {"u-\ufffd"}
+    assert duckdb.sql("select count(*), count(value_bytes) from arrow").fetchall() == [(4, 3)]
+
+    batches = Batches(spark, settings, events)
+    counts = batches.feed(spark.read.format("delta").load(path))
+    assert (counts.input_rows, counts.applied, counts.quarantined) == (4, 1, 3)
+    assert list(batches.silver()) == ["ok"]
+    quarantined = batches.quarantine()
+    assert [r["reason"] for r in quarantined] == ["invalid_utf8"] * 3
+    assert [r["record"] for r in quarantined] == [r["value"] for r in rows[1:]]
 
 
 def test_duplicates_and_late_events(spark: Any, settings: Settings, events: SilverTable) -> None:

@@ -86,7 +86,7 @@ class Bronze:
     def feed(self, values: list[str]) -> engine.BatchCounts:
         rows = []
         for value in values:
-            rows.append(("k", value, "iot.telemetry", 0, self.offset, NOW, NOW, NOW.date()))
+            rows.append(("k", value, "iot.telemetry", 0, self.offset, NOW, NOW, NOW.date(), None, None))
             self.offset += 1
         counts = engine.process_batch(self.spark.createDataFrame(rows, BRONZE_KAFKA), self.batch_id, self.ctx)
         self.batch_id += 1

@@ -635,6 +635,8 @@ _COMMON_MEANINGS = {
     "partition": "Kafka partition.",
     "offset": "Kafka offset within the partition.",
     "kafka_timestamp": "Kafka record timestamp (producer send time).",
+    "key_bytes": "The key's bytes as they arrived when not valid UTF-8 (else null: key is exact).",
+    "value_bytes": "The payload's bytes as they arrived when not valid UTF-8 (else null: value is exact).",
     "source_partition": "Kafka partition of the bronze record.",
     "source_offset": "Kafka offset of the bronze record.",
     "batch_id": "Micro-batch or extract batch that wrote the row.",
@@ -695,7 +697,16 @@ def scaffold_contract(settings: Settings, table: str, *, owner: str = "data-plat
     if fields is None:
         raise ConfigError(f"no Delta table at {path}: build {table} first, then scaffold its contract")
     sample = sample_frame(DeltaTable(path), 1000)
-    findings = {f.column: f for f in scan_frame(sample)}
+    names = {name for name, _, _ in fields}
+    findings: dict[str, Any] = {}
+    for found in scan_frame(sample):  # a JSON payload's field (``value.email``) makes its column hold PII
+        name = found.column if found.column in names else found.column.split(".", 1)[0]
+        held = findings.get(name)
+        stronger = held is None or (
+            found.proposed_classification == "pii" and held.proposed_classification != "pii"
+        )
+        if name in names and stronger:
+            findings[name] = found
     layer = table.split(".", 1)[0]
     columns = []
     for name, kind, nullable in fields:
@@ -713,6 +724,13 @@ def scaffold_contract(settings: Settings, table: str, *, owner: str = "data-plat
         if not nullable:
             column["nullable"] = False
         columns.append(column)
+    by_name = {c["name"]: c for c in columns}
+    for column in columns:  # bytes kept beside a text (sources.kafka) hold what the text holds
+        text = (
+            by_name.get(column["name"].removesuffix("_bytes")) if column["name"].endswith("_bytes") else None
+        )
+        if text is not None:
+            column.update({k: text[k] for k in ("classification", "pii", "treatment") if k in text})
     worst = max((c["classification"] for c in columns), key=lambda c: _RANK[c])
     document = {
         "table": table,

@@ -332,11 +332,19 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
     if spec.column not in batch.columns:
         raise DataError(f"{table.name}: input {spec.label} has no column {spec.column!r} to parse")
     text = F.col(q(spec.column)).cast("string")
+    # Bronze keeps bytes that are not UTF-8 beside a safe text (sources.kafka.to_bronze): such a record
+    # is quarantined before anything reads its text.
+    sidecar = f"{spec.column}_bytes"
+    first = (
+        F.when(F.col(q(sidecar)).isNotNull(), F.lit("invalid_utf8"))
+        if sidecar in batch.columns
+        else F.when(F.lit(False), F.lit(None).cast("string"))
+    )
     if spec.format == "json" and spec.label in table.payloads:
         declared = table.payloads[spec.label]
         raw = F.from_json(text, _struct(declared.payload_ddl())).alias("_payload_raw")
         record = F.struct(*[F.expr(e) for e in declared.select_expressions("_payload_raw")])
-        error = F.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
+        error = first.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
         for name, field_spec in declared.fields.items():
             if field_spec.required or name in declared.key:
                 error = error.when(F.col(PAYLOAD)[name].isNull(), F.lit(f"missing_{name}"))
@@ -344,7 +352,7 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         return staged.drop("_payload_raw").withColumn("_parse_error", error)
     if spec.format == "json":
         parsed = F.from_json(text, _payload_schema(spec, table, batch.columns))
-        error = F.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
+        error = first.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
         return batch.select("*", text.alias(RAW), parsed.alias(PAYLOAD), error.alias("_parse_error"))
     # wal2json format 2: one change per record
     change = F.from_json(text, _WAL2JSON)
@@ -360,7 +368,7 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
     payload = F.struct(*[cdc_value(row, n).alias(n) for n in names])
     lsn, commit = lsn_number(c["lsn"]), lsn_number(c["commit_lsn"])
     error = (
-        F.when(F.json_object_keys(text).isNull() | c.isNull(), F.lit("malformed_json"))
+        first.when(F.json_object_keys(text).isNull() | c.isNull(), F.lit("malformed_json"))
         .when(c["table"].isNull(), F.lit("unknown_table"))
         .when(~c["action"].isin("I", "U", "D") | c["action"].isNull(), F.lit("unknown_action"))
         .when(lsn.isNull() | commit.isNull(), F.lit("invalid_lsn"))

@@ -4,6 +4,12 @@ One query definition serves both modes: the DAG runs it with ``availableNow`` (t
 and continuous mode runs the very same query with a processing-time trigger. The checkpoint plus Delta's
 transactional sink make it exactly-once: stop it anywhere, start it again, nothing is lost or written twice.
 Bronze keeps the payload exactly as it arrived — malformed ones included — with where and when it came from.
+
+Key and value are kept as text every reader can take (Arrow, DuckDB, pandas and Parquet readers refuse
+invalid UTF-8): byte sequences that are not UTF-8 become U+FFFD in ``key``/``value``, and the bytes as they
+arrived go to ``key_bytes``/``value_bytes`` — null whenever the text is already exact, so a record's bytes are
+always ``value_bytes`` if set, else ``value`` encoded as UTF-8. Silver quarantines such a record as
+``invalid_utf8``; it can never fail a reader.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming.query import StreamingQuery
 from pyspark.sql.types import (
+    BinaryType,
     DateType,
     IntegerType,
     LongType,
@@ -47,6 +54,8 @@ BRONZE_KAFKA: Final = StructType(
         StructField("kafka_timestamp", TimestampType()),
         StructField("ingested_at", TimestampType()),
         StructField("ingest_date", DateType()),
+        StructField("key_bytes", BinaryType()),
+        StructField("value_bytes", BinaryType()),
     ]
 )
 
@@ -95,15 +104,18 @@ def to_bronze(records: DataFrame) -> DataFrame:
     if missing:
         raise ConfigError(f"to_bronze needs Kafka source columns; missing {sorted(missing)}")
     ingested_at = F.current_timestamp()
+    key, value = F.col("key").cast("string"), F.col("value").cast("string")
     return records.select(
-        F.col("key").cast("string").alias("key"),
-        F.col("value").cast("string").alias("value"),
+        F.make_valid_utf8(key).alias("key"),
+        F.make_valid_utf8(value).alias("value"),
         F.col("topic"),
         F.col("partition").cast("int").alias("partition"),
         F.col("offset").cast("long").alias("offset"),
         F.col("timestamp").alias("kafka_timestamp"),
         ingested_at.alias("ingested_at"),
         F.to_date(ingested_at).alias("ingest_date"),
+        F.when(~F.is_valid_utf8(key), F.col("key")).alias("key_bytes"),
+        F.when(~F.is_valid_utf8(value), F.col("value")).alias("value_bytes"),
     )
 
 
@@ -146,6 +158,7 @@ def start_ingest(
         .writeStream.format("delta")
         .outputMode("append")
         .option("checkpointLocation", checkpoint)
+        .option("mergeSchema", "true")  # a bronze table from before key_bytes/value_bytes gains them
         .partitionBy("ingest_date")
         .queryName(f"bronze_{topic}_{settings.env_name}")
     )
