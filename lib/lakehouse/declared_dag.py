@@ -26,9 +26,9 @@ import networkx as nx
 import yaml
 
 from lakehouse.config import Settings
+from lakehouse.contracts.build import task_name
 from lakehouse.errors import ConfigError
 from lakehouse.governance.catalog import load_catalog
-from lakehouse.silver.engine import task_name
 
 log = logging.getLogger(__name__)
 

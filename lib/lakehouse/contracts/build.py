@@ -379,3 +379,8 @@ class RollupSpec(_Model):
         if reserved:
             raise ValueError(f"{reserved} are the window's own columns")
         return self
+
+
+def task_name(table: str) -> str:
+    """The DAG task that builds a declared table: ``silver.fx_rates`` → ``silver-fx-rates``."""
+    return table.replace(".", "-").replace("_", "-")

@@ -30,6 +30,7 @@ from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.contracts.build import ModelSpec
+from lakehouse.contracts.build import task_name as task_name  # the notebooks' name for it
 from lakehouse.errors import ConfigError, DataError
 
 # the package's own transforms register themselves (@transform) when imported
@@ -59,11 +60,6 @@ class GoldModel:
     def where(self) -> str:
         """The file a user edits, for error messages."""
         return str(self.source_file) if self.source_file else f"catalog/{self.name.replace('.', '/')}.yaml"
-
-
-def task_name(table: str) -> str:
-    """The DAG task that builds a model: ``gold.fx_monthly`` → ``gold-fx-monthly``."""
-    return table.replace(".", "-").replace("_", "-")
 
 
 def _path(settings: Settings, table: str) -> str:

@@ -54,6 +54,7 @@ from pyspark.sql.types import (
 
 from lakehouse.config import Settings
 from lakehouse.contracts.build import BuildSpec, EventTimeSpec, InputSpec
+from lakehouse.contracts.build import task_name as task_name  # the notebooks' name for it
 from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import TableContract, load_catalog
@@ -171,11 +172,6 @@ class SilverTable:
 
     def pii_tokenized(self) -> list[str]:
         return [c.name for c in self.contract.columns if c.treatment == "tokenize"]
-
-
-def task_name(table: str) -> str:
-    """The DAG task that builds a declared table: ``silver.fx_rates`` → ``silver-fx-rates``."""
-    return table.replace(".", "-").replace("_", "-")
 
 
 def _struct(ddl: str) -> StructType:
