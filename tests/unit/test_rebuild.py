@@ -307,3 +307,26 @@ def test_a_runs_lineage_is_read_from_the_events_after_its_start(lake: Settings) 
     assert lineage.states == ["START", "COMPLETE"]
     assert lineage.reads == {"bronze.clickstream"} and lineage.writes == {"silver.events": 2}
     assert run_lineage(lake, "old", offset).states == []
+
+
+def test_deciding_a_build_imports_neither_gx_nor_ploomber(settings: Settings) -> None:
+    """A no-op build must stay under 5 s: its path (render the declared DAG, load the tasks) stays light.
+
+    Importing the silver engine pulled in Great Expectations (~5 s) once; this catches any such import.
+    """
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from lakehouse.config import load_settings\n"
+        "from lakehouse import cli, dag, declared_dag\n"
+        f"settings = load_settings({settings.env_name!r})\n"
+        "declared_dag.render(settings)\n"
+        "assert dag.load_tasks(settings)\n"
+        "heavy = sorted(m for m in ('great_expectations', 'ploomber') if m in sys.modules)\n"
+        "print(','.join(heavy))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=settings.root)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == ""
