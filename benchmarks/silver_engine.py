@@ -12,8 +12,8 @@ cast, 0.5% breaking a declared rule, 0.2% failing a suite rule) goes, into fresh
   the same three Delta appends.
 
 Both sides append to tables created before the clock starts (a recurring job's batch does not create its
-tables). Prints both times (best of ``--repeat``) and engine ÷ hand-written; the target is ≤ 1.2. ``--mode classic``
-(default) needs no running service.
+tables). Prints both times (best of ``--repeat``) and engine ÷ hand-written; the target is ≤ 1.2.
+``--mode classic`` (default) needs no running service.
 """
 
 from __future__ import annotations
