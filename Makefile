@@ -100,6 +100,10 @@ test: setup ## Every test: unit, integration (the real services, started by the 
 test-serial: setup ## Every test in one pytest run, one tier after the other (make test runs two at once)
 	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=30
 
+.PHONY: fuzz
+fuzz: setup ## The full fuzz corpus (10,200 hostile inputs, 17 categories) through Kafka -> bronze -> silver, accounted
+	LAKEHOUSE_FUZZ_PER_CATEGORY=600 $(BIN)/pytest -s -m integration tests/integration/test_fuzz_kafka.py -p no:cacheprovider
+
 .PHONY: fresh-check
 fresh-check: ## Before a stop: the two README commands in a clean clone (own workspace, HOME, ports)
 	bash .ci/fresh-check

@@ -1,0 +1,105 @@
+"""The fuzz corpus (lakehouse.simulate.fuzz): seeded, every category, and — through bronze's Kafka shape and
+the silver engine on classic Spark — every input accounted for as its category expects. The same corpus
+goes through the real broker in ``tests/integration/test_fuzz_kafka.py`` (small) and ``make fuzz`` (full)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fuzz_cases import clickstream_corpus, expectations, outcomes, unexpected
+from lakehouse.config import Settings
+from lakehouse.contracts.payload import PayloadSpec
+from lakehouse.errors import ConfigError
+from lakehouse.silver import engine
+from lakehouse.simulate.fuzz import CATEGORIES, corpus, summary
+
+pytestmark = pytest.mark.unit
+
+SPEC = PayloadSpec.model_validate(
+    {
+        "key": ["id"],
+        "event_time": "at",
+        "fields": {"id": {}, "at": {"path": "meta.at", "type": "timestamp"}, "n": {"type": "double"}},
+    }
+)
+VALID = [{"id": "a", "meta": {"at": "2026-01-01T00:00:00Z"}, "n": 1.5, "note": "x"}]
+
+
+def test_a_corpus_is_seeded_and_covers_at_least_fifteen_categories() -> None:
+    assert len(CATEGORIES) >= 15
+    first = corpus(VALID, SPEC, count=len(CATEGORIES) * 3, seed=11)
+    again = corpus(VALID, SPEC, count=len(CATEGORIES) * 3, seed=11)
+    other = corpus(VALID, SPEC, count=len(CATEGORIES) * 3, seed=12)
+    assert [(c.category, c.key, c.value) for c in first] == [(c.category, c.key, c.value) for c in again]
+    assert [c.value for c in first] != [c.value for c in other]
+    assert summary(first) == dict.fromkeys(sorted(CATEGORIES), 3)
+    by = {c.category: c for c in first}
+    assert json.loads(by["valid"].value)["meta"]["at"].startswith("2026-01-01T00:0")  # the corpus clock
+    assert by["empty"].value == b""
+    with pytest.raises(UnicodeDecodeError):
+        by["invalid_utf8"].value.decode()
+    assert len(by["huge_value"].value) > 900_000 and by["deep_nesting"].value.count(b"[") >= 5_000
+    valid_ids = {json.loads(c.value)["id"] for c in first if c.category == "valid"}
+    assert len(valid_ids) == 3  # each valid record has its own key
+
+
+def test_bad_fuzz_requests_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="at least one valid record"):
+        corpus([], SPEC, count=3)
+    with pytest.raises(ConfigError, match="unknown fuzz categories"):
+        corpus(VALID, SPEC, count=3, categories=["valid", "gremlins"])
+    with pytest.raises(ConfigError, match="at least one input"):
+        corpus(VALID, SPEC, count=0)
+
+
+def test_every_fuzz_input_lands_as_its_category_expects(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """Six inputs of each category, as the Kafka ingest lands them, built into silver.events."""
+    from deltalake import DeltaTable
+
+    from lakehouse.sources.kafka import to_bronze
+
+    cases = clickstream_corpus(settings, per_category=6)
+    now = datetime.now(UTC)
+    coordinates = []  # as Kafka places them: a keyed record's partition by its key, each partition in order
+    sent = [0, 0, 0]
+    for case in cases:
+        partition = zlib.crc32(case.key) % 3 if case.key else case.index % 3
+        coordinates.append((partition, sent[partition]))
+        sent[partition] += 1
+    records = spark.createDataFrame(
+        [(c.key, c.value, "clickstream", p, o, now) for c, (p, o) in zip(cases, coordinates, strict=True)],
+        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp",
+    )
+    bronze = str(tmp_path / "bronze")
+    to_bronze(records).write.format("delta").save(bronze)
+    declared = engine.silver_table(settings, "silver.events")
+    table = dataclasses.replace(
+        declared,
+        path=str(tmp_path / "silver"),
+        quarantine=str(tmp_path / "quarantine"),
+        audit=str(tmp_path / "silver_batches"),
+        checkpoints=str(tmp_path / "checkpoints"),
+        input_paths={label: bronze for label in declared.input_paths},
+    )
+    total = engine.build_table(spark, settings, table.name, table=table).total
+    totals = engine.check_table(
+        spark, table
+    )  # raises unless input = applied + quarantined + duplicates + dropped
+    assert totals["input_rows"] == total.input_rows == len(cases)
+
+    found = outcomes(spark, table, cases, coordinates)
+    assert unexpected(cases, found, expectations(settings, "clickstream", table)) == {}
+    residual = sum(1 for o in found.values() if o == "duplicate")
+    assert residual == total.duplicates + total.dropped  # nothing outside silver and quarantine unaccounted
+    # Every reader copes with what arrived: Arrow (delta-rs) reads bronze and the quarantine whole.
+    assert DeltaTable(bronze).to_pyarrow_table().num_rows == len(cases)
+    assert DeltaTable(table.quarantine).to_pyarrow_table().num_rows == total.quarantined
