@@ -154,6 +154,10 @@ BROKEN = [
     (_v1("x", event_type="purchase", revenue=-3.0), "negative_revenue"),
     (_v1("x", event_type="purchase"), "missing_revenue"),
     (_v1("x", event_type="purchase", revenue=3.0, currency=None), "missing_currency"),
+    # a value of another type than its field declares would read as null: it is held, not lost
+    (_v1("x", price="forty-two"), "invalid_value:price"),
+    (_v1("x", quantity=1.5), "invalid_value:quantity"),
+    (_v1("x", consent={"analytics": "yes"}), "invalid_value:consent.analytics"),
 ]
 
 

@@ -46,6 +46,7 @@ from pyspark.sql.streaming.query import StreamingQuery
 from pyspark.sql.types import (
     ArrayType,
     LongType,
+    MapType,
     StringType,
     StructField,
     StructType,
@@ -74,6 +75,7 @@ OUTCOME: Final = "_outcome"
 RULES: Final = "_failed_rules"
 PAYLOAD: Final = "payload"
 LATE: Final = "late_beyond_watermark"
+WRONG_TYPE: Final = "_wrong_type"
 FUTURE: Final = "event_time_in_future"
 BEFORE_FLOOR: Final = "event_time_before_floor"
 CONFLICT: Final = "conflicting_duplicate"
@@ -314,6 +316,47 @@ def _payload_schema(spec: InputSpec, table: SilverTable, input_columns: Sequence
         ) from exc
 
 
+def _typed_leaves(schema: StructType, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """The paths of the fields, through structs, whose type is a scalar other than text."""
+    leaves: list[tuple[str, ...]] = []
+    for item in schema.fields:
+        path = (*prefix, item.name)
+        if isinstance(item.dataType, StructType):
+            leaves += _typed_leaves(item.dataType, path)
+        elif not isinstance(item.dataType, StringType | ArrayType | MapType):
+            leaves.append(path)
+    return leaves
+
+
+def _as_text(schema: StructType) -> StructType:
+    """The schema with every scalar read as text (a JSON value of any type parses to its text)."""
+    fields = []
+    for item in schema.fields:
+        kind = item.dataType
+        if isinstance(kind, StructType):
+            kind = _as_text(kind)
+        elif not isinstance(kind, StringType | ArrayType | MapType):
+            kind = StringType()
+        fields.append(StructField(item.name, kind, True))
+    return StructType(fields)
+
+
+def _wrong_type(text: Column, typed: Column, schema: StructType) -> Column:
+    """The first declared field (dotted path) whose JSON value is there but not of its declared type: such
+    a value would read as null and vanish; the row is quarantined as ``invalid_value:<field>`` instead."""
+    leaves = _typed_leaves(schema)
+    if not leaves:
+        return F.lit(None).cast("string")
+    raw = F.from_json(text, _as_text(schema))
+
+    def at(root: Column, path: tuple[str, ...]) -> Column:
+        return reduce(lambda node, name: node.getField(name), path, root)
+
+    return F.coalesce(
+        *[F.when(at(raw, p).isNotNull() & at(typed, p).isNull(), F.lit(".".join(p))) for p in leaves]
+    )
+
+
 def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
     """The input rows as ``_raw`` (the record as text), ``_parse_error`` and the expression scope.
 
@@ -347,9 +390,11 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         staged = batch.select("*", text.alias(RAW), raw).withColumn(PAYLOAD, record)
         return staged.drop("_payload_raw").withColumn("_parse_error", error)
     if spec.format == "json":
-        parsed = F.from_json(text, _payload_schema(spec, table, batch.columns))
+        fields_schema = _payload_schema(spec, table, batch.columns)
+        parsed = F.from_json(text, fields_schema)
         error = first.when(F.json_object_keys(text).isNull(), F.lit("malformed_json"))
-        return batch.select("*", text.alias(RAW), parsed.alias(PAYLOAD), error.alias("_parse_error"))
+        staged = batch.select("*", text.alias(RAW), parsed.alias(PAYLOAD), error.alias("_parse_error"))
+        return staged.withColumn(WRONG_TYPE, _wrong_type(F.col(RAW), F.col(PAYLOAD), fields_schema))
     # wal2json format 2: one change per record
     change = F.from_json(text, _WAL2JSON)
     schema, _, name = (spec.cdc_table or "").rpartition(".")
@@ -443,11 +488,16 @@ def typed(parsed: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         F.coalesce(is_delete, F.lit(False)).alias(IS_DELETE),
         # judged on the input's values, before the typed columns shadow them
         *[bad.alias(f"_invalid_{i}") for i, (_, bad) in enumerate(invalid)],
+        *([F.col(WRONG_TYPE)] if WRONG_TYPE in scope else []),
     )
     live = ~F.col(IS_DELETE)
     reason = F.when(F.col("_parse_error").isNotNull(), F.col("_parse_error"))
     for rule in build.reject:
         reason = reason.when(live & F.coalesce(F.expr(rule.when), F.lit(False)), F.lit(rule.reason))
+    if WRONG_TYPE in scope:  # after the declared rules: a rule that names the problem says it better
+        reason = reason.when(
+            live & F.col(WRONG_TYPE).isNotNull(), F.concat(F.lit("invalid_value:"), F.col(WRONG_TYPE))
+        )
     for i, (column, _) in enumerate(invalid):
         # A delete carries only its key: its other columns are not judged.
         bad = F.col(f"_invalid_{i}")
@@ -464,6 +514,7 @@ def typed(parsed: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         reason = reason.when(live & F.col(q(first)).isNull(), F.lit("missing_sequence"))
     helpers = [
         "_parse_error",
+        *([WRONG_TYPE] if WRONG_TYPE in scope else []),
         *([PAYLOAD] if PAYLOAD in scope else []),
         *(f"_invalid_{i}" for i in range(len(invalid))),
     ]
