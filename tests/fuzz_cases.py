@@ -7,6 +7,7 @@ through its ``conftest.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import yaml
 
 from lakehouse.config import Settings
 from lakehouse.quality.suites import load_suite, rule_name
+from lakehouse.silver import engine
 from lakehouse.silver.engine import SilverTable
 from lakehouse.simulate import Flaws, generate_events
 from lakehouse.simulate.fuzz import CATEGORIES, FuzzCase, corpus
@@ -32,6 +34,19 @@ def clickstream_corpus(settings: Settings, per_category: int, seed: int = 7) -> 
     assert payload is not None
     valid = [json.loads(e.value) for e in generate_events(60, seed=seed, flaws=Flaws.none())]
     return corpus(valid, payload, count=per_category * len(CATEGORIES), seed=seed, max_huge=50)
+
+
+def events_in(settings: Settings, folder: Path, bronze: str) -> SilverTable:
+    """The declared silver.events, reading ``bronze`` and writing its tables under ``folder``."""
+    declared = engine.silver_table(settings, "silver.events")
+    return dataclasses.replace(
+        declared,
+        path=str(folder / "silver"),
+        quarantine=str(folder / "quarantine"),
+        audit=str(folder / "silver_batches"),
+        checkpoints=str(folder / "checkpoints"),
+        input_paths={label: bronze for label in declared.input_paths},
+    )
 
 
 def expectations(settings: Settings, source: str, table: SilverTable) -> dict[str, set[str]]:

@@ -7,7 +7,6 @@ input accounted for by its partition and offset as its category expects (``tests
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import uuid
 from collections import Counter
@@ -18,7 +17,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
-from fuzz_cases import clickstream_corpus, expectations, outcomes, unexpected
+from fuzz_cases import clickstream_corpus, events_in, expectations, outcomes, unexpected
 from lakehouse.config import Settings
 from lakehouse.silver import engine
 from lakehouse.simulate.fuzz import send, summary
@@ -42,15 +41,7 @@ def test_every_fuzz_input_sent_to_kafka_is_accounted_for(stack: Settings, spark:
     bronze = str(tmp_path / "bronze")
     ingested = ingest_available(spark, stack, topic, table=bronze, checkpoint=str(tmp_path / "cp-bronze"))
     assert ingested.rows == len(cases)  # nothing lost on the way in, nothing stopped the ingest
-    declared = engine.silver_table(stack, "silver.events")
-    table = dataclasses.replace(
-        declared,
-        path=str(tmp_path / "silver"),
-        quarantine=str(tmp_path / "quarantine"),
-        audit=str(tmp_path / "silver_batches"),
-        checkpoints=str(tmp_path / "cp-silver"),
-        input_paths={label: bronze for label in declared.input_paths},
-    )
+    table = events_in(stack, tmp_path, bronze)
     total = engine.build_table(spark, stack, table.name, table=table).total
     engine.check_table(spark, table)  # raises unless input = applied + quarantined + duplicates + dropped
 

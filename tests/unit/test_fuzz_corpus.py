@@ -4,7 +4,6 @@ goes through the real broker in ``tests/integration/test_fuzz_kafka.py`` (small)
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import zlib
 from datetime import UTC, datetime
@@ -13,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from fuzz_cases import clickstream_corpus, expectations, outcomes, unexpected
+from fuzz_cases import clickstream_corpus, events_in, expectations, outcomes, unexpected
 from lakehouse.config import Settings
 from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError
@@ -81,15 +80,7 @@ def test_every_fuzz_input_lands_as_its_category_expects(
     )
     bronze = str(tmp_path / "bronze")
     to_bronze(records).write.format("delta").save(bronze)
-    declared = engine.silver_table(settings, "silver.events")
-    table = dataclasses.replace(
-        declared,
-        path=str(tmp_path / "silver"),
-        quarantine=str(tmp_path / "quarantine"),
-        audit=str(tmp_path / "silver_batches"),
-        checkpoints=str(tmp_path / "checkpoints"),
-        input_paths={label: bronze for label in declared.input_paths},
-    )
+    table = events_in(settings, tmp_path, bronze)
     total = engine.build_table(spark, settings, table.name, table=table).total
     totals = engine.check_table(
         spark, table

@@ -7,8 +7,8 @@ which are text and which are numbers. Nothing here knows a demo field. The same 
 corpus, so a failure is replayed by its seed and index.
 
 Every case says its :data:`CATEGORIES` entry; what a pipeline must do with each category (land in silver,
-quarantine with a reason, count as a duplicate) is the caller's expectation (``tests/fuzz/<source>.yaml``):
-whatever the category, an input is never lost and never stops a task.
+quarantine with a reason, count as a duplicate) is the caller's expectation
+(``tests/data/fuzz/<source>.yaml``): whatever the category, an input is never lost and never stops a task.
 
 Example:
     >>> from lakehouse.contracts.payload import PayloadSpec
@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from lakehouse.contracts.payload import PayloadSpec
+from lakehouse.contracts.payload import lookup as _get
 from lakehouse.errors import ConfigError
 
 Path = tuple[str, ...]
@@ -70,15 +71,6 @@ class FuzzCase:
     key: bytes | None
     value: bytes
     note: str = ""
-
-
-def _get(record: Record, path: Path) -> Any:
-    node: Any = record
-    for part in path:
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def _set(record: Record, path: Path, value: Any) -> None:
