@@ -94,3 +94,50 @@ def test_every_fuzz_input_lands_as_its_category_expects(
     # Every reader copes with what arrived: Arrow (delta-rs) reads bronze and the quarantine whole.
     assert DeltaTable(bronze).to_pyarrow_table().num_rows == len(cases)
     assert DeltaTable(table.quarantine).to_pyarrow_table().num_rows == total.quarantined
+
+
+MQTT_EXPECT = {
+    "valid": {"ok"},
+    "extra_fields": {"ok"},
+    "exact_duplicate": {"ok"},  # the bridge delivers at least once; silver removes duplicates
+    "conflicting_duplicate": {"ok"},
+    "not_json": {"not_json"},
+    "truncated_json": {"not_json"},
+    "empty": {"not_json"},
+    "invalid_utf8": {"not_json"},
+    "deep_nesting": {"not_json"},
+    "not_an_object": {"not_an_object"},
+    "missing_key": {"missing_device_id"},
+    "null_values": {"missing_device_id"},
+}
+
+
+def test_the_bridge_normalises_or_dead_letters_every_fuzz_input() -> None:
+    """The MQTT bridge's normaliser on a corpus broken from the simulated fleet by the iot_telemetry
+    declaration: a record or a dead letter with its reason, never an exception that would stop the bridge."""
+    from lakehouse.config import load_settings
+    from lakehouse.simulate.devices import simulate_fleet
+    from lakehouse.sources.mqtt import InvalidMessage, Normalizer, dead_letter
+
+    normalizer = Normalizer.from_registry(load_settings(), "iot_telemetry")
+    valid = [json.loads(m.payload) for m in simulate_fleet(5, 200, seed=3).messages if m.kind == "valid"]
+    cases = corpus(valid, normalizer.payload, count=len(CATEGORIES) * 12, seed=5, max_huge=4)
+    now = datetime.now(UTC)
+    seen: dict[str, set[str]] = {}
+    for case in cases:
+        try:
+            device = json.loads(case.value)["device_id"]
+        except Exception:
+            device = "dev-0001"
+        topic = f"devices/{device}/telemetry"
+        try:
+            json.dumps(normalizer.normalize(topic, case.value, now))
+            outcome = "ok"
+        except InvalidMessage as error:
+            json.dumps(dead_letter(topic, case.value, now, error, normalizer))  # the DLQ record, bytes kept
+            normalizer.dead_letter_key(topic, case.value)
+            outcome = error.reason
+        seen.setdefault(case.category, set()).add(outcome)
+    wrong = {c: seen[c] - allowed for c, allowed in MQTT_EXPECT.items() if seen[c] - allowed}
+    assert wrong == {}
+    assert "ok" in seen["hostile_text"] and "ok" in seen["huge_value"]  # odd text is data, not an error

@@ -812,9 +812,12 @@ class PayloadReader:
             PayloadError: the payload breaks the declaration (its reason names the rule).
         """
         try:
-            document = json.loads(payload, parse_float=Decimal)
+            # Strict UTF-8 first: json.loads of bytes lets encoded surrogates through ('surrogatepass').
+            document = json.loads(payload.decode("utf-8"), parse_float=Decimal)
         except (UnicodeDecodeError, ValueError) as exc:
             raise PayloadError("not_json", str(exc)) from None
+        except RecursionError:  # thousands of nested brackets: Python's parser gives up, the record is kept
+            raise PayloadError("not_json", f"nested too deeply to read ({len(payload)} bytes)") from None
         return self.read_document(document)
 
     def read_document(self, document: Any) -> PayloadRecord:

@@ -357,6 +357,10 @@ def parse_page(response: requests.Response, source: HttpSource, fetched_at: date
         body = response.json()
     except ValueError as exc:
         raise DataError(f"{url} did not return JSON ({response.text[:120]!r}): is the url right?") from exc
+    except RecursionError:
+        raise DataError(
+            f"{url} returned JSON nested too deeply to read ({len(response.content)} bytes)"
+        ) from None
     next_cursor: str | None = None
     where = format_path(pagination.records_location)
     if isinstance(body, list) and pagination.style == "none":

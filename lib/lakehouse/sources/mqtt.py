@@ -153,7 +153,7 @@ class Normalizer:
             return "/".join(named[name] for name in self.payload.key)
         try:
             document = json.loads(payload)
-        except (UnicodeDecodeError, ValueError):
+        except (UnicodeDecodeError, ValueError, RecursionError):
             return None
         values = [
             self.reader.find(document, name) if isinstance(document, dict) else None
