@@ -314,6 +314,7 @@ def test_check_record_accepts_a_valid_record() -> None:
     ("body", "message"),
     [
         (b"<html>gateway</html>", "did not return JSON"),
+        (b'{"data": ' + b"[" * 5_000 + b"]" * 5_000 + b"}", "nested too deeply"),
         ({"items": []}, "no 'data' field"),
         ({"data": {"date": "2024-11-01"}}, "not a list"),
         ("a string", "expected an object"),
