@@ -310,7 +310,7 @@ def test_a_runs_lineage_is_read_from_the_events_after_its_start(lake: Settings) 
 
 
 def test_deciding_a_build_imports_neither_gx_nor_ploomber(settings: Settings) -> None:
-    """A no-op build must stay under 5 s: its path (render the declared DAG, load the tasks) stays light.
+    """A no-op build must stay under 5 s: its path (render the declared DAG, load the cached tasks) stays light.
 
     Importing the silver engine pulled in Great Expectations (~5 s) once; this catches any such import.
     """
@@ -327,6 +327,8 @@ def test_deciding_a_build_imports_neither_gx_nor_ploomber(settings: Settings) ->
         "heavy = sorted(m for m in ('great_expectations', 'ploomber') if m in sys.modules)\n"
         "print(','.join(heavy))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=settings.root)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # The first run may parse pipeline.yaml with Ploomber (a build caches the task list); the next must not.
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=settings.root)
+        assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == ""
