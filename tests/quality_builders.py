@@ -15,29 +15,9 @@ import pyarrow as pa
 from deltalake import write_deltalake
 
 from lakehouse.config import Settings
+from lakehouse.quality import RESULTS_ARROW
 
 T0 = datetime(2024, 11, 1, 12, tzinfo=UTC)
-
-# audit/validation_results as delta-rs writes it (lakehouse.quality.RESULTS_SCHEMA is the Spark side).
-RESULTS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("batch_id", pa.int64()),
-        ("table", pa.string()),
-        ("suite", pa.string()),
-        ("expectation", pa.string()),
-        ("rule", pa.string()),
-        ("column", pa.string()),
-        ("action", pa.string()),
-        ("success", pa.bool_()),
-        ("element_count", pa.int64()),
-        ("unexpected_count", pa.int64()),
-        ("unexpected_percent", pa.float64()),
-        ("engine", pa.string()),
-        ("validated_at", pa.timestamp("us", tz="UTC")),
-        ("details", pa.string()),
-    ]
-)
 
 
 def result(
@@ -67,7 +47,7 @@ def result(
 def write_results(settings: Settings, rows: Sequence[dict[str, object]]) -> None:
     """Write ``rows`` (from :func:`result`) as the workspace's ``audit/validation_results`` table."""
     write_deltalake(
-        settings.table_path("audit", "validation_results"), pa.Table.from_pylist(list(rows), RESULTS_SCHEMA)
+        settings.table_path("audit", "validation_results"), pa.Table.from_pylist(list(rows), RESULTS_ARROW)
     )
 
 

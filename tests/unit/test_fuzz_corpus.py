@@ -5,6 +5,7 @@ goes through the real broker in ``tests/integration/test_fuzz_kafka.py`` (small)
 from __future__ import annotations
 
 import json
+import uuid
 import zlib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from fuzz_cases import clickstream_corpus, events_in, expectations, outcomes, un
 from lakehouse.config import Settings
 from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError
+from lakehouse.quality import results_for_run
 from lakehouse.silver import engine
 from lakehouse.simulate.fuzz import CATEGORIES, corpus, summary
 
@@ -81,7 +83,8 @@ def test_every_fuzz_input_lands_as_its_category_expects(
     bronze = str(tmp_path / "bronze")
     to_bronze(records).write.format("delta").save(bronze)
     table = events_in(settings, tmp_path, bronze)
-    total = engine.build_table(spark, settings, table.name, table=table).total
+    run_id = f"fuzz-{uuid.uuid4()}"
+    total = engine.build_table(spark, settings, table.name, table=table, run_id=run_id).total
     totals = engine.check_table(
         spark, table
     )  # raises unless input = applied + quarantined + duplicates + dropped
@@ -94,6 +97,12 @@ def test_every_fuzz_input_lands_as_its_category_expects(
     # Every reader copes with what arrived: Arrow (delta-rs) reads bronze and the quarantine whole.
     assert DeltaTable(bronze).to_pyarrow_table().num_rows == len(cases)
     assert DeltaTable(table.quarantine).to_pyarrow_table().num_rows == total.quarantined
+    # The repeated ids (exact and conflicting duplicates) never reach silver: the suite's uniqueness rule,
+    # judged by the dedupe's rank rather than a second window, passes on every batch and says how it judged.
+    results = results_for_run(settings, run_id)
+    unique = results[results["rule"] == "event_id_unique"]
+    assert len(unique) >= 1 and unique["success"].all() and (unique["unexpected_count"] == 0).all()
+    assert all("rank within the key" in json.loads(d)["judged_by"] for d in unique["details"])
 
 
 MQTT_EXPECT = {

@@ -323,6 +323,37 @@ def test_a_suite_counted_within_a_larger_aggregate_judges_only_those_rows(spark:
         cq.prepare(frame, unique, within=F.col("keep"))
 
 
+def test_uniqueness_over_a_ranked_key_is_judged_by_the_rank_without_a_window(spark: Any) -> None:
+    """The silver engine ranks each key's rows for its dedupe; a uniqueness rule on that key reuses it."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from lakehouse.quality import compiled as cq
+
+    rule = _expectation("expect_column_values_to_be_unique", "quarantine", column="id")
+    unique = parse_suite({"name": "silver.crafted", "expectations": [rule]}, "crafted")
+    ranked = cq.CompiledSuite.of(unique, cq.KeyRank(("id",), "rank"))
+    assert not ranked.windowed and cq.CompiledSuite.of(unique).windowed
+    assert cq.CompiledSuite.of(unique, cq.KeyRank(("cc",), "rank")).windowed  # another key: the window
+    rows = [("a", 1.0, "DE", "a"), ("b", 2.0, "DE", "a"), ("a", 3.0, "DE", "a"), (None, 4.0, "DE", "a")]
+    frame = spark.createDataFrame(rows, _SCHEMA).withColumn(
+        "rank", F.row_number().over(Window.partitionBy("id").orderBy("amount"))
+    )
+    kept = frame.where("rank = 1").localCheckpoint(eager=True)  # what the dedupe keeps
+    by_rank, by_window = cq.evaluate(kept, ranked), cq.evaluate(kept, cq.CompiledSuite.of(unique))
+    assert [(o.judged, o.unexpected, o.success) for o in by_rank.outcomes] == [(2, 0, True)]
+    assert [(o.judged, o.unexpected) for o in by_window.outcomes] == [(2, 0)]
+    # Had the second "a" slipped through, the rank catches it (and routes it, not the first copy).
+    slipped = cq.evaluate(frame.localCheckpoint(eager=True), ranked)
+    assert [(o.judged, o.unexpected, o.success) for o in slipped.outcomes] == [(3, 1, False)]
+    routed = slipped.marked.where(F.col(cq.ROUTE) == "quarantine").collect()
+    assert [(r["id"], r["amount"]) for r in routed] == [("a", 3.0)]
+    (result,) = cq.result_rows(slipped.outcomes, table="t", suite="s", run_id="r", batch_id=0)
+    assert "rank within the key" in json.loads(result.details)["judged_by"]
+    pending = cq.prepare(kept, ranked, within=F.col("rank") == 1)  # no window: fits a larger aggregate
+    assert cq.conclude(pending, pending.flagged.agg(*pending.aggregates).first()).outcomes[0].unexpected == 0
+
+
 def test_fail_action_raises_quality_error(spark: Any, settings: Settings) -> None:
     with pytest.raises(QualityError, match="kind_known") as raised:
         _check(spark, settings, [*_ROWS, ("9", 1.0, "DE", "zzz")], "pandas")
@@ -412,3 +443,37 @@ def test_clear_pii_caught_by_a_rule_is_not_quoted_in_results_or_data_docs(
             "10.9.8.7" in text
         )
         assert not leaked, f"{path} quotes {leaked}"
+
+
+def test_results_are_appended_by_delta_rs_to_the_table_spark_wrote(
+    spark: Any, settings: Settings, tmp_path: Path
+) -> None:
+    """A workspace whose results table Spark created (before delta-rs wrote them) takes the new rows."""
+    from datetime import UTC, datetime
+
+    from lakehouse.quality.results import RESULTS_SCHEMA, ResultRow, results_path, write_results
+
+    private = settings.model_copy(update={"workspace": tmp_path / "ws"})
+    at = datetime(2026, 12, 1, 12, 30, 15, 123456, tzinfo=UTC)
+    rows = [
+        ResultRow(f"run-{n}", n, "silver.crafted", "silver.crafted", "expect_column_values_to_not_be_null",
+                  "id_present", "id", "quarantine", n != 1, 10, n, 10.0 * n, "compiled", at, "{}")
+        for n in range(3)
+    ]  # fmt: skip
+    old = spark.createDataFrame(
+        [tuple(rows[0].as_dict()[f.name] for f in RESULTS_SCHEMA.fields)], RESULTS_SCHEMA
+    )
+    old.write.format("delta").save(results_path(private))
+    assert write_results(private, rows[1:]) == 2 and write_results(private, []) == 0
+    back = spark.read.format("delta").load(results_path(private))
+    assert [(f.name, f.dataType) for f in back.schema] == [(f.name, f.dataType) for f in RESULTS_SCHEMA]
+    seen = sorted(
+        (r["run_id"], r["success"], r["unexpected_count"], r["validated_at"]) for r in back.collect()
+    )
+    assert [s[:3] for s in seen] == [("run-0", True, 0), ("run-1", False, 1), ("run-2", True, 2)]
+    assert len({s[3] for s in seen}) == 1  # the microseconds survive both writers alike
+    fresh = settings.model_copy(update={"workspace": tmp_path / "fresh"})
+    write_results(fresh, rows)  # and a first write creates it, as Spark reads it
+    created = spark.read.format("delta").load(results_path(fresh))
+    assert [(f.name, f.dataType) for f in created.schema] == [(f.name, f.dataType) for f in RESULTS_SCHEMA]
+    assert created.count() == 3

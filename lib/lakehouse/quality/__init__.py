@@ -14,12 +14,13 @@ table and GX Data Docs under ``settings.reports / "data_docs"``.
 from __future__ import annotations
 
 from lakehouse.quality.docs import build_data_docs
-from lakehouse.quality.results import RESULTS_SCHEMA, ResultRow, results_for_run, write_results
+from lakehouse.quality.results import RESULTS_ARROW, RESULTS_SCHEMA, ResultRow, results_for_run, write_results
 from lakehouse.quality.suites import ACTIONS, ROW_ACTIONS, list_suites, load_suite, rule_name, suite_path
 from lakehouse.quality.validate import CheckedBatch, QualityError, check_batch, validate_table
 
 __all__ = [
     "ACTIONS",
+    "RESULTS_ARROW",
     "RESULTS_SCHEMA",
     "ROW_ACTIONS",
     "CheckedBatch",

@@ -13,6 +13,7 @@ GX's own engine (:func:`lakehouse.quality.validate.check_batch`) on a suite of j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -134,6 +135,7 @@ class CompiledRule:
     action: str
     failing: Column | None  # None for table-level rules
     judged: Column
+    by_rank: bool = False  # a uniqueness rule judged by a caller's rank over the same key (no window)
 
     @property
     def kind(self) -> str:
@@ -144,22 +146,48 @@ class CompiledRule:
         return {k: v for k, v in self.expectation.configuration.kwargs.items() if k != "batch_id"}
 
 
-def _compile(expectation: Expectation) -> CompiledRule:
+@dataclass(frozen=True)
+class KeyRank:
+    """Rows already ranked within their key by the caller (``row_number`` over a window on ``key``).
+
+    A uniqueness rule over exactly these columns is then judged by the rank: a row fails when another row of
+    its key came before it (rank > 1). That is one flag per row, no second window over the batch. Unlike
+    GX's window, the first row of a repeated key passes (GX fails every copy); where the caller keeps one row
+    per key (the silver engine's dedupe), the two agree, and a row that slipped through is still caught.
+    """
+
+    key: tuple[str, ...]
+    column: str
+
+    def covers(self, kind: str, kwargs: dict[str, Any]) -> bool:
+        if kind == "expect_column_values_to_be_unique":
+            return (kwargs.get("column"),) == self.key
+        if kind == "expect_compound_columns_to_be_unique":
+            return sorted(kwargs.get("column_list") or []) == sorted(self.key)
+        return False
+
+
+def _compile(expectation: Expectation, ranked: KeyRank | None = None) -> CompiledRule:
     kind = expectation.expectation_type
     kwargs = dict(expectation.configuration.kwargs)
     rule, action = rule_name(expectation), action_of(expectation)
     if kind in _TABLE_RULES:
         return CompiledRule(expectation, rule, action, None, F.lit(True))
     predicate, judged_columns = _ROW_RULES[kind]
+    rank = _col(ranked.column) if ranked is not None and ranked.covers(kind, kwargs) else None
     if judged_columns is None:
         judged = F.lit(True)
     elif kind in _SKIP_WHEN_ALL_MISSING:
         judged = reduce(lambda a, b: a | b, [_col(c).isNotNull() for c in judged_columns(kwargs)])
     else:
         judged = reduce(lambda a, b: a & b, [_col(c).isNotNull() for c in judged_columns(kwargs)])
-    # A judged row fails when the predicate is true or cannot be evaluated (null); unjudged rows pass.
-    failing = judged & F.coalesce(predicate(kwargs), F.lit(True))
-    return CompiledRule(expectation, rule, action, failing, judged)
+    # A judged row fails when the predicate is true or cannot be evaluated (null); unjudged rows pass. By
+    # rank, a row the caller left unranked (null: one it does not keep) is not judged a repeat.
+    if rank is None:
+        failing = judged & F.coalesce(predicate(kwargs), F.lit(True))
+    else:
+        failing = judged & F.coalesce(rank > 1, F.lit(False))
+    return CompiledRule(expectation, rule, action, failing, judged, by_rank=rank is not None)
 
 
 @dataclass
@@ -171,15 +199,16 @@ class CompiledSuite:
     rest: list[Expectation]
 
     @classmethod
-    def of(cls, suite: gx.ExpectationSuite) -> CompiledSuite:
-        rules = [_compile(e) for e in suite.expectations if compilable(e)]
+    def of(cls, suite: gx.ExpectationSuite, ranked: KeyRank | None = None) -> CompiledSuite:
+        """Split and compile ``suite``; uniqueness over ``ranked``'s key is judged by its rank column."""
+        rules = [_compile(e, ranked) for e in suite.expectations if compilable(e)]
         rest = [e for e in suite.expectations if not compilable(e)]
         return cls(suite=suite, rules=rules, rest=rest)
 
     @property
     def windowed(self) -> bool:
         """Whether a rule judges a row by the other rows (uniqueness: a window over the batch)."""
-        return any(r.kind in _WINDOWED for r in self.rules)
+        return any(r.kind in _WINDOWED and not r.by_rank for r in self.rules)
 
     def rest_suite(self) -> gx.ExpectationSuite | None:
         """The expectations GX evaluates, as their own suite (None when every rule compiled)."""
@@ -232,6 +261,9 @@ class Evaluation:
         outcomes: each rule's counts and success, in suite order.
         quarantined, dropped: how many rows the routing sends where.
         rows: how many rows the batch has (counted by the same aggregate).
+        route, failed: the expressions behind ``_dq_route`` and ``_dq_failed_rules``, over the flagged
+            rows (:attr:`Pending.flagged`), for a caller that projects them over the rows it did not judge
+            too (wrapped in its own condition).
     """
 
     marked: DataFrame
@@ -239,6 +271,8 @@ class Evaluation:
     quarantined: int
     dropped: int
     rows: int = 0
+    route: Column | None = None
+    failed: Column | None = None
 
     def failures(self) -> list[str]:
         """The failed ``fail`` rules, as ``rule (n rows)``."""
@@ -272,6 +306,11 @@ class Pending:
         """The flagged rows the rules judge (those ``within``)."""
         return self.flagged if self.within is None else self.flagged.where(self.within)
 
+    def materialised(self) -> Pending:
+        """The same, with the flags computed once and kept (``localCheckpoint``): the aggregate and every
+        write of the marked rows then read each row's flags instead of evaluating every rule again."""
+        return dataclasses.replace(self, flagged=self.flagged.localCheckpoint(eager=True))
+
 
 def _count(condition: Column, within: Column | None) -> Column:
     return F.count(F.when(condition if within is None else within & condition, 1))
@@ -281,8 +320,8 @@ def prepare(frame: DataFrame, compiled: CompiledSuite, within: Column | None = N
     """Flag each row's failures and build the aggregate that counts them.
 
     Args:
-        frame: the batch, materialised (a ``localCheckpoint``): it is read by the aggregate and again by
-            whoever writes the marked rows.
+        frame: the batch, materialised (a ``localCheckpoint``: it is read by the aggregate and again by
+            whoever writes the marked rows), or lazy with :meth:`Pending.materialised` called on the result.
         compiled: the suite; rules over a window (uniqueness) need ``within`` to be None, since the window
             would count rows outside it.
         within: only rows where it holds are judged, counted and marked (the rest of ``frame`` is another
@@ -359,7 +398,15 @@ def conclude(pending: Pending, totals: Any, columns: Sequence[str] | None = None
         route.alias(ROUTE),
         failed.alias(FAILED),
     ).withColumn(REASON, F.try_element_at(F.col(FAILED), F.lit(1)))
-    return Evaluation(marked=marked, outcomes=outcomes, quarantined=counts[0], dropped=counts[1], rows=rows)
+    return Evaluation(
+        marked=marked,
+        outcomes=outcomes,
+        quarantined=counts[0],
+        dropped=counts[1],
+        rows=rows,
+        route=route,
+        failed=failed,
+    )
 
 
 def evaluate(frame: DataFrame, compiled: CompiledSuite, columns: Sequence[str] | None = None) -> Evaluation:
@@ -393,6 +440,8 @@ def result_rows(
     for outcome in outcomes:
         rule = outcome.rule
         details: dict[str, Any] = {"kwargs": rule.kwargs}
+        if rule.by_rank:
+            details["judged_by"] = "rank within the key (rows after their key's first fail)"
         if outcome.observed is not None:
             details["observed_value"] = outcome.observed
         if samples and rule.rule in samples:

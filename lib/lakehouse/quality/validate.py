@@ -295,7 +295,7 @@ def check_batch(
     judged = _judge(ided, suite, chosen, table=table, run_id=run_id, batch_id=batch_id, rows=rows, pii=pii)
     spark = ided.sparkSession
     if persist:
-        _persist(spark, settings, table, run_id, batch_id, judged.results, judged.outcome, pii)
+        _persist(settings, table, run_id, batch_id, judged.results, judged.outcome, pii)
     if judged.failures:
         raise QualityError(
             f"{table} batch {batch_id} failed its quality suite: " + "; ".join(judged.failures)
@@ -393,7 +393,6 @@ def _judge(
 
 
 def _persist(
-    spark: SparkSession,
     settings: Settings,
     table: str,
     run_id: str,
@@ -405,7 +404,7 @@ def _persist(
     from lakehouse.quality.docs import save_validation
     from lakehouse.quality.results import write_results
 
-    write_results(spark, settings, results)
+    write_results(settings, results)
     if settings.quality.data_docs:
         save_validation(settings, table, run_id, batch_id, outcome, pii)
 
@@ -441,7 +440,7 @@ def _check_compiled(
     order = {rule_name(e): index for index, e in enumerate(suite.expectations)}
     results.sort(key=lambda r: order.get(r.rule, len(order)))
     if persist:
-        _persist(base.sparkSession, settings, table, run_id, batch_id, results, outcome, pii)
+        _persist(settings, table, run_id, batch_id, results, outcome, pii)
     if failures:
         raise QualityError(f"{table} batch {batch_id} failed its quality suite: " + "; ".join(failures))
     marked = evaluation.marked

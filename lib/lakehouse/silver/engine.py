@@ -79,6 +79,7 @@ WRONG_TYPE: Final = "_wrong_type"
 FUTURE: Final = "event_time_in_future"
 BEFORE_FLOOR: Final = "event_time_before_floor"
 CONFLICT: Final = "conflicting_duplicate"
+KEY_RANK: Final = "_key_rank"  # a valid row's place among its key's rows in the batch (1 = the one kept)
 CONFLICTING: Final = "_conflicting"  # a duplicate whose declared content differs from the row kept
 ENGINE_COLUMNS: Final = frozenset({DELETED, SOURCE, MERGED_AT})
 # CDC positions of a wal2json input: usable in a declaration's sequence without being table columns.
@@ -627,6 +628,7 @@ def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> D
         .otherwise(F.lit("quarantine"))
         .alias(OUTCOME),
         *([F.coalesce(conflicting, F.lit(False)).alias(CONFLICTING)] if build.conflicts is not None else []),
+        *([F.col("_rank").alias(KEY_RANK)] if build.key and build.dedupe else []),
     ).drop(*helper)
 
 
@@ -642,7 +644,9 @@ def _mark_versions(frame: DataFrame, table: SilverTable) -> DataFrame:
         outcome = outcome.otherwise(F.lit("insert"))
     else:
         outcome = outcome.when(F.col("_rank") == 1, F.lit("insert")).otherwise(F.lit("duplicate"))
-    return both.withColumn(OUTCOME, outcome).drop("_rank")
+    marked = both.withColumn(OUTCOME, outcome)
+    # Upsert keeps one version per key (rank 1); SCD2 keeps them all, so its rank says nothing of uniqueness.
+    return marked.withColumnRenamed("_rank", KEY_RANK) if build.apply == "upsert" else marked.drop("_rank")
 
 
 def _protect(frame: DataFrame, table: SilverTable) -> DataFrame:
@@ -710,17 +714,22 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     _note_drift(batch, spec, table, ctx)
     staged = typed(parse(batch, spec, table), spec, table)
     marked = _mark_append(staged, table, spark) if build.apply == "append" else _mark_versions(staged, table)
-    marked = _protect(marked, table).localCheckpoint(eager=True)
+    marked = _protect(marked, table)
     suite = _compiled_suite(ctx, marked.columns)
     # The suite's counts join the batch's own aggregate when nothing stands between them (a reference
-    # check adds columns first; a uniqueness rule's window must not see the rows that are not inserted).
-    pending: cq.Pending | None = (
-        cq.prepare(marked, suite, within=F.col(OUTCOME) == "insert")
-        if suite is not None and not build.references and not suite.windowed
-        else None
-    )
+    # check adds columns first; a uniqueness rule's window must not see the rows that are not inserted,
+    # unless the rule is over the key the dedupe already ranked: then the rank judges it). Its rules' flags
+    # are then computed in the pass that materialises the batch, and read from there by the aggregate, the
+    # table's write and the quarantine's.
+    pending: cq.Pending | None = None
+    if suite is not None and not build.references and not suite.windowed:
+        pending = cq.prepare(marked, suite, within=F.col(OUTCOME) == "insert").materialised()
+        flagged, marked = pending.flagged, pending.flagged.select(*[q(c) for c in marked.columns])
+    else:
+        flagged = marked = marked.localCheckpoint(eager=True)
+    columns = marked.columns
     stats = first_row(
-        (pending.flagged if pending is not None else marked).agg(
+        flagged.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col(OUTCOME) == "insert", 1)).alias("insert"),
             F.count(F.when(F.col(OUTCOME) == "duplicate", 1)).alias("duplicate"),
@@ -765,7 +774,10 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
             accepted, inserts, batch_id, ctx, beside, suite, evaluation
         )
         counts.dropped, counts.orphans = dropped, orphans
-        rejected = rejected.unionByName(extra_rejected)
+        if evaluation is not None and not build.references:
+            rejected = _rejected_in_one_pass(flagged, columns, evaluation)
+        else:
+            rejected = rejected.unionByName(extra_rejected)
         counts.quarantined += rejected_now
         inserts -= rejected_now + dropped
     txn = {"txnAppId": ctx.app_id, "txnVersion": str(batch_id)}
@@ -788,6 +800,26 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     return counts
 
 
+def _rejected_in_one_pass(flagged: DataFrame, columns: Sequence[str], evaluation: Evaluation) -> DataFrame:
+    """The batch's quarantine, rejected by the engine or by the suite, read in one pass over the batch.
+
+    (A union of the two would read the materialised batch twice, a second full scan beside the table's write
+    for the few rows the suite holds.)
+    """
+    assert evaluation.route is not None and evaluation.failed is not None
+    outcome, inserted = F.col(OUTCOME), F.col(OUTCOME) == "insert"
+    routed = flagged.select(
+        *[q(c) for c in columns],
+        F.when(inserted, evaluation.route).alias(cq.ROUTE),
+        F.when(inserted, evaluation.failed).alias(cq.FAILED),
+    )
+    return routed.where((outcome == "quarantine") | (F.col(cq.ROUTE) == "quarantine")).select(
+        *[q(c) for c in columns if c != REASON],
+        F.coalesce(F.col(REASON), F.try_element_at(F.col(cq.FAILED), F.lit(1))).alias(REASON),
+        F.when(outcome == "quarantine", F.array(F.col(REASON))).otherwise(F.col(cq.FAILED)).alias(RULES),
+    )
+
+
 def _compiled_suite(ctx: RunContext, columns: Sequence[str]) -> cq.CompiledSuite | None:
     """The table's suite for a batch with these columns, compiled (None without quality or a suite)."""
     from lakehouse.quality.suites import load_suite, suite_path
@@ -795,7 +827,8 @@ def _compiled_suite(ctx: RunContext, columns: Sequence[str]) -> cq.CompiledSuite
     table = ctx.table
     if not (ctx.quality and table.build.quality) or not suite_path(ctx.settings, table.name).is_file():
         return None
-    return cq.CompiledSuite.of(_batch_suite(load_suite(ctx.settings, table.name), table, columns))
+    ranked = cq.KeyRank(tuple(table.build.key), KEY_RANK) if KEY_RANK in columns else None
+    return cq.CompiledSuite.of(_batch_suite(load_suite(ctx.settings, table.name), table, columns), ranked)
 
 
 def _check(
@@ -942,8 +975,7 @@ def _record(
     if ctx.settings.quality.data_docs:
         outcome = validation_result(evaluation.outcomes, suite)
         save_validation(ctx.settings, table, ctx.run_id, batch_id, outcome, table_pii(ctx.settings, table))
-    spark = evaluation.marked.sparkSession
-    return lambda: write_results(spark, ctx.settings, results)
+    return lambda: write_results(ctx.settings, results)
 
 
 # Delta's optimistic concurrency: two inputs of one table streamed at once (continuous mode beside a DAG run
