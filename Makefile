@@ -104,6 +104,10 @@ test-serial: setup ## Every test in one pytest run, one tier after the other (ma
 fuzz: setup ## The full fuzz corpus (10,200 hostile inputs, 17 categories) through Kafka -> bronze -> silver, accounted
 	LAKEHOUSE_FUZZ_PER_CATEGORY=600 $(BIN)/pytest -s -m integration tests/integration/test_fuzz_kafka.py -p no:cacheprovider
 
+.PHONY: chaos
+chaos: setup ## The kill matrix: silver builds SIGKILLed at 20 random points and at a full disk, resumed and accounted
+	LAKEHOUSE_CHAOS_POINTS=20 $(BIN)/pytest -s -m unit tests/unit/test_kill_matrix.py -p no:cacheprovider
+
 .PHONY: fresh-check
 fresh-check: ## Before a stop: the two README commands in a clean clone (own workspace, HOME, ports)
 	bash .ci/fresh-check

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,29 @@ def events_in(settings: Settings, folder: Path, bronze: str) -> SilverTable:
         checkpoints=str(folder / "checkpoints"),
         input_paths={label: bronze for label in declared.input_paths},
     )
+
+
+def land_in_bronze(
+    spark: Any, cases: Sequence[FuzzCase], bronze: str, partitions: int = 3
+) -> list[tuple[int, int]]:
+    """Write ``cases`` to a bronze table at ``bronze`` as the Kafka ingest lands them; their coordinates.
+
+    As Kafka places them: a keyed record's partition by its key, else round robin, each partition in order.
+    """
+    from lakehouse.sources.kafka import to_bronze
+
+    now = datetime.now(UTC)
+    coordinates, sent = [], [0] * partitions
+    for case in cases:
+        partition = zlib.crc32(case.key) % partitions if case.key else case.index % partitions
+        coordinates.append((partition, sent[partition]))
+        sent[partition] += 1
+    records = spark.createDataFrame(
+        [(c.key, c.value, "clickstream", p, o, now) for c, (p, o) in zip(cases, coordinates, strict=True)],
+        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp",
+    )
+    to_bronze(records).write.format("delta").save(bronze)
+    return coordinates
 
 
 def expectations(settings: Settings, source: str, table: SilverTable) -> dict[str, set[str]]:
@@ -105,3 +130,27 @@ def unexpected(
         ):
             wrong[case.category][outcome] += 1
     return dict(wrong)
+
+
+def assert_accounted(
+    spark: Any,
+    settings: Settings,
+    table: SilverTable,
+    cases: Sequence[FuzzCase],
+    coordinates: Sequence[tuple[int, int]],
+) -> dict[str, int]:
+    """Every input where its category expects it; the table's audit balances over exactly these inputs.
+
+    Returns the audit's all-time totals.
+    """
+    totals = engine.check_table(
+        spark, table
+    )  # input = applied + quarantined + duplicates + dropped, no key twice
+    assert totals["input_rows"] == len(cases), totals
+    found = outcomes(spark, table, cases, coordinates)
+    assert unexpected(cases, found, expectations(settings, "clickstream", table)) == {}
+    residual = sum(1 for o in found.values() if o == "duplicate")
+    assert (
+        residual == totals["duplicates"] + totals["dropped"]
+    )  # nothing outside silver and quarantine unaccounted
+    return totals

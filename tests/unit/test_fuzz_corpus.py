@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import uuid
-import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fuzz_cases import clickstream_corpus, events_in, expectations, outcomes, unexpected
+from fuzz_cases import clickstream_corpus, events_in, expectations, land_in_bronze, outcomes, unexpected
 from lakehouse.config import Settings
 from lakehouse.contracts.payload import PayloadSpec
 from lakehouse.errors import ConfigError
@@ -66,22 +65,9 @@ def test_every_fuzz_input_lands_as_its_category_expects(
     """Six inputs of each category, as the Kafka ingest lands them, built into silver.events."""
     from deltalake import DeltaTable
 
-    from lakehouse.sources.kafka import to_bronze
-
     cases = clickstream_corpus(settings, per_category=6)
-    now = datetime.now(UTC)
-    coordinates = []  # as Kafka places them: a keyed record's partition by its key, each partition in order
-    sent = [0, 0, 0]
-    for case in cases:
-        partition = zlib.crc32(case.key) % 3 if case.key else case.index % 3
-        coordinates.append((partition, sent[partition]))
-        sent[partition] += 1
-    records = spark.createDataFrame(
-        [(c.key, c.value, "clickstream", p, o, now) for c, (p, o) in zip(cases, coordinates, strict=True)],
-        "key binary, value binary, topic string, partition int, offset long, timestamp timestamp",
-    )
     bronze = str(tmp_path / "bronze")
-    to_bronze(records).write.format("delta").save(bronze)
+    coordinates = land_in_bronze(spark, cases, bronze)
     table = events_in(settings, tmp_path, bronze)
     run_id = f"fuzz-{uuid.uuid4()}"
     total = engine.build_table(spark, settings, table.name, table=table, run_id=run_id).total

@@ -80,6 +80,11 @@ def await_stream(query: StreamingQuery, what: str) -> None:
     if marker >= 0:
         detail = message[marker + len("QualityError: ") :].splitlines()[0]
         raise QualityError(f"{what} stopped by its quality suite: {detail}") from error
+    if "No space left on device" in message:  # said first: the JVM's trace buries it
+        raise DataError(
+            f"{what} failed: the disk is full (No space left on device). The batch did not complete and "
+            f"is run again whole by the next build once there is space. {message}"
+        ) from error
     raise DataError(f"{what} failed: {message}") from error
 
 

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import reduce
+from pathlib import Path
 from typing import Any, Final, Literal
 
 import tenacity
@@ -552,15 +553,15 @@ class BatchCounts:
         return tuple(getattr(self, name) for name in _COUNTS)
 
 
-def _mark_append(frame: DataFrame, table: SilverTable, spark: SparkSession) -> DataFrame:
-    """``_outcome``: insert, duplicate (a key seen before) or quarantine (invalid or late)."""
+def _mark_append(frame: DataFrame, table: SilverTable, existing: DataFrame) -> DataFrame:
+    """``_outcome``: insert, duplicate (a key seen in ``existing``, the table, or earlier in the batch) or
+    quarantine (invalid or late)."""
     build = table.build
     valid = F.col(REASON).isNull()
     marked = frame
     duplicate = F.lit(False)
     conflicting = F.lit(False)
     ordering = [F.col(q(c)) for c in build.sequence] or [F.monotonically_increasing_id()]
-    existing = spark.read.format("delta").load(table.path)
     if build.key and build.dedupe:
         first_seen = Window.partitionBy(*[F.col(q(k)) for k in build.key]).orderBy(*ordering)
         known_columns = [F.col(q(k)).alias(f"_known_{k}") for k in build.key]
@@ -705,6 +706,34 @@ class RunContext:
     app_id: str
     quality: bool = True
     drift: set[str] = field(default_factory=set)
+    checkpoint: str | None = None  # the input stream's: where a batch notes the table version it judged by
+
+
+def _table_as_first_seen(spark: SparkSession, ctx: RunContext, batch_id: int) -> DataFrame:
+    """The silver table as this batch first saw it (for its dedupe and watermark).
+
+    A batch killed after its table append but before the stream recorded it as done is replayed whole. Judged
+    against the table as it is then, its own rows would be duplicates of themselves: the table right, its
+    audit wrong (0 applied). So the first run notes the version it read beside the stream's checkpoint, and a
+    replay reads that version (its appends are then skipped by their txn ids where they were committed).
+    """
+    reader = spark.read.format("delta")
+    if ctx.checkpoint is None:
+        return reader.load(ctx.table.path)
+    from deltalake import DeltaTable
+
+    notes = Path(ctx.checkpoint) / "lakehouse_batches"
+    note = notes / f"{batch_id}.version"
+    if note.is_file():
+        version = int(note.read_text())
+    else:
+        version = DeltaTable(ctx.table.path).version()
+        notes.mkdir(parents=True, exist_ok=True)
+        note.write_text(str(version))
+        for done in notes.glob("*.version"):  # the stream starts a batch only once the one before is done
+            if done.stem.isdigit() and int(done.stem) < batch_id:
+                done.unlink(missing_ok=True)
+    return reader.option("versionAsOf", version).load(ctx.table.path)
 
 
 def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCounts:
@@ -713,7 +742,10 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     spark = batch.sparkSession
     _note_drift(batch, spec, table, ctx)
     staged = typed(parse(batch, spec, table), spec, table)
-    marked = _mark_append(staged, table, spark) if build.apply == "append" else _mark_versions(staged, table)
+    if build.apply == "append":
+        marked = _mark_append(staged, table, _table_as_first_seen(spark, ctx, batch_id))
+    else:
+        marked = _mark_versions(staged, table)
     marked = _protect(marked, table)
     suite = _compiled_suite(ctx, marked.columns)
     # The suite's counts join the batch's own aggregate when nothing stands between them (a reference
@@ -1171,6 +1203,7 @@ def start_input(
         app_id=txn_app_id(checkpoint, f"{table.name}-{spec.label}"),
         quality=quality,
         drift=drift if drift is not None else set(),
+        checkpoint=checkpoint,
     )
 
     def handle(batch: DataFrame, batch_id: int, ctx: RunContext = ctx) -> None:
