@@ -245,7 +245,13 @@ class HttpClient:
             wait: float | None = None
             try:
                 response = self.session.get(url, params=params, headers=self.headers, timeout=self.timeout_s)
-            except (requests.Timeout, requests.ConnectionError) as exc:
+            except (
+                requests.Timeout,
+                requests.ConnectionError,
+                # The body cut off mid-transfer or not decodable as its Content-Encoding says: transient too.
+                requests.exceptions.ChunkedEncodingError,
+                requests.exceptions.ContentDecodingError,
+            ) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
             else:
                 status = response.status_code
@@ -346,21 +352,42 @@ def _shape(body: dict[str, Any], path: tuple[str, ...]) -> str:
     return "found"  # pragma: no cover - only called when the path broke off
 
 
+class MalformedPage(DataError):
+    """A response the connector cannot read as a page. Its body is kept: :attr:`letter` is its dead letter
+    (the bytes as text, any that are not UTF-8 as ``\\xNN`` escapes), written by the pull before it fails."""
+
+    def __init__(self, message: str, response: requests.Response, url: str, fetched_at: datetime) -> None:
+        super().__init__(message)
+        body = response.content.decode("utf-8", "backslashreplace")
+        self.letter = DeadLetter(body, message, url, fetched_at)
+
+
 def parse_page(response: requests.Response, source: HttpSource, fetched_at: datetime, url: str) -> Page:
     """Check one response against the source's pagination and contract.
 
+    The body must be UTF-8 JSON (RFC 8259), whatever the Content-Type says: a JSON page labelled
+    ``text/plain`` is read; an HTML error page with status 200, a truncated body or bytes that are not UTF-8
+    are not.
+
     Raises:
-        DataError: the body is not JSON, or the records are not a list (the message names the URL).
+        MalformedPage: the body is not UTF-8 JSON, or the records are not a list (the message names the URL).
     """
     pagination = source.pagination
+
+    def malformed(message: str) -> MalformedPage:
+        return MalformedPage(message, response, url, fetched_at)
+
     try:
-        body = response.json()
+        body = json.loads(response.content.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        problem = f"{exc.reason} at byte {exc.start}"
+        raise malformed(f"{url} returned bytes that are not UTF-8 ({problem})") from None
     except ValueError as exc:
-        raise DataError(f"{url} did not return JSON ({response.text[:120]!r}): is the url right?") from exc
+        shown = response.content[:120].decode("utf-8", "backslashreplace")
+        raise malformed(f"{url} did not return JSON ({shown!r}): is the url right?") from exc
     except RecursionError:
-        raise DataError(
-            f"{url} returned JSON nested too deeply to read ({len(response.content)} bytes)"
-        ) from None
+        size = len(response.content)
+        raise malformed(f"{url} returned JSON nested too deeply to read ({size} bytes)") from None
     next_cursor: str | None = None
     where = format_path(pagination.records_location)
     if isinstance(body, list) and pagination.style == "none":
@@ -368,16 +395,16 @@ def parse_page(response: requests.Response, source: HttpSource, fetched_at: date
     elif isinstance(body, dict):
         items = _at(body, pagination.records_location)
         if items is _ABSENT:
-            raise DataError(
+            raise malformed(
                 f"{url} returned no {where!r} field ({_shape(body, pagination.records_location)}): set "
                 "pagination.records_path to where the records are (a dotted path, e.g. result.items)"
             )
         cursor = _at(body, pagination.cursor_location)
         next_cursor = None if cursor in (None, "", _ABSENT) else str(cursor)
     else:
-        raise DataError(f"{url} returned a JSON {type(body).__name__}, expected an object with records")
+        raise malformed(f"{url} returned a JSON {type(body).__name__}, expected an object with records")
     if not isinstance(items, list):
-        raise DataError(f"{url}: {where!r} is a {type(items).__name__}, not a list")
+        raise malformed(f"{url}: {where!r} is a {type(items).__name__}, not a list")
     records: list[dict[str, Any]] = []
     dead: list[DeadLetter] = []
     for item in items:
@@ -613,12 +640,19 @@ def pull_source(
                 if source.incremental_field:
                     newest = _newest(newest, record.get(source.incremental_field), source.incremental_field)
             stream.poll()
-    except BaseException:
-        # Deliver what was fetched (dedupe makes the re-pull harmless) but keep the old cursor.
+    except BaseException as failure:
+        # Deliver what was fetched (dedupe makes the re-pull harmless) and the dead letters so far, with the
+        # body of the page that could not be read, but keep the old cursor.
+        if isinstance(failure, MalformedPage):
+            dead.append(failure.letter)
         try:
             stream.close()
         except Exception:  # the original error is the one to report
             log.exception("flushing %s after a failed pull also failed", source.name)
+        try:
+            write_dead_letters(targets.dead_letter, dead, source.name, pull_id)
+        except Exception:
+            log.exception("writing the dead letters of %s after a failed pull also failed", source.name)
         raise
     finally:
         if own_session and isinstance(http, requests.Session):
