@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlsplit
@@ -30,6 +29,7 @@ from lakehouse.sources.http import (
     retry_after_seconds,
 )
 from lakehouse.sources.registry import HttpAuth, HttpPagination, HttpSource
+from loopback_http import serving
 
 pytestmark = pytest.mark.unit
 
@@ -423,15 +423,8 @@ class _NestedApi(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def nested_api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NestedApi)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_NestedApi) as server:
         yield f"http://127.0.0.1:{server.server_address[1]}/v2/rates"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def test_records_and_cursor_are_found_by_path_in_nested_json(nested_api: str, tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ written and with the unreadable body kept as a dead letter. Nothing is lost, not
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from lakehouse.errors import DataError, ServiceError
 from lakehouse.simulate.fuzz import CATEGORIES, FuzzCase, corpus
 from lakehouse.sources.http import MalformedPage, PullTargets, RetryPolicy, pull_source
 from lakehouse.sources.registry import HttpPagination, HttpSource
+from loopback_http import serving
 
 pytestmark = pytest.mark.unit
 
@@ -84,15 +84,8 @@ class _Api(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def api() -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(_Api) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _pull(api: ThreadingHTTPServer, replies: list[Reply], folder: Path, page_size: int) -> Any:
