@@ -140,7 +140,7 @@ def bronze_events(spark: SparkSession, rows: int) -> DataFrame:
             F.col("event_type"),
             F.unix_millis(F.col("event_time")).alias("ts"),
             F.col("user_id"),
-            F.concat(F.lit("s-"), (F.col("n") % 20000).cast("string")).alias("session_id"),
+            F.concat(F.lit("s-"), (F.col("source_offset") % 20000).cast("string")).alias("session_id"),
             F.col("platform"),
             F.col("country"),
             F.col("quantity"),
