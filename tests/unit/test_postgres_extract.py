@@ -28,7 +28,9 @@ from lakehouse.sources.postgres import (
     read_state,
     snapshot_changes,
     snapshot_hashes,
+    select_list,
     snapshot_query,
+    spark_decimal,
     sql_literal,
     state_path,
     write_state,
@@ -140,8 +142,13 @@ def test_state_files_of_the_first_format_are_still_read(settings: Settings, tmp_
 
 def test_keyset_query_uses_typed_literals_and_byte_order_for_text() -> None:
     first = keyset_query(READINGS, READINGS_SHAPE, ExtractState.fresh("readings"), 10)
+    in_span = (  # a position Spark could not hold is never read: a watermark at infinity would stall
+        "\"{}\" BETWEEN '0001-01-01 00:00:00{z}'::timestamp{tz} AND '9999-12-31 23:59:59.999999{z}'::timestamp{tz}"
+    )
     assert first == (
-        'SELECT * FROM "sales"."readings" WHERE "ingested_at" IS NOT NULL '
+        f'SELECT {select_list(READINGS_SHAPE)} FROM "sales"."readings" WHERE "ingested_at" IS NOT NULL '
+        f"AND {in_span.format('ingested_at', z='+00', tz='tz')} "
+        f"AND {in_span.format('reading_time', z='', tz='')} "
         'ORDER BY "ingested_at", "device" COLLATE "C", "reading_time" LIMIT 10'
     )
     later = keyset_query(READINGS, READINGS_SHAPE, ExtractState("readings", "a", 2, TSTZ, ("O'Brien", TS)), 5)
@@ -281,10 +288,21 @@ def test_registry_cdc_entries_take_a_connection_and_any_tables() -> None:
         )
 
 
-def test_snapshot_query_hashes_each_row() -> None:
-    assert snapshot_query(TableShape('"xp"."penguins"', {})) == (
-        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "xp"."penguins" AS t'
-    )
+def test_snapshot_query_hashes_each_row_and_leaves_out_keys_spark_cannot_hold() -> None:
+    day = PgColumn("day", "date", "date")
+    shape = TableShape('"xp"."penguins"', {"day": day})
+    query = snapshot_query(shape, [day])
+    assert query.startswith(f'SELECT {select_list(shape)}, md5(ROW(t.*)::text) AS "_row_hash" FROM')
+    assert query.endswith(" AS t WHERE \"day\" BETWEEN '0001-01-01'::date AND '9999-12-31'::date")
+
+
+def test_spark_reads_a_numeric_as_a_bounded_decimal() -> None:
+    # The bound is what decides which numerics are kept aside as text (sources.postgres.representable).
+    assert spark_decimal("numeric") == (38, 18)
+    assert spark_decimal("numeric(12, 2)") == (12, 2)
+    assert spark_decimal("numeric(60,30)") == (38, 30)
+    assert spark_decimal("numeric(5,-2)") == (5, 0)
+    assert spark_decimal("money_amount") == (38, 18)  # a domain: bounded as the widest
 
 
 def test_failures_are_named_together() -> None:

@@ -655,6 +655,10 @@ _COMMON_MEANINGS = {
     "_extracted_at": "When the extract read the row (UTC).",
     "_batch_id": "Extract batch id.",
     "_source_table": "Source table of the extract.",
+    "_unrepresentable": (
+        "Values Spark cannot hold (years outside 1-9999, NaN, too many digits) as their source text, by "
+        "column; null when none."
+    ),
 }
 
 

@@ -66,6 +66,7 @@ from lakehouse.quality.compiled import Evaluation
 from lakehouse.silver import apply
 from lakehouse.silver.apply import DELETED, IS_DELETE, MERGED_AT, SOURCE, q
 from lakehouse.silver.batches import await_stream, first_row, txn_app_id
+from lakehouse.sources.postgres import UNREPRESENTABLE
 from lakehouse.tables import delta_ref, ensure_table, is_delta_table
 
 log = logging.getLogger(__name__)
@@ -369,7 +370,16 @@ def parse(batch: DataFrame, spec: InputSpec, table: SilverTable) -> DataFrame:
         batch = batch.where(spec.where)
     if spec.format == "columns":
         raw = F.to_json(F.struct(*[F.col(q(c)) for c in batch.columns]))
-        return batch.select("*", raw.alias(RAW), F.lit(None).cast("string").alias("_parse_error"))
+        error = F.lit(None).cast("string")
+        if UNREPRESENTABLE in batch.columns:
+            # A value the source could not type for Spark landed as NULL, its text kept beside it (and in
+            # _raw): the row is quarantined, named by its first such column, not read as a real NULL.
+            first_column = F.json_object_keys(F.col(UNREPRESENTABLE))[0]
+            error = F.when(
+                F.col(UNREPRESENTABLE).isNotNull(),
+                F.concat(F.lit("unrepresentable:"), F.coalesce(first_column, F.lit("value"))),
+            )
+        return batch.select("*", raw.alias(RAW), error.alias("_parse_error"))
     if spec.column not in batch.columns:
         raise DataError(f"{table.name}: input {spec.label} has no column {spec.column!r} to parse")
     text = F.col(q(spec.column)).cast("string")

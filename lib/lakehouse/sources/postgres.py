@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -70,7 +71,10 @@ def _execute(conn: psycopg.Connection[Any], query: str, params: Sequence[Any] | 
 
 # --- the table a source reads -----------------------------------------------------------------------------
 
-EXTRACT_COLUMNS: Final = ("_extracted_at", "_batch_id", "_source_table")
+# A value Spark cannot hold (see :func:`representable`) lands as NULL in its column, and its exact text here:
+# ``{"<column>": "<text>"}`` (NULL when the row has none). Silver quarantines such a row with its reason.
+UNREPRESENTABLE: Final = "_unrepresentable"
+EXTRACT_COLUMNS: Final = ("_extracted_at", "_batch_id", "_source_table", UNREPRESENTABLE)
 SNAPSHOT_COLUMNS: Final = ("_op", "_deleted", "_row_hash", "_snapshot")
 DEFAULT_PAGE_SIZE: Final = 50_000
 
@@ -280,6 +284,93 @@ def _ordered(column: PgColumn) -> str:
     return f'{name} COLLATE "C"' if column.collatable else name
 
 
+# --- values Spark cannot hold -----------------------------------------------------------------------------
+
+# Spark's dates and timestamps span years 1 to 9999; PostgreSQL's go from 4713 BC to 294276 AD, plus
+# ±infinity. Outside Spark's span the JDBC reader fails the whole read (a long overflow) or lands a
+# value that is not the source's (infinity as 9999-12-31), so one such row would stop or falsify its source.
+_TIME_SPAN: Final = {
+    "timestamp": ("'0001-01-01 00:00:00'::timestamp", "'9999-12-31 23:59:59.999999'::timestamp"),
+    "timestamptz": ("'0001-01-01 00:00:00+00'::timestamptz", "'9999-12-31 23:59:59.999999+00'::timestamptz"),
+    "date": ("'0001-01-01'::date", "'9999-12-31'::date"),
+}
+_NUMERIC_TYPE = re.compile(r"numeric\((\d+),(-?\d+)\)")
+
+
+def spark_decimal(column_type: str) -> tuple[int, int]:
+    """The decimal Spark's JDBC reader gives a PostgreSQL numeric: (38, 18) unbounded, else capped at 38.
+
+    Example:
+        >>> spark_decimal("numeric"), spark_decimal("numeric(12,2)"), spark_decimal("numeric(60,30)")
+        ((38, 18), (12, 2), (38, 30))
+    """
+    match = _NUMERIC_TYPE.fullmatch(column_type.replace(" ", ""))
+    if match is None:
+        return 38, 18
+    return min(int(match[1]), 38), max(0, min(int(match[2]), 38))
+
+
+def representable(column: PgColumn) -> str | None:
+    """A SQL predicate: the column's value fits the type Spark reads it as (None: every value does).
+
+    NULL for a NULL value. Dates and timestamps must fall in years 1–9999; a numeric must not be NaN or
+    ±Infinity, and rounded to the scale Spark reads it with (:func:`spark_decimal`), must fit its
+    precision: an unbounded numeric is read as ``decimal(38,18)``, so 10^20 and beyond do not fit. Digits
+    past that scale are rounded, as Spark's reader does.
+
+    Example:
+        >>> print(representable(PgColumn("amount", "numeric(12,2)", "numeric")))
+        abs(round("amount", 2)) < 1e10
+    """
+    name = quote_identifier(column.name)
+    if column.kind in _TIME_SPAN:
+        low, high = _TIME_SPAN[column.kind]
+        return f"{name} BETWEEN {low} AND {high}"
+    if column.kind == "numeric":
+        precision, scale = spark_decimal(column.type)
+        # NaN and ±Infinity never compare below a finite bound
+        return f"abs(round({name}, {scale})) < 1e{precision - scale}"
+    return None
+
+
+def select_list(shape: TableShape) -> str:
+    """The extract's columns: each column as Spark can read it, and :data:`UNREPRESENTABLE`.
+
+    A value :func:`representable` rejects is selected as NULL (of the column's own type, so bronze's
+    schema does not change) and its text kept in ``_unrepresentable``, keyed by its column.
+
+    Example:
+        >>> shape = TableShape('"t"', {"id": PgColumn("id", "bigint", "int"),
+        ...     "day": PgColumn("day", "date", "date")})
+        >>> print(select_list(shape).replace(representable(shape.columns["day"]), "<fits>"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        "id", (CASE WHEN <fits> THEN "day" END)::date AS "day",
+        NULLIF(jsonb_strip_nulls(jsonb_build_object('day',
+        CASE WHEN NOT (<fits>) THEN "day"::text END))::text, '{}') AS "_unrepresentable"
+    """
+    selected, kept = [], []
+    for column in shape.columns.values():
+        name = quote_identifier(column.name)
+        fits = representable(column)
+        if fits is None:
+            selected.append(name)
+            continue
+        selected.append(f"(CASE WHEN {fits} THEN {name} END)::{column.type} AS {name}")
+        kept.append(
+            f"jsonb_build_object({_quoted(column.name)}, CASE WHEN NOT ({fits}) THEN {name}::text END)"
+        )
+    unrepresentable = (
+        f"NULLIF(jsonb_strip_nulls({' || '.join(kept)})::text, '{{}}')" if kept else "NULL::text"
+    )
+    return ", ".join([*selected, f"{unrepresentable} AS {quote_identifier(UNREPRESENTABLE)}"])
+
+
+def _reachable(columns: Sequence[PgColumn]) -> list[str]:
+    """Predicates of rows whose position an extract can keep: no NULL and nothing Spark cannot hold."""
+    conditions = [f"{quote_identifier(c.name)} IS NOT NULL" for c in columns if not c.not_null]
+    return conditions + [fits for c in columns if (fits := representable(c)) is not None]
+
+
 # --- the incremental extract ------------------------------------------------------------------------------
 
 
@@ -346,34 +437,38 @@ STATE_FORMAT: Final = 2  # 1 (no "format" field): plain JSON watermark and key v
 def keyset_query(source: PostgresTableSource, shape: TableShape, state: ExtractState, page_size: int) -> str:
     """The SQL of the next page: rows after the stored (watermark, key), in that order, at most ``page_size``.
 
-    Every position value is a literal of its column's type; rows whose watermark or key is NULL are left
-    out (a NULL never compares, so no position could pass them; :func:`extract_incremental` counts them).
+    Every position value is a literal of its column's type; rows whose watermark or key is NULL or a value
+    Spark cannot hold (:func:`representable`) are left out (a NULL never compares, and such a value could
+    not be kept as a position; :func:`extract_incremental` counts them).
 
     Example:
-        >>> src = PostgresTableSource(kind="postgres", table="sales.orders", key=["order_id"], bronze="o")
+        >>> src = PostgresTableSource(
+        ...     kind="postgres", table="sales.orders", key=["order_id"], watermark="version", bronze="o")
         >>> shape = TableShape('"sales"."orders"', {
-        ...     "updated_at": PgColumn("updated_at", "timestamp with time zone", "timestamptz"),
-        ...     "order_id": PgColumn("order_id", "bigint", "int")})
-        >>> state = ExtractState("o", "app", 1, datetime(2024, 1, 1, tzinfo=UTC), (7,))
-        >>> print(keyset_query(src, shape, state, 10))  # doctest: +NORMALIZE_WHITESPACE
-        SELECT * FROM "sales"."orders" WHERE ("updated_at", "order_id") >
-        ('2024-01-01T00:00:00+00:00'::timestamp with time zone, '7'::bigint)
-        ORDER BY "updated_at", "order_id" LIMIT 10
+        ...     "version": PgColumn("version", "bigint", "int"),
+        ...     "order_id": PgColumn("order_id", "numeric(12,0)", "numeric")})
+        >>> state = ExtractState("o", "app", 1, 3, (Decimal(7),))
+        >>> print(keyset_query(src, shape, state, 10).replace(select_list(shape), "…"))
+        ... # doctest: +NORMALIZE_WHITESPACE
+        SELECT … FROM "sales"."orders" WHERE ("version", "order_id") > ('3'::bigint, '7'::numeric(12,0))
+        AND abs(round("order_id", 0)) < 1e12 ORDER BY "version", "order_id" LIMIT 10
     """
     if page_size < 1:
         raise ConfigError(f"page_size must be at least 1 (got {page_size})")
     columns = shape.position(source)
     order = ", ".join(_ordered(c) for c in columns)
     where = _after(source, shape, state)
-    return f"SELECT * FROM {shape.relation} WHERE {where} ORDER BY {order} LIMIT {page_size}"
+    return (
+        f"SELECT {select_list(shape)} FROM {shape.relation} WHERE {where} ORDER BY {order} LIMIT {page_size}"
+    )
 
 
 def _after(source: PostgresTableSource, shape: TableShape, state: ExtractState) -> str:
     """The predicate of rows after the state's position (all rows with a complete position when none)."""
     columns = shape.position(source)
-    nullable = [f"{quote_identifier(c.name)} IS NOT NULL" for c in columns if not c.not_null]
+    reachable = _reachable(columns)
     if state.watermark is None or state.key is None:
-        return " AND ".join(nullable) or "TRUE"
+        return " AND ".join(reachable) or "TRUE"
     if len(state.key) != len(source.key):
         raise ConfigError(
             f"the stored position of {source.name} has {len(state.key)} key values but the source has "
@@ -382,7 +477,8 @@ def _after(source: PostgresTableSource, shape: TableShape, state: ExtractState) 
     values = (state.watermark, *state.key)
     position = ", ".join(sql_literal(v, c.type) for v, c in zip(values, columns, strict=True))
     # A row comparison is NULL when a column is: such rows are never "after" a position.
-    return f"({', '.join(_ordered(c) for c in columns)}) > ({position})"
+    after = f"({', '.join(_ordered(c) for c in columns)}) > ({position})"
+    return " AND ".join([after, *[fits for c in columns if (fits := representable(c)) is not None]])
 
 
 def state_path(settings: Settings, source_name: str) -> Path:
@@ -423,7 +519,8 @@ class ExtractReport:
 
     ``rows`` is what landed; a snapshot splits it into ``inserted``, ``updated`` and ``deleted`` and says
     ``unchanged`` when the table's checksum showed nothing to read. ``null_positions`` counts rows an
-    incremental extract cannot reach (a NULL watermark or key).
+    incremental extract cannot reach (a NULL watermark or key, or one Spark cannot hold), and a snapshot the
+    rows whose key Spark cannot hold.
     """
 
     source: str
@@ -540,10 +637,11 @@ def bronze_position(frame: DataFrame, columns: Sequence[PgColumn]) -> tuple[int,
 
 
 def _null_positions(conn: psycopg.Connection[Any], shape: TableShape, columns: Sequence[PgColumn]) -> int:
-    nullable = [f"{quote_identifier(c.name)} IS NULL" for c in columns if not c.not_null]
-    if not nullable:
+    reachable = _reachable(columns)
+    if not reachable:
         return 0
-    row = _execute(conn, f"SELECT count(*) FROM {shape.relation} WHERE {' OR '.join(nullable)}").fetchone()
+    where = f"NOT coalesce({' AND '.join(reachable)}, false)"
+    row = _execute(conn, f"SELECT count(*) FROM {shape.relation} WHERE {where}").fetchone()
     return int(row[0]) if row else 0
 
 
@@ -595,7 +693,12 @@ def extract_incremental(
             )
         nulls = _null_positions(conn, shape, columns)
         if nulls:
-            log.warning("extract %s: %d rows have a NULL watermark or key: not extracted", name, nulls)
+            log.warning(
+                "extract %s: %d rows have a NULL watermark or key, or one Spark cannot hold (years 1-9999, "
+                "finite numbers): not extracted",
+                name,
+                nulls,
+            )
         state = _typed_position(read_state(settings, name), columns)
         if state.mode != "incremental":
             raise ConfigError(
@@ -696,14 +799,20 @@ def table_checksum(conn: psycopg.Connection[Any], shape: TableShape) -> str:
     return f"{row[0]}:{row[1]}" if row else "0:0"
 
 
-def snapshot_query(shape: TableShape) -> str:
+def snapshot_query(shape: TableShape, key: Sequence[PgColumn] = ()) -> str:
     """The SQL that reads the whole table with each row's hash (``_row_hash``: md5 of the row's text).
 
+    Rows whose ``key`` holds a value Spark cannot (:func:`representable`) are left out: their key would
+    land as NULL, and a snapshot tells rows apart by key. :func:`extract_snapshot` counts them.
+
     Example:
-        >>> snapshot_query(TableShape('"public"."parcels"', {}))
-        'SELECT t.*, md5(ROW(t.*)::text) AS "_row_hash" FROM "public"."parcels" AS t'
+        >>> print(snapshot_query(TableShape('"public"."parcels"', {})))  # doctest: +NORMALIZE_WHITESPACE
+        SELECT NULL::text AS "_unrepresentable", md5(ROW(t.*)::text) AS "_row_hash"
+        FROM "public"."parcels" AS t
     """
-    return f'SELECT t.*, md5({_row_text()}) AS "_row_hash" FROM {shape.relation} AS t'
+    query = f'SELECT {select_list(shape)}, md5({_row_text()}) AS "_row_hash" FROM {shape.relation} AS t'
+    reachable = _reachable(key)
+    return f"{query} WHERE {' AND '.join(reachable)}" if reachable else query
 
 
 def _check_snapshot_key(
@@ -795,6 +904,15 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
         _execute(conn, STABLE_SESSION)
         shape = describe_table(conn, source, endpoint)
         _check_snapshot_key(conn, source, shape)
+        key = [shape.column(source, k, "key") for k in source.key]
+        unreachable = _null_positions(conn, shape, key)
+        if unreachable:
+            log.warning(
+                "extract %s: %d rows have a key Spark cannot hold (years 1-9999, finite numbers): "
+                "not extracted",
+                name,
+                unreachable,
+            )
         checksum = table_checksum(conn, shape)  # before the read: a change after it shows next time
     state = read_state(settings, name)
     if state.mode != "snapshot":
@@ -807,9 +925,9 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
     exists = is_delta_table(spark, bronze)
     if exists and state.checksum == checksum:
         log.info("extract %s: unchanged since snapshot %d (checksum %s)", name, state.sequence, checksum)
-        return _snapshot_report(spark, source, bronze, state, (), {}, unchanged=True)
+        return _snapshot_report(spark, source, bronze, state, (), {}, unchanged=True, unreachable=unreachable)
     current = _align(
-        _read_query(spark, endpoint, snapshot_query(shape)), _bronze_types(spark, bronze, exists)
+        _read_query(spark, endpoint, snapshot_query(shape, key)), _bronze_types(spark, bronze, exists)
     )
     if exists:
         history = spark.read.format("delta").load(bronze)
@@ -850,7 +968,8 @@ def extract_snapshot(spark: SparkSession, settings: Settings, source: PostgresTa
     state = replace(state, sequence=sequence, checksum=checksum)
     write_state(settings, state)
     log.info("extract %s: snapshot %d landed %s", name, sequence, counts or "no change")
-    return _snapshot_report(spark, source, bronze, state, (batch_id,) if counts else (), counts)
+    batch_ids = (batch_id,) if counts else ()
+    return _snapshot_report(spark, source, bronze, state, batch_ids, counts, unreachable=unreachable)
 
 
 def _snapshot_report(
@@ -862,6 +981,7 @@ def _snapshot_report(
     counts: dict[str, int],
     *,
     unchanged: bool = False,
+    unreachable: int = 0,
 ) -> ExtractReport:
     return ExtractReport(
         source=state.source,
@@ -878,6 +998,7 @@ def _snapshot_report(
         updated=counts.get("update", 0),
         deleted=counts.get("delete", 0),
         unchanged=unchanged,
+        null_positions=unreachable,
     )
 
 
