@@ -101,8 +101,10 @@ test-serial: setup ## Every test in one pytest run, one tier after the other (ma
 	$(BIN)/pytest tests notebooks --nbval-lax -p no:cacheprovider --durations=30
 
 .PHONY: fuzz
-fuzz: setup ## The full fuzz corpus (10,200 hostile inputs, 17 categories) through Kafka -> bronze -> silver, accounted
-	LAKEHOUSE_FUZZ_PER_CATEGORY=600 $(BIN)/pytest -s -m integration tests/integration/test_fuzz_kafka.py -p no:cacheprovider
+fuzz: setup ## The full fuzz corpus (10,200 hostile inputs, 17 categories) through Kafka and through MQTT + the bridge, accounted; PostgreSQL and HTTP edge values
+	LAKEHOUSE_FUZZ_PER_CATEGORY=600 $(BIN)/pytest -s -m integration -p no:cacheprovider \
+		tests/integration/test_fuzz_kafka.py tests/integration/test_fuzz_mqtt.py tests/integration/test_fuzz_postgres.py
+	$(BIN)/pytest -s -m unit -p no:cacheprovider tests/unit/test_http_fuzz.py
 
 .PHONY: chaos
 chaos: setup ## The kill matrix: silver builds SIGKILLed at 20 random points and at a full disk, resumed and accounted
