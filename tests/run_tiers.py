@@ -1,6 +1,7 @@
 """``make test``: the unit tier beside the service tiers, as two pytest runs at once; one verdict.
 
-The unit tier starts no service (a classic local Spark session of its own, in its own workspace) and the
+The unit tier starts no shared service (a classic local Spark session of its own, in its own workspace; the
+fault scenarios, marked ``scenario``, start and kill a stack of their own on ports of their own) and the
 service tiers (integration, dag, browser, nbval) leave a share of the two cores idle while they wait on
 Kafka, the Connect server and notebook kernels: run side by side, the suite takes about the time of the
 service tiers alone. The unit run is niced, so the service tiers' waits on real services keep the CPU they
@@ -59,7 +60,7 @@ def main(extra: list[str]) -> int:
                 "-m",
                 "pytest",
                 "-m",
-                "unit",
+                "unit or scenario",
                 "tests",
                 *COMMON,
                 f"--junitxml={unit_xml}",
@@ -77,7 +78,7 @@ def main(extra: list[str]) -> int:
                 "-m",
                 "pytest",
                 "-m",
-                "not unit",
+                "not unit and not scenario",
                 "tests",
                 "notebooks",
                 "--nbval-lax",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -14,7 +13,6 @@ from typing import Any
 import psutil
 import pytest
 import requests
-import yaml
 from click.testing import CliRunner
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -45,6 +43,7 @@ from lakehouse.streaming.continuous import (
     running_topics,
 )
 from lakehouse.tables import count_rows, is_delta_table
+from streaming_project import declared_project
 
 pytestmark = pytest.mark.integration
 
@@ -373,89 +372,11 @@ def test_continuous_mode_ingests_reports_and_stops_cleanly(
     assert count_rows(spark, table) == 47
 
 
-def _declared_project(stack: Settings, tmp_path: Path, topic: str, name: str) -> Path:
-    """A user's project: the catalog plus their topic's bronze and silver contracts, a registry of one source."""
-    root = tmp_path / "project"
-    root.mkdir()
-    for folder in ("catalog", "quality", "models"):
-        shutil.copytree(stack.root / folder, root / folder)
-    for file in ("pipeline.yaml", "pipeline.declared.yaml"):
-        shutil.copy(stack.root / file, root / file)
-    env = yaml.safe_load((stack.root / "env.test.yaml").read_text())
-    env["workspace"] = str(stack.workspace)  # the test stack's lake, Kafka and Spark
-    (root / "env.test.yaml").write_text(yaml.safe_dump(env))
-    # The project's registry holds the demo's sources (its declared tables read their payloads) and the
-    # user's; continuous mode here runs the user's source alone (--registry, the file this returns beside root).
-    source = {"kind": "kafka", "topic": topic, "partitions": 2, "bronze": name}
-    registry = yaml.safe_load((stack.root / "sources.yaml").read_text())
-    registry["sources"][name] = source
-    (root / "sources.yaml").write_text(yaml.safe_dump(registry))
-    (tmp_path / "only.yaml").write_text(yaml.safe_dump({"sources": {name: source}}))
-    kafka = [("key", "string"), ("value", "string"), ("topic", "string"), ("partition", "integer"),
-             ("offset", "long"), ("kafka_timestamp", "timestamp"), ("ingested_at", "timestamp"),
-             ("ingest_date", "date"), ("key_bytes", "binary"), ("value_bytes", "binary")]  # fmt: skip
-    documents = [
-        {
-            "table": f"bronze.{name}",
-            "columns": [{"name": c, "type": t, "classification": "internal"} for c, t in kafka],
-        },
-        {
-            "table": f"silver.{name}",
-            "build": {
-                "inputs": [
-                    {"table": f"bronze.{name}", "format": "json", "fields": {"id": "string", "n": "bigint"}}
-                ],
-                "key": ["id"],
-                "sequence": ["offset"],
-            },
-            "columns": [
-                {"name": "id", "type": "string", "classification": "internal", "expr": "payload.id"},
-                {"name": "n", "type": "long", "classification": "internal", "expr": "payload.n"},
-                {"name": "offset", "type": "long", "classification": "internal"},
-                # reading n was taken n * 10 s after 2025-01-01: six readings a minute
-                {
-                    "name": "read_at",
-                    "type": "timestamp",
-                    "classification": "internal",
-                    "expr": "timestamp_seconds(1735689600 + payload.n * 10)",
-                },
-            ],
-        },
-        {
-            "table": f"gold.{name}_minute",
-            "optional": True,
-            "rollup": {
-                "rows": f"silver.{name}",
-                "event_time": "read_at",
-                "lateness": "0 seconds",
-                "dedupe": ["id"],
-                "aggregate": {"readings": "count(1)", "total": "sum(n)"},
-            },
-            "columns": [
-                {"name": c, "type": t, "classification": "internal"}
-                for c, t in [
-                    ("window_start", "timestamp"),
-                    ("window_end", "timestamp"),
-                    ("readings", "long"),
-                    ("total", "long"),
-                    ("batch_id", "long"),
-                    ("emitted_at", "timestamp"),
-                ]
-            ],
-        },
-    ]
-    for document in documents:
-        layer, table = str(document["table"]).split(".")
-        meta = {"owner": "tests", "description": f"{name} ({layer})", "classification": "internal"}
-        (root / "catalog" / layer / f"{table}.yaml").write_text(yaml.safe_dump({**document, **meta}))
-    return root
-
-
 def test_continuous_mode_streams_the_declared_silver_tables_it_feeds(
     stack: Settings, spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topic, name = _topic(stack), f"meter_{uuid.uuid4().hex[:8]}"
-    root = _declared_project(stack, tmp_path, topic, name)
+    root = declared_project(stack, tmp_path, topic, name)
     monkeypatch.setenv("LAKEHOUSE_ROOT", str(root))  # the CLI and the supervisor it starts read this project
     local = load_settings(stack.env_name, root=root)
     table = engine.silver_table(local, f"silver.{name}")

@@ -30,7 +30,12 @@ def recipe(settings: Settings) -> Service:
             "allow_anonymous true",
             "persistence true",
             f"persistence_location {home}/",
-            "autosave_interval 10",
+            # Save after every change (queued message, subscription), not every 10 s: a broker killed
+            # outright (power cut, OOM kill) must not forget the QoS 1 messages it acknowledged to devices
+            # and holds for a bridge that is away. Mosquitto saves the whole store each time, which stays
+            # small while the bridge keeps up (its queue is what is unsent).
+            "autosave_on_changes true",
+            "autosave_interval 1",
             "max_queued_messages 100000",
             "log_dest stderr",  # unbuffered: the log shows what the broker said as it says it
             "log_type error",

@@ -352,9 +352,30 @@ class QuerySupervisor:
 
     def _try_start(self, entry: _Running) -> None:
         try:
+            self._attach()
             self._start(entry)
         except Exception as exc:
             self._failed(entry, f"could not start: {exc}")
+
+    def _attach(self) -> None:
+        """Make sure the Spark session answers; attach a new one when its server went away.
+
+        A Spark Connect server that was restarted (killed, upgraded, moved) does not know the sessions of the
+        one before it: every call on the old session fails (``INVALID_HANDLE.SESSION_CHANGED``) for as long as
+        the supervisor runs. While the server is down, the probe waits in the client's own retries.
+        """
+        from lakehouse.spark import get_spark
+
+        if self._spark is not None:
+            try:
+                self._spark.sql("SELECT 1").collect()
+                return
+            except Exception as exc:
+                log.warning("the Spark session no longer answers (%s): attaching a new one", str(exc)[:300])
+                with contextlib.suppress(Exception):
+                    self._spark.stop()
+                self._spark = None
+        self._spark = get_spark(self.settings, app_name="lakehouse-stream")
 
     def _failed(self, entry: _Running, error: str) -> None:
         entry.failures += 1
