@@ -9,6 +9,7 @@ written and with the unreadable body kept as a dead letter. Nothing is lost, not
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from lakehouse.sources.registry import HttpPagination, HttpSource
 from loopback_http import serving
 
 pytestmark = pytest.mark.unit
+
+PER_CATEGORY = int(os.environ.get("LAKEHOUSE_FUZZ_PER_CATEGORY", "12"))  # `make fuzz`: 600
 
 CONTRACT = {"date": "date", "currency": "string", "rate_per_eur": "double"}
 # The corpus breaks records by a payload declaration; the currency is the key it makes unique per input.
@@ -127,10 +130,10 @@ def _page(items: list[Any]) -> bytes:
 
 
 def test_hostile_records_inside_pages_are_each_accounted(api: ThreadingHTTPServer, tmp_path: Path) -> None:
-    cases = corpus(VALID, SPEC, count=len(CATEGORIES) * 12, seed=5, max_huge=4)
+    cases = corpus(VALID, SPEC, count=len(CATEGORIES) * PER_CATEGORY, seed=5, max_huge=4)
     records = [(case, value) for case in cases for ok, value in [_strict_json(case)] if ok]
     assert {c.category for c, _ in records} >= set(RECORD_EXPECT) - {"huge_value"}
-    size = 25
+    size = 25 if len(cases) < 1_000 else 500
     pages = [_page([v for _, v in records[i : i + size]]) for i in range(0, len(records), size)]
     report = _pull(api, [Reply(p) for p in pages], tmp_path, page_size=size)
     assert report.received == len(records)
