@@ -852,3 +852,64 @@ def test_an_input_streamed_by_continuous_mode_is_left_to_it(
     # The checkpoint remembers: a second run (or continuous mode after it) reads nothing twice.
     again = engine.build_table(spark, local, table.name, run_id="dag-3", table=table)
     assert again.counts == {} and engine.check_table(spark, table)["input_rows"] == 3
+
+
+# --- a MERGE killed before its audit row ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "schema", "first", "killed", "added"),
+    [
+        (
+            ACCOUNTS,
+            EXTRACT,
+            [{"account_id": "1", "plan": "free", "updated_at": _at(1)}],
+            [
+                {"account_id": "1", "plan": "pro", "updated_at": _at(2)},  # an update: not a row added
+                {"account_id": "2", "plan": "free", "updated_at": _at(2)},
+            ],
+            1,
+        ),
+        (
+            CUSTOMERS,
+            CUSTOMER_ROWS,
+            [{"customer_id": 1, "segment": "new", "updated_at": _at(1)}],
+            [
+                {"customer_id": 1, "segment": "loyal", "updated_at": _at(3)},  # a new version: a row added
+                {"customer_id": 2, "segment": "new", "updated_at": _at(2)},
+            ],
+            2,
+        ),
+    ],
+    ids=["upsert", "scd2"],
+)
+def test_a_merge_killed_before_its_audit_row_is_counted_when_replayed(
+    spark: Any,
+    settings: Settings,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    document: dict[str, Any],
+    schema: str,
+    first: list[dict[str, Any]],
+    killed: list[dict[str, Any]],
+    added: int,
+) -> None:
+    # The kill matrix's point "after the table's commit, before the audit row", for a MERGE: replayed, the
+    # MERGE changes nothing (its versions are no longer newer), yet the batch did add its rows.
+    run = Runner(spark, _settings(settings, tmp_path), _table(settings, document, tmp_path))
+    run.ctx.checkpoint = str(tmp_path / "checkpoint")  # where a batch notes the version it first saw
+    run.feed(first, schema)
+    merge = engine._apply
+
+    def merge_then_die(*args: Any, **kwargs: Any) -> int:
+        merge(*args, **kwargs)
+        raise RuntimeError("killed after the MERGE committed")
+
+    monkeypatch.setattr(engine, "_apply", merge_then_die)
+    with pytest.raises(RuntimeError, match="killed"):
+        run.feed(killed, schema)
+    monkeypatch.setattr(engine, "_apply", merge)
+    replayed = run.feed(killed, schema)  # the stream replays the batch: same id, same rows
+    assert replayed.applied == added
+    totals = engine.check_table(spark, run.table)  # the table holds what the audit applied
+    assert totals["input_rows"] == len(first) + len(killed)

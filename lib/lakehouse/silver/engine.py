@@ -719,31 +719,66 @@ class RunContext:
     checkpoint: str | None = None  # the input stream's: where a batch notes the table version it judged by
 
 
-def _table_as_first_seen(spark: SparkSession, ctx: RunContext, batch_id: int) -> DataFrame:
-    """The silver table as this batch first saw it (for its dedupe and watermark).
+def _first_seen_version(ctx: RunContext, batch_id: int) -> tuple[int | None, bool]:
+    """The silver table's version when this batch first ran, and whether this run is a replay of it.
 
-    A batch killed after its table append but before the stream recorded it as done is replayed whole. Judged
-    against the table as it is then, its own rows would be duplicates of themselves: the table right, its
-    audit wrong (0 applied). So the first run notes the version it read beside the stream's checkpoint, and a
-    replay reads that version (its appends are then skipped by their txn ids where they were committed).
+    A batch killed after its table write but before the stream recorded it as done is replayed whole. The
+    first run notes the version it read beside the stream's checkpoint (``lakehouse_batches/<id>.version``);
+    a replay finds the note. None without a checkpoint (a batch run by hand is never a replay).
     """
-    reader = spark.read.format("delta")
     if ctx.checkpoint is None:
-        return reader.load(ctx.table.path)
+        return None, False
     from deltalake import DeltaTable
 
     notes = Path(ctx.checkpoint) / "lakehouse_batches"
     note = notes / f"{batch_id}.version"
     if note.is_file():
-        version = int(note.read_text())
+        return int(note.read_text()), True
+    version = DeltaTable(ctx.table.path).version()
+    notes.mkdir(parents=True, exist_ok=True)
+    note.write_text(str(version))
+    for done in notes.glob("*.version"):  # the stream starts a batch only once the one before is done
+        if done.stem.isdigit() and int(done.stem) < batch_id:
+            done.unlink(missing_ok=True)
+    return version, False
+
+
+def _table_as_first_seen(spark: SparkSession, ctx: RunContext, batch_id: int) -> DataFrame:
+    """The silver table as this batch first saw it (for its dedupe and watermark).
+
+    Judged against the table as it is when replayed, a replayed batch's own rows would be duplicates of
+    themselves: the table right, its audit wrong (0 applied). So a replay reads the version its first run
+    read (:func:`_first_seen_version`); its appends are then skipped by their txn ids where they committed.
+    """
+    version, _ = _first_seen_version(ctx, batch_id)
+    reader = spark.read.format("delta")
+    return (
+        reader.load(ctx.table.path)
+        if version is None
+        else reader.option("versionAsOf", version).load(ctx.table.path)
+    )
+
+
+def _added_by_batch(spark: SparkSession, ctx: RunContext, accepted: DataFrame, before: int) -> int:
+    """The rows a replayed batch's versions added to an upsert or SCD2 table since version ``before``.
+
+    A MERGE that committed before the kill changes nothing when replayed (the same versions are no longer
+    newer), so its own count would say 0 applied while the table holds its rows. What the batch added is its
+    rows' identities — the key, and ``valid_from`` for SCD2 — that the table holds now and did not hold at the
+    version the batch first saw. Exact while no other input writes the same keys between the two runs.
+    """
+    table, build = ctx.table, ctx.table.build
+    key = [q(k) for k in build.key]
+    if build.scd2 is not None:
+        start = F.col(q(build.sequence[0])).cast("timestamp").alias(build.scd2.valid_from)
+        identity, versions = [*key, q(build.scd2.valid_from)], accepted.select(*key, start)
     else:
-        version = DeltaTable(ctx.table.path).version()
-        notes.mkdir(parents=True, exist_ok=True)
-        note.write_text(str(version))
-        for done in notes.glob("*.version"):  # the stream starts a batch only once the one before is done
-            if done.stem.isdigit() and int(done.stem) < batch_id:
-                done.unlink(missing_ok=True)
-    return reader.option("versionAsOf", version).load(ctx.table.path)
+        identity, versions = key, accepted.select(*key)
+    reader = spark.read.format("delta")
+    now = reader.load(table.path).select(*identity)
+    then = reader.option("versionAsOf", before).load(table.path).select(*identity)
+    names = [c.strip("`") for c in identity]
+    return versions.distinct().join(now, names, "left_semi").join(then, names, "left_anti").count()
 
 
 def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCounts:
@@ -752,10 +787,13 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
     spark = batch.sparkSession
     _note_drift(batch, spec, table, ctx)
     staged = typed(parse(batch, spec, table), spec, table)
+    replay_of: int | None = None  # an upsert/SCD2 batch replayed: the table's version its first run saw
     if build.apply == "append":
         marked = _mark_append(staged, table, _table_as_first_seen(spark, ctx, batch_id))
     else:
         marked = _mark_versions(staged, table)
+        first_seen, replayed = _first_seen_version(ctx, batch_id)
+        replay_of = first_seen if replayed else None
     marked = _protect(marked, table)
     suite = _compiled_suite(ctx, marked.columns)
     # The suite's counts join the batch's own aggregate when nothing stands between them (a reference
@@ -830,6 +868,8 @@ def process_batch(batch: DataFrame, batch_id: int, ctx: RunContext) -> BatchCoun
         inserted = _apply(accepted, inserts, spark, ctx, txn)
         for done in writing:
             done.result()  # a failed write fails the batch, after every other write finished
+    if replay_of is not None and inserts:
+        inserted = _added_by_batch(spark, ctx, accepted, replay_of)
     # A version that changed no row or replaced an older one counts as a duplicate of its key, so that
     # input rows = applied + quarantined + duplicates + dropped, and the table holds the sum of applied.
     counts.applied = inserted
