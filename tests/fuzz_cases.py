@@ -38,9 +38,10 @@ def clickstream_corpus(settings: Settings, per_category: int, seed: int = 7) -> 
     return corpus(valid, payload, count=per_category * len(CATEGORIES), seed=seed, max_huge=50)
 
 
-def events_in(settings: Settings, folder: Path, bronze: str) -> SilverTable:
-    """The declared silver.events, reading ``bronze`` and writing its tables under ``folder``."""
-    declared = engine.silver_table(settings, "silver.events")
+def declared_in(settings: Settings, name: str, folder: Path, bronze: str) -> SilverTable:
+    """The declared silver table ``name``, reading ``bronze`` (every input) and writing its tables under
+    ``folder``."""
+    declared = engine.silver_table(settings, name)
     return dataclasses.replace(
         declared,
         path=str(folder / "silver"),
@@ -49,6 +50,11 @@ def events_in(settings: Settings, folder: Path, bronze: str) -> SilverTable:
         checkpoints=str(folder / "checkpoints"),
         input_paths={label: bronze for label in declared.input_paths},
     )
+
+
+def events_in(settings: Settings, folder: Path, bronze: str) -> SilverTable:
+    """The declared silver.events, reading ``bronze`` and writing its tables under ``folder``."""
+    return declared_in(settings, "silver.events", folder, bronze)
 
 
 def land_in_bronze(

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -22,10 +21,10 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, TopicPartition
 
 from lakehouse.config import Settings
 from lakehouse.simulate.devices import DeviceMessage, publish
+from topic_records import consume
 
 pytestmark = pytest.mark.integration
 
@@ -93,25 +92,6 @@ def reading(row: dict[str, str], number: int, sensor: str) -> dict[str, Any]:
         "isig": isig,
         "battery_mv": 2900 + number % 100,  # undeclared
     }
-
-
-def consume(settings: Settings, topic: str) -> list[tuple[str | None, dict[str, Any]]]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[tuple[str | None, dict[str, Any]]] = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(
-                    (r.key.decode() if r.key is not None else None, json.loads(r.value)) for r in batch
-                )
-        return records
-    finally:
-        consumer.close()
 
 
 def test_a_glucose_fleet_declared_in_the_registry_is_bridged_as_declared(

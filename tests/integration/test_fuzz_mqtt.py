@@ -12,11 +12,8 @@ The source is the demo's ``iot_telemetry`` declaration with topics of its own (a
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,9 +21,9 @@ from typing import Any
 
 import pytest
 import yaml
-from kafka import KafkaConsumer, TopicPartition
 
-from fuzz_cases import EXPECTATIONS
+from bridge_process import bridge_process, wait_ready
+from fuzz_cases import EXPECTATIONS, declared_in
 from lakehouse.config import Settings
 from lakehouse.silver import engine
 from lakehouse.simulate.devices import DeviceMessage, publish, simulate_fleet
@@ -34,10 +31,10 @@ from lakehouse.simulate.fuzz import CATEGORIES, FuzzCase, corpus, summary
 from lakehouse.sources.kafka import ingest_available
 from lakehouse.sources.mqtt import BridgeConfig, ensure_bridge_topics
 from lakehouse.sources.registry import load_registry
+from topic_records import values
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 PER_CATEGORY = int(os.environ.get("LAKEHOUSE_FUZZ_PER_CATEGORY", "3"))
 
 
@@ -65,22 +62,6 @@ def _topic(case: FuzzCase, tag: str) -> str:
     if not device or len(device) > 200 or any(c in device for c in "+#/\x00") or not device.isprintable():
         device = f"fz-case-{case.index}"
     return f"fz{tag}/{device}/telemetry"
-
-
-def _records(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        found: list[dict[str, Any]] = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                found.extend(json.loads(r.value) for r in batch)
-        return found
-    finally:
-        consumer.close()
 
 
 def _expectations() -> dict[str, set[str]]:
@@ -114,33 +95,17 @@ def test_every_fuzz_input_through_the_mqtt_bridge_is_accounted_for(
         partitions=3,
     )
     ensure_bridge_topics(mqtt, config)
-    command = [
-        str(Path(sys.executable).parent / "lakehouse"),
-        "iot",
-        "bridge",
-        "--client-id",
-        config.client_id,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LAKEHOUSE_SOURCES": str(registry_file)}
-    bridge = subprocess.Popen(
-        [*command, "--once-idle-seconds", "6"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    bridge = wait_ready(
+        bridge_process(config, "--once-idle-seconds", "6", env={"LAKEHOUSE_SOURCES": str(registry_file)})
     )
-    assert bridge.stdout is not None
-    ready = bridge.stdout.readline()  # printed once connected and subscribed
-    assert ready.startswith("bridge "), f"{ready!r} {bridge.communicate(timeout=30)[1][-3000:]}"
     report = publish(messages, host=mqtt.mqtt.host, port=mqtt.mqtt.port, rate=0)
     assert report.sent == len(cases)  # the broker acknowledged every input
     out, err = bridge.communicate(timeout=600)
     assert bridge.returncode == 0, f"one input stopped the bridge:\n{err[-3000:]}"
 
     # The bridge: every input is a record or a dead letter, once (no kill here, so no re-delivery).
-    records = _records(mqtt, config.kafka_topic)
-    letters = _records(mqtt, config.dead_letter_topic)
+    records = values(mqtt, config.kafka_topic)
+    letters = values(mqtt, config.dead_letter_topic)
     assert len(records) + len(letters) == len(cases), (len(records), len(letters), len(cases))
 
     bronze = str(tmp_path / "bronze")
@@ -148,15 +113,7 @@ def test_every_fuzz_input_through_the_mqtt_bridge_is_accounted_for(
         spark, mqtt, config.kafka_topic, table=bronze, checkpoint=str(tmp_path / "cp")
     )
     assert ingested.rows == len(records)
-    declared_table = engine.silver_table(mqtt, "silver.telemetry")
-    table = dataclasses.replace(
-        declared_table,
-        path=str(tmp_path / "silver"),
-        quarantine=str(tmp_path / "quarantine"),
-        audit=str(tmp_path / "silver_batches"),
-        checkpoints=str(tmp_path / "checkpoints"),
-        input_paths={label: bronze for label in declared_table.input_paths},
-    )
+    table = declared_in(mqtt, "silver.telemetry", tmp_path, bronze)
     engine.build_table(spark, mqtt, table.name, table=table)
     totals = engine.check_table(spark, table)  # input = applied + quarantined + duplicates + dropped
     assert totals["input_rows"] == len(records)

@@ -15,7 +15,6 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,19 +77,6 @@ VALID = {
     "span": "'1 day'",
     "blob": "'\\x01'::bytea",
 }
-
-
-@pytest.fixture(scope="module")
-def own_db(postgres: Settings) -> Iterator[str]:
-    pg = postgres.postgres
-    name = f"it_extremes_{uuid.uuid4().hex[:8]}"
-    admin = psycopg.connect(**pg.connect_kwargs(), autocommit=True)  # type: ignore[arg-type]
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    try:
-        yield f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
-        admin.close()
 
 
 def _load(url: str, table: str) -> dict[int, str]:

@@ -5,12 +5,7 @@ gaps model."""
 from __future__ import annotations
 
 import base64
-import dataclasses
-import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,6 +17,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from bridge_process import bridge_process, wait_ready
+from fuzz_cases import declared_in
 from lakehouse.config import Settings
 from lakehouse.gold import models
 from lakehouse.silver import engine
@@ -29,10 +26,9 @@ from lakehouse.simulate.devices import PublishReport, Simulation, publish, simul
 from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
 from lakehouse.sources.kafka import ingest_available
 from lakehouse.sources.mqtt import Bridge, BridgeConfig, ensure_bridge_topics
+from topic_records import consume
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _config(tmp_path: Path, **overrides: Any) -> BridgeConfig:
@@ -46,26 +42,6 @@ def _config(tmp_path: Path, **overrides: Any) -> BridgeConfig:
     }
     values.update(overrides)
     return BridgeConfig(**values)
-
-
-def _consume(settings: Settings, topic: str) -> list[tuple[str | None, dict[str, Any]]]:
-    """Every record of a topic, from the start to the current end."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        records: list[tuple[str | None, dict[str, Any]]] = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < end[tp] for tp in partitions) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(
-                    (r.key.decode() if r.key is not None else None, json.loads(r.value)) for r in batch
-                )
-        return records
-    finally:
-        consumer.close()
 
 
 def _end_total(settings: Settings, topic: str) -> int:
@@ -116,7 +92,7 @@ def test_bridge_forwards_normalised_records_and_dead_letters(mqtt: Settings, tmp
 
     malformed = [m for m in simulation.messages if m.kind == "malformed"]
     good = [m for m in simulation.messages if m.kind != "malformed"]
-    records = _consume(mqtt, config.kafka_topic)
+    records = consume(mqtt, config.kafka_topic)
     assert len(records) == len(good)
     assert all(key == value["device_id"] for key, value in records)
     assert Counter((v["device_id"], v["seq"]) for _, v in records) == Counter(
@@ -132,42 +108,12 @@ def test_bridge_forwards_normalised_records_and_dead_letters(mqtt: Settings, tmp
     auto = {d.device_id for d in DeviceRegistry(tmp_path / "devices.json").devices() if d.auto_registered}
     assert auto == {d.device_id for d in simulation.devices[4:]}
 
-    letters = [value for _, value in _consume(mqtt, config.dead_letter_topic)]
+    letters = [value for _, value in consume(mqtt, config.dead_letter_topic)]
     assert Counter(v["reason"] for v in letters) == Counter(m.case for m in malformed)
     assert Counter(base64.b64decode(v["payload_base64"]) for v in letters) == Counter(
         m.payload for m in malformed
     )
     assert stats_box[0].dead_lettered == len(malformed)
-
-
-def _bridge_process(config: BridgeConfig, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "lakehouse"),
-            "iot",
-            "bridge",
-            "--client-id",
-            config.client_id,
-            "--kafka-topic",
-            config.kafka_topic,
-            "--dead-letter-topic",
-            config.dead_letter_topic,
-            *extra,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _wait_ready(process: subprocess.Popen[str]) -> None:
-    assert process.stdout is not None
-    line = process.stdout.readline()  # printed once connected and subscribed
-    if not line.startswith("bridge "):
-        _, err = process.communicate(timeout=30)
-        pytest.fail(f"the bridge did not start: {line!r} {err[-2000:]}")
 
 
 def test_killed_bridge_loses_nothing_and_silver_has_each_reading_once(
@@ -179,8 +125,7 @@ def test_killed_bridge_loses_nothing_and_silver_has_each_reading_once(
     config = _config(tmp_path)
     ensure_bridge_topics(mqtt, config)
 
-    first = _bridge_process(config)
-    _wait_ready(first)
+    first = wait_ready(bridge_process(config))
     publisher, published = _publish_in_background(simulation, mqtt, rate=500)
     deadline = time.monotonic() + 60
     while _end_total(mqtt, config.kafka_topic) < 200 and time.monotonic() < deadline:
@@ -192,30 +137,22 @@ def test_killed_bridge_loses_nothing_and_silver_has_each_reading_once(
     assert isinstance(published[0], PublishReport), published
     assert before_restart < len(simulation.messages) - kinds["malformed"], "kill the bridge mid-stream"
 
-    second = _bridge_process(config, "--once-idle-seconds", "4")
+    second = bridge_process(config, "--once-idle-seconds", "4")
     out, err = second.communicate(timeout=180)
     assert second.returncode == 0, err[-3000:]
     assert "bridged" in out
 
     good = [m for m in simulation.messages if m.kind != "malformed"]
-    records = [value for _, value in _consume(mqtt, config.kafka_topic)]
+    records = [value for _, value in consume(mqtt, config.kafka_topic)]
     assert {(v["device_id"], v["seq"]) for v in records} == {(m.device_id, m.seq) for m in good}
     assert len(records) >= len(good)  # duplicates allowed, losses not
-    letters = [v for _, v in _consume(mqtt, config.dead_letter_topic)]
+    letters = [v for _, v in consume(mqtt, config.dead_letter_topic)]
     assert {base64.b64decode(v["payload_base64"]) for v in letters} == {
         m.payload for m in simulation.messages if m.kind == "malformed"
     }
 
-    declared = engine.silver_table(mqtt, "silver.telemetry")
     bronze = str(tmp_path / "bronze")
-    table = dataclasses.replace(
-        declared,
-        path=str(tmp_path / "silver"),
-        quarantine=str(tmp_path / "quarantine"),
-        audit=str(tmp_path / "silver_batches"),
-        checkpoints=str(tmp_path / "checkpoints" / "silver"),
-        input_paths={label: bronze for label in declared.input_paths},
-    )
+    table = declared_in(mqtt, "silver.telemetry", tmp_path, bronze)
     ingested = ingest_available(
         spark,
         mqtt,

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import json
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.util import find_spec
@@ -41,20 +40,6 @@ pytestmark = pytest.mark.integration
 
 def _tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-@pytest.fixture(scope="module")
-def own_db(postgres: Settings) -> Iterator[str]:
-    """A database of its own on the test server, reached only through a connection URL."""
-    pg = postgres.postgres
-    name = f"it_own_{_tag()}"
-    admin = psycopg.connect(**pg.connect_kwargs(), autocommit=True)  # type: ignore[arg-type]
-    admin.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
-    try:
-        yield f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/{name}"
-    finally:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # type: ignore[arg-type]
-        admin.close()
 
 
 def _sql(url: str, *statements: str) -> list[tuple[Any, ...]]:

@@ -14,14 +14,11 @@ started again; every reading the broker acknowledged reaches Kafka, and silver h
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import os
 import random
 import signal
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -35,10 +32,11 @@ from typing import Any
 import psutil
 import pytest
 from deltalake import DeltaTable
-from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from pyspark.sql import SparkSession
 
+from bridge_process import bridge_process, wait_ready
+from fuzz_cases import declared_in
 from lakehouse import kafka_clients
 from lakehouse.config import Settings, load_settings
 from lakehouse.silver import engine
@@ -49,6 +47,7 @@ from lakehouse.stack import ServiceManager
 from lakehouse.stack import continuous as continuous_service
 from lakehouse.streaming.continuous import SupervisorOptions, read_status, running_pid
 from streaming_project import declared_project
+from topic_records import values
 
 pytestmark = pytest.mark.scenario  # beside the service tiers (tests/run_tiers.py): it shares nothing
 
@@ -260,45 +259,6 @@ def test_killed_connect_server_supervisor_and_broker_lose_and_repeat_nothing(own
     assert set(silver_ids) <= {f"e{n}" for n in range(producer.sent)}
 
 
-def _bridge(config: BridgeConfig, *extra: str) -> subprocess.Popen[str]:
-    """``lakehouse iot bridge`` of the project (its environment: the own stack's ports and root)."""
-    command = [
-        str(Path(sys.executable).parent / "lakehouse"),
-        "iot",
-        "bridge",
-        "--client-id",
-        config.client_id,
-    ]
-    command += ["--kafka-topic", config.kafka_topic, "--dead-letter-topic", config.dead_letter_topic, *extra]
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    ready = process.stdout.readline()  # printed once connected and subscribed
-    assert ready.startswith("bridge "), f"{ready!r} {process.communicate(timeout=30)[1][-3000:]}"
-    return process
-
-
-def _topic_records(settings: Settings, topic: str) -> list[dict[str, Any]]:
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        end = consumer.end_offsets(partitions)
-        found: list[dict[str, Any]] = []
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=1000).values():
-                found.extend(json.loads(r.value) for r in batch)
-        return found
-    finally:
-        consumer.close()
-
-
 def test_restarted_mosquitto_and_killed_bridge_lose_no_reading(own_stack: OwnStack, tmp_path: Path) -> None:
     settings, manager = own_stack.settings, own_stack.manager
     simulation = simulate_fleet(8, 2_500 * ROUNDS, seed=SEED)
@@ -311,7 +271,7 @@ def test_restarted_mosquitto_and_killed_bridge_lose_no_reading(own_stack: OwnSta
         partitions=3,
     )
     ensure_bridge_topics(settings, config)
-    bridge = _bridge(config)
+    bridge = wait_ready(bridge_process(config))
     published: list[Any] = []
 
     def devices() -> None:
@@ -341,20 +301,20 @@ def test_restarted_mosquitto_and_killed_bridge_lose_no_reading(own_stack: OwnSta
                     manager.start(["mqtt"])
                 else:  # no flush, no disconnect, unacknowledged messages in flight
                     _kill(bridge.pid, "the bridge")
-                    bridge = _bridge(config)
+                    bridge = wait_ready(bridge_process(config))
                 restarts[target] += 1
         publisher.join(timeout=600)
     finally:
         bridge.send_signal(signal.SIGTERM)
         bridge.communicate(timeout=120)
     assert published and not isinstance(published[0], BaseException), published
-    drain = _bridge(config, "--once-idle-seconds", "4")  # what the broker still queued for the bridge
+    drain = bridge_process(config, "--once-idle-seconds", "4")  # what the broker still queued for the bridge
     _, err = drain.communicate(timeout=300)
     assert drain.returncode == 0, err[-3000:]
 
     good = [m for m in simulation.messages if m.kind != "malformed"]
-    records = _topic_records(settings, config.kafka_topic)
-    letters = _topic_records(settings, config.dead_letter_topic)
+    records = values(settings, config.kafka_topic)
+    letters = values(settings, config.dead_letter_topic)
     bridged = Counter((r["device_id"], r["seq"]) for r in records)
     lost = {(m.device_id, m.seq) for m in good} - set(bridged)
     malformed = Counter(m.payload for m in simulation.messages if m.kind == "malformed")
@@ -362,16 +322,8 @@ def test_restarted_mosquitto_and_killed_bridge_lose_no_reading(own_stack: OwnSta
 
     spark = SparkSession.builder.remote(settings.spark.connect_url).create()  # the own stack's server
     try:
-        declared = engine.silver_table(settings, "silver.telemetry")
         bronze = str(tmp_path / "bronze")
-        table = dataclasses.replace(
-            declared,
-            path=str(tmp_path / "silver"),
-            quarantine=str(tmp_path / "quarantine"),
-            audit=str(tmp_path / "silver_batches"),
-            checkpoints=str(tmp_path / "checkpoints" / "silver"),
-            input_paths={label: bronze for label in declared.input_paths},
-        )
+        table = declared_in(settings, "silver.telemetry", tmp_path, bronze)
         checkpoint = str(tmp_path / "checkpoints" / "bronze")
         assert ingest_available(
             spark, settings, config.kafka_topic, table=bronze, checkpoint=checkpoint
