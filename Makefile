@@ -107,9 +107,9 @@ fuzz: setup ## The full fuzz corpus (10,200 hostile inputs, 17 categories) throu
 	$(BIN)/pytest -s -m unit -p no:cacheprovider tests/unit/test_http_fuzz.py
 
 .PHONY: chaos
-chaos: setup ## The kill matrix: silver builds SIGKILLed at 20 points and at a full disk; Connect server, supervisor, broker, Mosquitto and bridge killed while data flows (21 + 14 kills); all accounted
+chaos: setup ## The kill matrix: silver builds SIGKILLed at 20 points and at a full disk; Connect server, supervisor, broker, Mosquitto and bridge killed while data flows (30 + 20 kills); all accounted
 	LAKEHOUSE_CHAOS_POINTS=20 $(BIN)/pytest -s -m unit tests/unit/test_kill_matrix.py -p no:cacheprovider
-	LAKEHOUSE_CHAOS_ROUNDS=7 $(BIN)/pytest -s -m scenario tests/scenario -p no:cacheprovider
+	LAKEHOUSE_CHAOS_ROUNDS=10 $(BIN)/pytest -s -m scenario tests/scenario -p no:cacheprovider
 
 .PHONY: fresh-check
 fresh-check: ## Before a stop: the two README commands in a clean clone (own workspace, HOME, ports)

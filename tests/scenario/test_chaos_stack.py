@@ -5,7 +5,7 @@ ground truth (every event the broker acknowledged), bronze and silver hold each 
 
 The stack is the test's own (its own workspace and ports, started here): killing the shared test stack's
 Connect server would break the other tests' sessions. ``make test`` runs one round (each of the three
-killed once, in a seeded random order and moment); ``make chaos`` runs seven (21 kills).
+killed once, in a seeded random order and moment); ``make chaos`` runs ten (30 kills).
 
 R3 on the same stack: devices publish over MQTT while Mosquitto and the bridge are killed (SIGKILL) and
 started again; every reading the broker acknowledged reaches Kafka, and silver holds each once.
