@@ -203,6 +203,12 @@ def test_values_spark_cannot_hold_land_as_text_and_are_quarantined(
         if outcome != CASES[category][2]:
             wrong[(category, outcome)] += 1
     assert wrong == Counter(), wrong
+    print(
+        f"\npostgres edge values: {len(category_of) + 1} rows in {len(CASES)} categories, bronze "
+        f"{len(bronze)}, kept as text {sum(1 for r in bronze.values() if r['_unrepresentable'])}, silver "
+        f"{len(landed)}, quarantined {Counter(r for r, _ in quarantined.values())}, counted by the extract "
+        f"{report.null_positions}, lost {len(category_of) - len(landed) - len(quarantined)}"
+    )
     # sent = silver + quarantine + counted by the extract: nothing else, nothing twice
     assert totals["input_rows"] == len(category_of) == len(landed) + len(quarantined)
     assert len(landed & set(quarantined)) == 0
