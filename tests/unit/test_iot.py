@@ -24,6 +24,7 @@ from lakehouse.simulate.devices import (
     replay_schedule,
     simulate_fleet,
 )
+from lakehouse.sources import device_registry
 from lakehouse.sources.device_registry import UNASSIGNED_SITE, DeviceRegistry
 from lakehouse.sources.mqtt import InvalidMessage, Normalizer, dead_letter, normalize
 
@@ -155,6 +156,26 @@ def test_registry_sees_devices_provisioned_by_another_process(tmp_path: Path) ->
     DeviceRegistry(path).provision([("dev-0007", "lab-b", "2.0.1")])  # provisioning, elsewhere
     assert bridge_view.lookup("dev-0007").site == "lab-b"
     assert {d.device_id for d in DeviceRegistry(path).devices()} == {"dev-0005", "dev-0007"}
+
+
+def test_a_flood_of_new_device_ids_is_registered_in_one_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fuzz corpus made up 3,744 device ids: registered one write each (the file rewritten whole), the
+    # bridge slowed to ~15 messages/s. A batch's new devices now cost one write.
+    registry = DeviceRegistry(tmp_path / "devices.json")
+    registry.provision([("dev-0001", "hq", "1.4.0")])
+    writes = []
+    real = device_registry.write_json
+    monkeypatch.setattr(device_registry, "write_json", lambda *a, **k: writes.append(a[0]) or real(*a, **k))
+    batch = [(f"dev-fz{i}", "1.4.0") for i in range(500)] + [("dev-0001", "1.4.0"), ("dev-fz7", "1.4.0")]
+    entries = registry.lookup_many(batch)
+    assert len(writes) == 1
+    assert len(entries) == 501 and entries["dev-0001"].site == "hq"
+    assert {e.site for d, e in entries.items() if d != "dev-0001"} == {UNASSIGNED_SITE}
+    assert len(DeviceRegistry(tmp_path / "devices.json")) == 501  # on disk, for the next process
+    registry.lookup_many(batch)
+    assert len(writes) == 1  # known now: nothing to write
 
 
 def test_a_corrupt_registry_says_what_to_do(tmp_path: Path) -> None:

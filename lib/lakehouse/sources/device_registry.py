@@ -134,36 +134,44 @@ class DeviceRegistry:
 
     def lookup(self, device_id: str, firmware: str | None = None) -> RegisteredDevice:
         """The registry entry of a device, registering it (site ``unassigned``) if it is new."""
+        return self.lookup_many([(device_id, firmware)])[device_id]
+
+    def lookup_many(self, devices: Iterable[tuple[str, str | None]]) -> dict[str, RegisteredDevice]:
+        """The entries of ``(device_id, firmware)`` pairs by id; new devices are registered in one write.
+
+        One write per batch, not per device: the file is rewritten whole under a lock, so registering a
+        flood of new ids (a fleet coming online, or a device that makes up its id) one by one would cost
+        time growing with the square of their number and stall whoever asks — the bridge.
+        """
+        wanted = dict(devices)
         now = time.monotonic()
         if now - self._checked >= _RELOAD_EVERY_S:
             self._checked = now
             self.reload()  # sites and firmware re-provisioned by another process?
-        entry = self._devices.get(device_id)
-        if entry is None:
+        if any(device_id not in self._devices for device_id in wanted):
             self.reload()  # provisioned by another process since we last read?
-            entry = self._devices.get(device_id)
-        if entry is None:
-            entry = self._auto_register(device_id, firmware)
-        if firmware and entry.expected_firmware and firmware != entry.expected_firmware:
-            if device_id not in self._warned_firmware:
+        new = {d: f for d, f in wanted.items() if d not in self._devices}
+        if new:
+            self._auto_register(new)
+        found = {device_id: self._devices[device_id] for device_id in wanted}
+        for device_id, firmware in wanted.items():
+            expected = found[device_id].expected_firmware
+            if firmware and expected and firmware != expected and device_id not in self._warned_firmware:
                 self._warned_firmware.add(device_id)
                 log.warning(
-                    "device %s runs firmware %s, the registry expects %s",
-                    device_id,
-                    firmware,
-                    entry.expected_firmware,
+                    "device %s runs firmware %s, the registry expects %s", device_id, firmware, expected
                 )
-        return entry
+        return found
 
-    def _auto_register(self, device_id: str, firmware: str | None) -> RegisteredDevice:
+    def _auto_register(self, devices: dict[str, str | None]) -> None:
+        registered_at = datetime.now(UTC).isoformat()
         with self._locked() as known:
-            if device_id not in known:
-                known[device_id] = RegisteredDevice(
-                    device_id, UNASSIGNED_SITE, firmware, datetime.now(UTC).isoformat(), True
-                )
-                log.info("auto-registered new device %s (firmware %s)", device_id, firmware)
-            entry = known[device_id]
-        return entry
+            for device_id, firmware in devices.items():
+                if device_id not in known:
+                    known[device_id] = RegisteredDevice(
+                        device_id, UNASSIGNED_SITE, firmware, registered_at, True
+                    )
+                    log.info("auto-registered new device %s (firmware %s)", device_id, firmware)
 
     def as_rows(self) -> list[dict[str, Any]]:
         """Registry entries as plain dicts (for a table or a dashboard)."""

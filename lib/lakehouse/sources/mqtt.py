@@ -439,6 +439,7 @@ class Bridge:
     def _forward(self, batch: list[_Inbound]) -> None:
         """Produce a batch to Kafka, wait for Kafka's acknowledgement, then acknowledge it to MQTT."""
         futures = []
+        records: list[tuple[str, dict[str, Any]]] = []
         for inbound in batch:
             received_at = datetime.now(UTC)
             self.stats.received += 1
@@ -452,11 +453,17 @@ class Bridge:
                 letter["source"] = self.normalizer.source.name
                 futures.append(self._send(self.config.dead_letter_topic, letter["device_id"], letter))
                 continue
-            key = self.normalizer.message_key(record)
-            normalizer = self.normalizer
-            if self.registry is not None and normalizer.site_field is not None:
-                firmware = record.get(normalizer.firmware_field) if normalizer.firmware_field else None
-                record[normalizer.site_field] = self.registry.lookup(key, firmware).site
+            records.append((self.normalizer.message_key(record), record))
+        normalizer = self.normalizer
+        if self.registry is not None and normalizer.site_field is not None and records:
+            firmware_of = {
+                key: record.get(normalizer.firmware_field) if normalizer.firmware_field else None
+                for key, record in records
+            }
+            entries = self.registry.lookup_many(firmware_of.items())  # new devices: one registry write
+            for key, record in records:
+                record[normalizer.site_field] = entries[key].site
+        for key, record in records:
             extra = record.get(normalizer.payload.extra_field)
             if extra:
                 self._count_extra(extra, ())
