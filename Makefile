@@ -9,8 +9,9 @@ BIN := $(VENV)/bin
 LAKEHOUSE := $(BIN)/lakehouse
 STAMP := $(VENV)/.installed
 # Debian packages: Java and Maven for Spark/Kafka, Chromium for the dashboard browser test, PostgreSQL with
-# wal2json (operational DB + CDC), Mosquitto (IoT), InfluxDB 1.x (real-time rollups).
-APT_PACKAGES := openjdk-17-jdk-headless maven chromium postgresql-15 postgresql-15-wal2json mosquitto mosquitto-clients influxdb
+# wal2json (operational DB + CDC), Mosquitto (IoT), InfluxDB 1.x (real-time rollups), Redis (online features).
+APT_PACKAGES := openjdk-17-jdk-headless maven chromium postgresql-15 postgresql-15-wal2json mosquitto mosquitto-clients influxdb \
+  redis-server
 export PLOOMBER_STATS_ENABLED := false
 export PLOOMBER_VERSION_CHECK_DISABLED := true
 

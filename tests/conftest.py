@@ -91,7 +91,7 @@ class _Stack:
         return settings
 
     def require(self, *names: str) -> Settings:
-        """Start more services of the stack (postgres, mqtt, influxdb) if they are not up yet."""
+        """Start more services of the stack (postgres, mqtt, influxdb, redis) if they are not up yet."""
         settings = self.start()
         missing = [name for name in names if name not in self.names]
         if missing:
@@ -144,7 +144,7 @@ def _layer(item: pytest.Item) -> int:
 
 
 # Fixtures that start services: a unit test may not ask for them (the unit tier runs without services).
-SERVICE_FIXTURES = frozenset({"stack", "stack_records", "postgres", "mqtt", "influxdb"})
+SERVICE_FIXTURES = frozenset({"stack", "stack_records", "postgres", "mqtt", "influxdb", "redis"})
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
@@ -214,6 +214,12 @@ def mqtt(stack: Settings) -> Settings:
 def influxdb(stack: Settings) -> Settings:
     """The stack with InfluxDB running (database created)."""
     return _STACK.require("influxdb")
+
+
+@pytest.fixture(scope="session")
+def redis(stack: Settings) -> Settings:
+    """The stack with Redis (the feature store's online store) running."""
+    return _STACK.require("redis")
 
 
 @pytest.fixture(scope="session")

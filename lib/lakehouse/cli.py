@@ -265,7 +265,7 @@ def demo(settings: Settings, count: int | None) -> None:
 
     fetch_jars(settings.root)
     manager = ServiceManager(settings)
-    manager.start(["kafka", "spark", "postgres", "mqtt", "influxdb", "fx_api", "mlflow"])
+    manager.start(["kafka", "spark", "postgres", "mqtt", "influxdb", "redis", "fx_api", "mlflow"])
     ensure_topics(settings)
     marker = settings.workspace / "run" / "demo-produced"
     if not marker.exists():

@@ -115,6 +115,18 @@ class InfluxSettings(_Section):
     database: str = "lakehouse"
 
 
+class RedisSettings(_Section):
+    """Redis, the online store of the feature store (a local redis-server, or an existing one)."""
+
+    managed: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(16379, ge=1, le=65535)
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}"
+
+
 class FxApiSettings(_Section):
     """The local FX rates API (ECB reference rates) that stands in for a third-party API."""
 
@@ -184,6 +196,7 @@ class Settings(_Section):
     postgres: PostgresSettings = PostgresSettings()
     mqtt: MqttSettings = MqttSettings()
     influxdb: InfluxSettings = InfluxSettings()
+    redis: RedisSettings = RedisSettings()
     fx_api: FxApiSettings = FxApiSettings()
     simulator: SimulatorSettings = SimulatorSettings()
     streaming: StreamingSettings = StreamingSettings()
@@ -382,7 +395,7 @@ def shift_ports(settings: Settings, offset: int) -> Settings:
         )
     update["mlflow"] = s.mlflow.model_copy(update={"port": s.mlflow.port + offset})
     update["dashboard"] = s.dashboard.model_copy(update={"port": s.dashboard.port + offset})
-    for section in ("postgres", "mqtt", "fx_api"):
+    for section in ("postgres", "mqtt", "fx_api", "redis"):
         current = getattr(s, section)
         if current.managed:
             update[section] = current.model_copy(update={"port": current.port + offset})

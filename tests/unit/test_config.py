@@ -83,6 +83,7 @@ def test_cluster_environment_needs_its_variables(monkeypatch: pytest.MonkeyPatch
         "LAKEHOUSE_PG_PASSWORD": "from-a-secret-store",
         "LAKEHOUSE_MQTT_HOST": "mqtt",
         "LAKEHOUSE_INFLUX_HOST": "influx",
+        "LAKEHOUSE_REDIS_HOST": "features-cache",
         "LAKEHOUSE_LINEAGE_URL": "http://marquez:5000",
         "LAKEHOUSE_PII_KEY": "from-a-secret-store-too",
     }
@@ -148,6 +149,7 @@ def test_a_port_offset_moves_every_service_the_project_starts(monkeypatch: pytes
         "postgres": (base.postgres.port, moved.postgres.port),
         "mqtt": (base.mqtt.port, moved.mqtt.port),
         "influxdb": (base.influxdb.port, moved.influxdb.port),
+        "redis": (base.redis.port, moved.redis.port),
         "influx rpc": (base.influxdb.rpc_port, moved.influxdb.rpc_port),
         "fx_api": (base.fx_api.port, moved.fx_api.port),
     }
@@ -166,6 +168,7 @@ def test_a_port_offset_leaves_services_the_project_does_not_start(monkeypatch: p
         "LAKEHOUSE_PG_PASSWORD": "x",
         "LAKEHOUSE_MQTT_HOST": "mqtt",
         "LAKEHOUSE_INFLUX_HOST": "influx",
+        "LAKEHOUSE_REDIS_HOST": "features-cache",
         "LAKEHOUSE_LINEAGE_URL": "http://marquez:5000",
         "LAKEHOUSE_PII_KEY": "k",
         "LAKEHOUSE_PORT_OFFSET": "300",
@@ -175,6 +178,7 @@ def test_a_port_offset_leaves_services_the_project_does_not_start(monkeypatch: p
     assert cluster.kafka.bootstrap_servers == "broker:9092"
     assert cluster.spark.connect_url == "sc://spark-connect:15002"
     assert cluster.postgres.host == "orders-db"
+    assert (cluster.redis.host, cluster.redis.port) == ("features-cache", 6379)
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "70000"])

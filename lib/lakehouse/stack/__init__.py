@@ -1,9 +1,9 @@
 """The local stack: every service the project starts, through one supervisor.
 
 :class:`ServiceManager` is the supervisor (:mod:`lakehouse.stack.supervisor`) loaded with the recipes of one
-environment's managed services, in start order: Kafka, Spark Connect, PostgreSQL, Mosquitto, InfluxDB, the FX
-API, MLflow and the dashboard (one small module each). Continuous mode (:mod:`lakehouse.stack.continuous`) is
-started through the same supervisor by ``lakehouse stream start``.
+environment's managed services, in start order: Kafka, Spark Connect, PostgreSQL, Mosquitto, InfluxDB, Redis,
+the FX API, MLflow and the dashboard (one small module each). Continuous mode
+(:mod:`lakehouse.stack.continuous`) is started through the same supervisor by ``lakehouse stream start``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lakehouse.config import Settings
-from lakehouse.stack import dashboard, fx_api, influxdb, kafka, mlflow, mosquitto, postgres, spark
+from lakehouse.stack import dashboard, fx_api, influxdb, kafka, mlflow, mosquitto, postgres, redis, spark
 from lakehouse.stack.java import java_executable
 from lakehouse.stack.supervisor import (
     RUN_ID_VARIABLE,
@@ -51,6 +51,7 @@ _RECIPES: dict[str, tuple[Callable[[Settings], Service], Callable[[Settings], bo
     "postgres": (postgres.recipe, lambda s: s.postgres.managed),
     "mqtt": (mosquitto.recipe, lambda s: s.mqtt.managed),
     "influxdb": (influxdb.recipe, lambda s: s.influxdb.managed),
+    "redis": (redis.recipe, lambda s: s.redis.managed),
     "fx_api": (fx_api.recipe, lambda s: s.fx_api.managed),
     "mlflow": (mlflow.recipe, lambda s: True),
     "dashboard": (dashboard.recipe, lambda s: True),
