@@ -1,0 +1,637 @@
+"""The feature store: Feast entities and feature views declared in ``features/``, over gold Delta tables.
+
+A user adds features by configuration, not code:
+
+- ``features/entities.yaml`` names what features describe (user, session, customer, device …) and the column
+  that identifies one (its join key);
+- ``features/views/<name>.yaml`` declares one feature view: the gold table it reads, its entities, the
+  column that says when a row became known (its event timestamp), how long a value stays valid (TTL) and the
+  columns that are features. Types come from the table's catalog contract (``catalog/gold/<table>.yaml``), so
+  a view cannot drift from its table unnoticed.
+
+:func:`load_feature_repo` reads and checks the declarations against the catalog; :func:`definitions` turns
+them into Feast objects; :func:`feature_store` is Feast's ``FeatureStore`` for one environment, with its
+registry under the workspace, the offline store on the environment's Spark (Feast's Spark store reads the
+Delta tables where they are, over Spark Connect locally and on a cluster alike) and the online store on the
+environment's Redis. :func:`apply` and :func:`materialize` are the DAG's two feature tasks;
+:func:`training_set` is a point-in-time-correct training set with the lake versions it read;
+:func:`online_features` is what serving reads.
+
+Example (in a notebook)::
+
+    report = apply(settings)                       # feast apply
+    done = materialize(settings)                   # feast materialize-incremental, per view
+    frame = training_set(settings, labels, ["user_history:sessions_28d"]).frame
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lakehouse.config import Settings
+from lakehouse.errors import ConfigError, DataError
+from lakehouse.governance.catalog import Catalog, TableContract, load_catalog, parse_duration
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+    from feast.repo_config import RepoConfig
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+# Feast warns on every use of its Spark store that it is experimental; said once here instead: it is, and the
+# tests of this module are what this project relies on.
+warnings.filterwarnings("ignore", message=r"The spark .* experimental feature", category=RuntimeWarning)
+
+PROJECT: Final = "lakehouse"
+# Feast's Spark store switches this session setting on for its own SQL and never switches it back; with it
+# on, a back-quoted column name in anyone's later SQL is read as a regular expression.
+_SPARK_REGEX_SETTING: Final = "spark.sql.parser.quotedRegexColumnNames"
+_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
+# Delta type (catalog contract) → Feast type name (feast.types)
+_FEAST_TYPES: Final = {
+    "string": "String",
+    "long": "Int64",
+    "bigint": "Int64",
+    "integer": "Int32",
+    "int": "Int32",
+    "short": "Int32",
+    "byte": "Int32",
+    "double": "Float64",
+    "float": "Float32",
+    "boolean": "Bool",
+    "timestamp": "UnixTimestamp",
+}
+_ENTITY_TYPES: Final = {"string": "STRING", "long": "INT64", "integer": "INT32"}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntitySpec(_Spec):
+    """One entity of ``features/entities.yaml``."""
+
+    join_key: str = Field(pattern=_NAME.pattern)
+    type: Literal["string", "long", "integer"] = "string"
+    description: str = ""
+
+
+class ViewSpec(_Spec):
+    """One feature view, ``features/views/<name>.yaml``; its name is the file's."""
+
+    name: str = Field(pattern=_NAME.pattern)
+    description: str = ""
+    source: str = Field(pattern=r"^gold\.[a-z0-9_]+$")
+    entities: tuple[str, ...] = Field(min_length=1)
+    timestamp: str
+    ttl: str
+    features: tuple[str, ...] = Field(min_length=1)
+    online: bool = True
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("ttl")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def ttl_delta(self) -> timedelta:
+        return timedelta(seconds=parse_duration(self.ttl))
+
+    def references(self) -> list[str]:
+        """Its features as Feast references, ``<view>:<feature>``."""
+        return [f"{self.name}:{feature}" for feature in self.features]
+
+
+@dataclass(frozen=True)
+class FeatureRepo:
+    """The declared entities and views, checked against the catalog."""
+
+    root: Path
+    entities: Mapping[str, EntitySpec]
+    views: Mapping[str, ViewSpec]
+    contracts: Mapping[str, TableContract] = field(repr=False)
+
+    def view(self, name: str) -> ViewSpec:
+        try:
+            return self.views[name]
+        except KeyError:
+            raise ConfigError(
+                f"no feature view {name!r} in {self.root / 'views'} (declared: {sorted(self.views)})"
+            ) from None
+
+    def feature_type(self, view: ViewSpec, column: str) -> str:
+        """The Delta type of one of ``view``'s columns, from its table's contract."""
+        return self.contracts[view.source].column(column).type
+
+
+def features_root(settings: Settings) -> Path:
+    """The feature declarations of the project (``features/``)."""
+    return Path(settings.root) / "features"
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def load_feature_repo(
+    settings: Settings, root: Path | None = None, catalog: Catalog | None = None
+) -> FeatureRepo:
+    """Read ``features/`` and check every view against its gold table's catalog contract.
+
+    Raises:
+        ConfigError: naming the file and what is wrong: an unknown entity or table, a column the table does
+            not have, a timestamp that is not a timestamp, a feature of a type Feast cannot hold.
+    """
+    root = root or features_root(settings)
+    catalog = catalog or load_catalog(settings)
+    entities_file = root / "entities.yaml"
+    document = _read_yaml(entities_file) if entities_file.exists() else {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{entities_file} must map entity names to their join_key (and type, description)")
+    entities: dict[str, EntitySpec] = {}
+    for name, body in document.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise ConfigError(f"{entities_file}: entity name {name!r} is not lower_snake_case")
+        try:
+            entities[name] = EntitySpec.model_validate(body)
+        except ValidationError as exc:
+            raise ConfigError(f"{entities_file}: entity {name}: {_problems(exc)}") from exc
+
+    views: dict[str, ViewSpec] = {}
+    contracts: dict[str, TableContract] = {}
+    for path in sorted((root / "views").glob("*.yaml")):
+        body = _read_yaml(path)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path} must be a mapping (source, entities, timestamp, ttl, features)")
+        try:
+            view = ViewSpec.model_validate({"name": path.stem, **body})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid feature view {path}: {_problems(exc)}") from exc
+        contract = _check_view(view, path, entities, catalog)
+        views[view.name] = view
+        contracts[view.source] = contract
+    return FeatureRepo(root=root, entities=entities, views=views, contracts=contracts)
+
+
+def _check_view(
+    view: ViewSpec, path: Path, entities: Mapping[str, EntitySpec], catalog: Catalog
+) -> TableContract:
+    unknown = [name for name in view.entities if name not in entities]
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown entities {unknown}: declare them in {path.parent.parent}/entities.yaml"
+        )
+    try:
+        contract = catalog.contract(view.source)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: source {view.source}: {exc}") from exc
+    columns = {column.name: column.type for column in contract.columns}
+
+    def need(column: str, role: str) -> str:
+        if column not in columns:
+            raise ConfigError(
+                f"{path}: {role} {column!r} is not a column of {view.source} ({sorted(columns)})"
+            )
+        return columns[column]
+
+    if need(view.timestamp, "timestamp") != "timestamp":
+        raise ConfigError(
+            f"{path}: timestamp {view.timestamp!r} is a {columns[view.timestamp]} in {view.source}: "
+            "the event timestamp must be a timestamp (when the row became known)"
+        )
+    keys = [entities[name].join_key for name in view.entities]
+    for key in keys:
+        need(key, "join key")
+    for feature in view.features:
+        kind = need(feature, "feature")
+        if feature in keys or feature == view.timestamp:
+            raise ConfigError(f"{path}: {feature!r} is a join key or the timestamp, not a feature")
+        if kind not in _FEAST_TYPES:
+            raise ConfigError(
+                f"{path}: feature {feature!r} is a {kind}, which Feast cannot hold: use one of "
+                f"{sorted(set(_FEAST_TYPES))}, or cast it in the table's model"
+            )
+    if len(set(view.features)) != len(view.features):
+        raise ConfigError(f"{path}: a feature is listed twice")
+    return contract
+
+
+# -- Feast objects -----------------------------------------------------------------------------------------
+def definitions(settings: Settings, repo: FeatureRepo) -> list[Any]:
+    """The Feast entities and feature views of ``repo``, their sources on the environment's lake."""
+    from feast import Entity, FeatureView, Field, ValueType
+    from feast import types as feast_types
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+    from feast.table_format import DeltaFormat
+
+    entities = {
+        name: Entity(
+            name=name,
+            join_keys=[spec.join_key],
+            value_type=ValueType[_ENTITY_TYPES[spec.type]],
+            description=spec.description,
+        )
+        for name, spec in repo.entities.items()
+    }
+    objects: list[Any] = list(entities.values())
+    for view in repo.views.values():
+        contract = repo.contracts[view.source]
+        layer, table = view.source.split(".", 1)
+        source = SparkSource(
+            name=f"{view.name}_source",
+            path=settings.table_path(layer, table),
+            table_format=DeltaFormat(),
+            timestamp_field=view.timestamp,
+            description=contract.description,
+            owner=contract.owner,
+        )
+        keys = [repo.entities[name] for name in view.entities]
+        schema = [
+            Field(name=key.join_key, dtype=getattr(feast_types, _FEAST_TYPES[key.type])) for key in keys
+        ] + [
+            Field(name=feature, dtype=getattr(feast_types, _FEAST_TYPES[repo.feature_type(view, feature)]))
+            for feature in view.features
+        ]
+        objects.append(
+            FeatureView(
+                name=view.name,
+                entities=[entities[name] for name in view.entities],
+                ttl=view.ttl_delta,
+                schema=schema,
+                source=source,
+                online=view.online,
+                description=view.description,
+                owner=contract.owner,
+                tags={"lakehouse.source": view.source, "lakehouse.classification": contract.classification}
+                | view.tags,
+            )
+        )
+    return objects
+
+
+def registry_path(settings: Settings) -> Path:
+    return settings.workspace / "features" / "registry.db"
+
+
+def _store_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "project": PROJECT,
+        "provider": "local",
+        "registry": str(registry_path(settings)),
+        "offline_store": {"type": "spark"},
+        "online_store": {
+            "type": "redis",
+            "connection_string": f"{settings.redis.host}:{settings.redis.port}",
+        },
+        "entity_key_serialization_version": 3,
+    }
+
+
+def repo_config(settings: Settings) -> RepoConfig:
+    """Feast's configuration for one environment: local registry, Spark offline store, Redis online store."""
+    from feast.repo_config import RepoConfig
+
+    return RepoConfig(repo_path=features_root(settings), **_store_config(settings))
+
+
+def feature_store_yaml(settings: Settings) -> str:
+    """The environment's ``feature_store.yaml``, for Feast's CLI: ``feast -c <folder> entities list``."""
+    return (
+        f"# Written by lakehouse for the {settings.env_name} environment from features/ and its env file.\n"
+        + yaml.safe_dump(_store_config(settings), sort_keys=False)
+    )
+
+
+def feature_store(settings: Settings) -> FeatureStore:
+    """Feast's ``FeatureStore`` for ``settings``; writes its ``feature_store.yaml`` beside the registry."""
+    from feast import FeatureStore
+
+    folder = registry_path(settings).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "feature_store.yaml").write_text(feature_store_yaml(settings))
+    return FeatureStore(config=repo_config(settings))
+
+
+@contextlib.contextmanager
+def _spark_for_feast(settings: Settings) -> Iterator[SparkSession]:
+    """The environment's Spark session, made active for Feast's Spark store, left as Feast found it."""
+    from lakehouse.spark import get_spark
+
+    spark = get_spark(settings)
+    before = spark.conf.get(_SPARK_REGEX_SETTING, "false") or "false"
+    try:
+        yield spark
+    finally:
+        spark.conf.set(_SPARK_REGEX_SETTING, before)
+
+
+# -- the DAG's tasks ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ApplyReport:
+    """What :func:`apply` registered (entities, views) and removed (views no longer declared)."""
+
+    entities: list[str]
+    views: list[str]
+    removed: list[str]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def apply_report_path(settings: Settings) -> Path:
+    return settings.workspace / "features" / "applied.json"
+
+
+def apply(settings: Settings, repo: FeatureRepo | None = None) -> ApplyReport:
+    """``feast apply``: register the declared entities and views; drop views no longer declared."""
+    repo = repo or load_feature_repo(settings)
+    store = feature_store(settings)
+    objects = definitions(settings, repo)
+    declared = set(repo.views)
+    stale: list[Any] = [view for view in store.list_feature_views() if view.name not in declared]
+    store.apply(objects, objects_to_delete=stale, partial=True)
+    report = ApplyReport(
+        entities=sorted(repo.entities), views=sorted(repo.views), removed=sorted(v.name for v in stale)
+    )
+    log.info(
+        "feature store: %d entities, %d views applied, removed %s",
+        len(report.entities),
+        len(report.views),
+        report.removed,
+    )
+    return report
+
+
+@dataclass(frozen=True)
+class Materialized:
+    """One view's materialization: the interval written to the online store, or why it was skipped."""
+
+    view: str
+    start: datetime | None
+    end: datetime | None
+    skipped: str | None = None
+
+
+def _table_clock(spark: SparkSession, path: str, column: str) -> datetime | None:
+    """The newest value of ``column`` in the Delta table at ``path`` (UTC), or None when it has no rows."""
+    from pyspark.sql import functions as F
+
+    (row,) = spark.read.format("delta").load(path).agg(F.max(column).alias("newest")).collect()
+    newest: datetime | None = row["newest"]  # naive, in the session's time zone: UTC (lakehouse.spark)
+    if newest is None:
+        return None
+    return newest.replace(tzinfo=UTC) if newest.tzinfo is None else newest.astimezone(UTC)
+
+
+def materialize(
+    settings: Settings, repo: FeatureRepo | None = None, end: datetime | None = None
+) -> list[Materialized]:
+    """``feast materialize-incremental``, view by view, up to each source's newest row (or ``end``).
+
+    A view is materialized up to its own table's newest event timestamp: simulated or replayed data lies in
+    the past, and "now" would leave it all outside the TTL. The first run of a view starts one TTL before
+    that; later runs continue where the last one ended, as Feast's incremental materialization does. A view
+    whose table does not exist yet (a continuous-mode rollup in a batch run) is skipped with its reason.
+    """
+    from lakehouse.tables import is_delta_table
+
+    repo = repo or load_feature_repo(settings)
+    store = feature_store(settings)
+    results: list[Materialized] = []
+    with _spark_for_feast(settings) as spark:
+        for view in repo.views.values():
+            if not view.online:
+                continue
+            layer, table = view.source.split(".", 1)
+            path = settings.table_path(layer, table)
+            if not is_delta_table(spark, path):
+                results.append(Materialized(view.name, None, None, skipped=f"{view.source} has no table yet"))
+                continue
+            newest = end or _table_clock(spark, path, view.timestamp)
+            if newest is None:
+                results.append(Materialized(view.name, None, None, skipped=f"{view.source} has no rows"))
+                continue
+            # Feast's interval is [start, end): one microsecond past the newest row includes it.
+            stop = newest + timedelta(microseconds=1)
+            registered = store.get_feature_view(view.name)
+            intervals = registered.materialization_intervals
+            start = intervals[-1][1] if intervals else stop - view.ttl_delta
+            if start >= stop:
+                results.append(
+                    Materialized(view.name, start, stop, skipped="nothing newer than the last run")
+                )
+                continue
+            store.materialize(start_date=start, end_date=stop, feature_views=[view.name])
+            results.append(Materialized(view.name, start, stop))
+            log.info("materialized %s from %s to %s", view.name, start, stop)
+    return results
+
+
+def materialize_report_path(settings: Settings) -> Path:
+    return settings.workspace / "features" / "materialized.json"
+
+
+def write_materialize_report(settings: Settings, done: Sequence[Materialized]) -> pd.DataFrame:
+    """Save :func:`materialize`'s result in ``<workspace>/features/materialized.json``, as a frame too."""
+    rows = [
+        {
+            "view": m.view,
+            "start": m.start.isoformat() if m.start else None,
+            "end": m.end.isoformat() if m.end else None,
+            "skipped": m.skipped,
+        }
+        for m in done
+    ]
+    path = materialize_report_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rows, indent=2) + "\n")
+    return pd.DataFrame(rows, columns=["view", "start", "end", "skipped"])
+
+
+def registered_views(store: FeatureStore) -> pd.DataFrame:
+    """The registry's feature views: name, entities, TTL, features, source and what has been materialized."""
+    rows = []
+    for view in store.list_feature_views():
+        intervals = view.materialization_intervals
+        rows.append(
+            {
+                "view": view.name,
+                "entities": ",".join(view.entities),
+                "ttl": str(view.ttl),
+                "features": ",".join(f.name for f in view.features),
+                "source": view.tags.get("lakehouse.source", ""),
+                "materialized_to": intervals[-1][1].isoformat() if intervals else None,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("view", ignore_index=True)
+
+
+def online_sample(
+    settings: Settings, done: Sequence[Materialized], repo: FeatureRepo | None = None
+) -> pd.DataFrame:
+    """Each materialized view's newest entity, read back from the online store (one row per view)."""
+    from deltalake import DeltaTable
+
+    repo = repo or load_feature_repo(settings)
+    store = feature_store(settings)
+    rows = []
+    for m in done:
+        if m.skipped is not None and m.start is None:
+            continue
+        view = repo.view(m.view)
+        layer, table = view.source.split(".", 1)
+        keys = [repo.entities[e].join_key for e in view.entities]
+        frame = DeltaTable(settings.table_path(layer, table)).to_pandas(columns=[*keys, view.timestamp])
+        newest = frame.sort_values(view.timestamp).iloc[-1]
+        entity = {key: newest[key] for key in keys}
+        values = online_features(settings, [entity], view.references(), repo=repo, store=store)
+        row: dict[str, Any] = {"view": view.name, **entity}
+        row.update({str(k): v for k, v in values.drop(columns=keys).iloc[0].items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -- reading features ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainingSet:
+    """A point-in-time-correct training set and what it was built from.
+
+    Attributes:
+        frame: the entity rows with one column per feature (``<view>__<feature>``).
+        features: the feature references asked for.
+        versions: the Delta version of each source table read, ``{"gold.sessions": 12}``.
+    """
+
+    frame: pd.DataFrame
+    features: list[str]
+    versions: dict[str, int]
+
+
+def _versions(settings: Settings, tables: Sequence[str]) -> dict[str, int]:
+    from deltalake import DeltaTable
+
+    found: dict[str, int] = {}
+    for table in tables:
+        layer, name = table.split(".", 1)
+        found[table] = int(DeltaTable(settings.table_path(layer, name)).version())
+    return found
+
+
+def training_set(
+    settings: Settings,
+    entity_rows: pd.DataFrame,
+    features: Sequence[str],
+    *,
+    timestamp: str = "event_timestamp",
+    repo: FeatureRepo | None = None,
+    attempts: int = 3,
+) -> TrainingSet:
+    """Feast's ``get_historical_features``: each entity row gets the feature values known at its timestamp.
+
+    For every row and view, the value is the view's latest row whose event timestamp is at or before the
+    row's ``timestamp`` and within the view's TTL of it; none is NULL. No value from after a row's time is
+    ever used, which is what keeps labels from leaking into their own features.
+
+    The Delta version of each source is read before and after the join; when a writer committed in between,
+    the join is run again, so ``versions`` names exactly what was read.
+
+    Args:
+        entity_rows: one row per example: the views' join keys and ``timestamp`` (UTC), plus anything else
+            (labels) that is carried through.
+        features: references ``<view>:<feature>`` (see :meth:`ViewSpec.references`).
+
+    Raises:
+        ConfigError: an unknown view or feature.
+        DataError: ``entity_rows`` lacks a join key or the timestamp, or the lake kept changing.
+    """
+    repo = repo or load_feature_repo(settings)
+    views = _referenced(repo, features)
+    keys = sorted({repo.entities[e].join_key for v in views for e in v.entities})
+    missing = [column for column in (*keys, timestamp) if column not in entity_rows.columns]
+    if missing:
+        raise DataError(f"the entity rows lack {missing} (needed by {sorted(v.name for v in views)})")
+    rows = (
+        entity_rows.rename(columns={timestamp: "event_timestamp"})
+        if timestamp != "event_timestamp"
+        else entity_rows
+    )
+    rows = rows.assign(event_timestamp=pd.to_datetime(rows["event_timestamp"], utc=True))
+    tables = sorted({v.source for v in views})
+    store = feature_store(settings)
+    with _spark_for_feast(settings):
+        for _ in range(attempts):
+            before = _versions(settings, tables)
+            frame = store.get_historical_features(
+                entity_df=rows, features=list(features), full_feature_names=True
+            ).to_df()
+            if _versions(settings, tables) == before:
+                frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+                frame = frame.rename(columns={"event_timestamp": timestamp})
+                return TrainingSet(frame=frame, features=list(features), versions=before)
+    raise DataError(f"{tables} changed during each of {attempts} reads: build the training set again")
+
+
+def _referenced(repo: FeatureRepo, features: Sequence[str]) -> list[ViewSpec]:
+    views: dict[str, ViewSpec] = {}
+    for reference in features:
+        name, _, feature = reference.partition(":")
+        view = repo.view(name)
+        if feature not in view.features:
+            raise ConfigError(
+                f"feature view {name!r} has no feature {feature!r} (it has {list(view.features)})"
+            )
+        views[name] = view
+    if not views:
+        raise ConfigError("no features asked for")
+    return list(views.values())
+
+
+def online_features(
+    settings: Settings,
+    entity_rows: Sequence[Mapping[str, Any]],
+    features: Sequence[str],
+    *,
+    repo: FeatureRepo | None = None,
+    store: FeatureStore | None = None,
+) -> pd.DataFrame:
+    """Feast's ``get_online_features`` from Redis: one row per entity row, NULL where nothing is stored.
+
+    Raises:
+        ConfigError: an unknown view or feature.
+        DataError: an entity row lacks a join key the features need.
+    """
+    repo = repo or load_feature_repo(settings)
+    views = _referenced(repo, features)
+    keys = sorted({repo.entities[e].join_key for v in views for e in v.entities})
+    for index, row in enumerate(entity_rows):
+        absent = [key for key in keys if row.get(key) is None]
+        if absent:
+            raise DataError(f"entity row {index} lacks {absent}")
+    store = store or feature_store(settings)
+    response = store.get_online_features(features=list(features), entity_rows=[dict(r) for r in entity_rows])
+    return response.to_df()
