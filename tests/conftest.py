@@ -48,14 +48,14 @@ _TIER_ORDER = ("unit", "integration", "dag", "browser")
 
 
 class _Stack:
-    """Kafka + Spark Connect (and on demand PostgreSQL, Mosquitto, InfluxDB), started once per session.
+    """Kafka, Spark Connect, the FX API, PostgreSQL, Mosquitto, Redis (InfluxDB on demand), once per session.
 
     The run starts every service itself, from the project's files, in a wiped workspace: a service of an
     earlier run still alive in the test workspace, or any process on one of the test ports, stops the run with
     a message naming it (``ServiceManager(fresh=True)``) instead of being talked to.
     """
 
-    BASE = ("kafka", "spark", "fx_api", "postgres", "mqtt")
+    BASE = ("kafka", "spark", "fx_api", "postgres", "mqtt", "redis")
 
     def __init__(self) -> None:
         self.started = False

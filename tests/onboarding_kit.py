@@ -32,7 +32,7 @@ class Project:
     def create(cls, stack: Settings, tmp_path: Path, env: Mapping[str, str] | None = None) -> Project:
         root = tmp_path / "project"
         root.mkdir()
-        for folder in ("catalog", "quality", "models"):
+        for folder in ("catalog", "quality", "models", "features"):
             shutil.copytree(stack.root / folder, root / folder)
         for file in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
             shutil.copy(stack.root / file, root / file)

@@ -19,7 +19,7 @@ def declared_project(
     """A user's project: the catalog plus their topic's bronze and silver contracts, a registry of one source."""
     root = tmp_path / "project"
     root.mkdir()
-    for folder in ("catalog", "quality", "models"):
+    for folder in ("catalog", "quality", "models", "features"):
         shutil.copytree(stack.root / folder, root / folder)
     for file in ("pipeline.yaml", "pipeline.declared.yaml"):
         shutil.copy(stack.root / file, root / file)

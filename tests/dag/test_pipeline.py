@@ -30,7 +30,9 @@ NOTEBOOKS = [
     "gold/daily_kpis",
     "gold/funnel",
     "gold/revenue_daily",
-    "ml/train_conversion",
+    "gold/user_history",
+    "ml/train_conversion_propensity",
+    "ml/features_materialize",
     "quality/profile_tables",
     "quality/check_governance",
 ]
@@ -41,6 +43,7 @@ EVERY_NOTEBOOK = [
     "gold/fx_monthly",
     "silver/telemetry",
     "gold/device_offline",
+    "ml/features_apply",
 ]
 DOWNSTREAM_OF_CLICKSTREAM = [
     "bronze-ingest-events",
@@ -49,7 +52,9 @@ DOWNSTREAM_OF_CLICKSTREAM = [
     "gold-daily-kpis",
     "gold-funnel",
     "gold-revenue-daily",
-    "ml-train-conversion",
+    "gold-user-history",
+    "ml-train-conversion-propensity",
+    "ml-features-materialize",
     "quality-profile-tables",
     "governance-check-catalog",
 ]
@@ -80,8 +85,9 @@ def test_the_dag_builds_every_product(stack: Settings, built: dict[str, Any]) ->
         ("gold", "daily_kpis"),
     ]:
         assert (Path(stack.table_path(layer, table)) / "_delta_log").is_dir(), table
-    metrics = json.loads((stack.workspace / "ml" / "conversion_metrics.json").read_text())
-    assert 0.5 < metrics["roc_auc"] <= 1.0
+    metrics = json.loads((stack.workspace / "ml" / "conversion_propensity" / "metrics.json").read_text())
+    assert 0.5 < metrics["metrics"]["roc_auc"] <= 1.0
+    assert metrics["champion_version"] is not None
 
 
 def test_counts_reconcile_with_what_was_produced(stack: Settings, spark: Any, built: dict[str, Any]) -> None:
@@ -243,7 +249,10 @@ TASKS = [
     "gold-revenue-daily",
     "gold-fx-monthly",
     "gold-device-offline",
-    "ml-train-conversion",
+    "gold-user-history",
+    "ml-train-conversion-propensity",
+    "ml-features-apply",
+    "ml-features-materialize",
     "quality-profile-tables",
     "governance-check-catalog",
 ]

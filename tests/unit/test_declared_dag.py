@@ -27,6 +27,7 @@ def _project(settings: Settings, tmp_path: Path) -> Settings:
         shutil.copy(settings.root / name, root / name)
     shutil.copytree(settings.root / "catalog", root / "catalog")
     shutil.copytree(settings.root / "models", root / "models")
+    shutil.copytree(settings.root / "features", root / "features")
     return settings.model_copy(update={"root": root})
 
 

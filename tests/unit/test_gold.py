@@ -446,17 +446,19 @@ def test_write_gold_refuses_schema_drift(kpi_sessions: DataFrame, tmp_path: Path
     assert "extra" not in spark.read.format("delta").load(path).columns
 
 
-def test_gold_sessions_read_with_deltalake_feed_the_model(kpi_project: Settings) -> None:
-    # The path the dashboards and the ML notebook take: delta-rs into pandas, no JVM.
+def test_gold_sessions_read_with_deltalake_feed_the_models_labels(kpi_project: Settings) -> None:
+    # The path the dashboards and the training task's labels take: delta-rs into pandas, no JVM.
     from deltalake import DeltaTable
 
-    from lakehouse.ml.conversion import FEATURES, feature_frame
+    from lakehouse.ml import training
 
     frame = DeltaTable(kpi_project.table_path("gold", "sessions")).to_pandas()
     assert list(frame.columns) == [
         c.name for c in load_catalog(kpi_project).contract("gold.sessions").columns
     ]
     assert frame["converted"].sum() == 2
-    features = feature_frame(frame)
-    assert list(features.columns) == list(FEATURES)
-    assert sorted(features["start_hour"].unique()) == [10.0, 12.0]
+    spec = training.load_model_spec(kpi_project, "conversion_propensity")
+    labels = training.label_rows(kpi_project, spec)
+    assert list(labels.columns) == ["session_id", "user_id", "session_end", "converted"]
+    assert labels["converted"].sum() == 2 and len(labels) == len(frame)
+    assert str(labels["session_end"].dt.tz) == "UTC"

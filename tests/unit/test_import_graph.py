@@ -193,7 +193,7 @@ def test_contracts_are_a_leaf() -> None:
         ("lakehouse.sources.mqtt", "lakehouse.silver.engine"),  # a connector reading silver
         ("lakehouse.silver.engine", "lakehouse.gold.models"),
         ("lakehouse.silver.engine", "lakehouse.serving.gold"),
-        ("lakehouse.gold.models", "lakehouse.ml.conversion"),
+        ("lakehouse.gold.models", "lakehouse.ml.training"),
         ("lakehouse.contracts.build", "lakehouse.quality.suites"),
         ("lakehouse.config", "lakehouse.contracts.payload"),
         ("lakehouse.sources.kafka", "lakehouse.simulate.clickstream"),  # the path importing a driver

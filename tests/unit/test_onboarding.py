@@ -53,7 +53,7 @@ def project(settings: Settings, tmp_path: Path) -> Settings:
     root.mkdir()
     for name in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
         shutil.copy(settings.root / name, root / name)
-    for folder in ("catalog", "models", "quality"):
+    for folder in ("catalog", "models", "quality", "features"):
         shutil.copytree(settings.root / folder, root / folder)
     registry = yaml.safe_load((root / "sources.yaml").read_text())
     registry["sources"].update(SOURCES)
