@@ -49,6 +49,7 @@ from lakehouse.rebuild import (
     record_failure,
     record_success,
     topological,
+    watched_files,
     writes_of,
 )
 from lakehouse.sources.registry import Registry, load_registry
@@ -57,6 +58,8 @@ from lakehouse.state import read_json, write_json
 log = logging.getLogger(__name__)
 
 PIPELINE_FILE = "pipeline.yaml"
+# Passes of one build: a feedback edge (``watch_``) reruns what a later task made stale, at most this often.
+MAX_PASSES = 3
 _SPEC_CACHE = "_pipeline.json"  # beside the task records; a leading underscore is never a task name
 
 
@@ -388,32 +391,58 @@ def build(
             progress(outcome.line())
 
     with probing(settings, registry) as ctx:
-        for task in tasks:
-            blockers = [name for name in task.upstream if name in stopped]
-            if blockers:
-                stopped.add(task.name)
-                emit(TaskOutcome(task.name, "blocked", [f"upstream {', '.join(blockers)} failed"]))
-                continue
-            code, inputs, decision = _decision(ctx, task, by_name, records, force=force)
-            if not decision.run:
-                up_to_date.append(task.name)
-                emit(TaskOutcome(task.name, "skipped", decision.reasons))
-                continue
+        for number in range(1, MAX_PASSES + 1):
+            ran = 0
+            for task in tasks:
+                blockers = [name for name in task.upstream if name in stopped]
+                if blockers:
+                    if task.name not in stopped:
+                        stopped.add(task.name)
+                        emit(TaskOutcome(task.name, "blocked", [f"upstream {', '.join(blockers)} failed"]))
+                    continue
+                if task.name in stopped:
+                    continue
+                code, inputs, decision = _decision(ctx, task, by_name, records, force=force and number == 1)
+                if not decision.run:
+                    if number == 1:  # a later pass only reports what it runs
+                        up_to_date.append(task.name)
+                        emit(TaskOutcome(task.name, "skipped", decision.reasons))
+                    continue
+                if progress is not None:
+                    progress(f"running  {task.name:<28} {'; '.join(decision.reasons)}")
+                outcome, record = _run(
+                    settings,
+                    runner,
+                    report.build_id,
+                    task,
+                    (decision.reasons, inputs, code),
+                    records[task.name],
+                    registry,
+                )
+                records[task.name] = record
+                ran += 1
+                if task.name in up_to_date:
+                    up_to_date.remove(task.name)
+                if outcome.action == "failed":
+                    stopped.add(task.name)
+                emit(outcome)
+            # A feedback edge (``watch_``): a later task rewrote a file an earlier one reads, e.g. a monitor
+            # asking for a retrain. Another pass runs what that makes stale, so one build settles the loop.
+            again = [
+                task.name
+                for task in tasks
+                if ran
+                and watched_files(task.params)
+                and task.name not in stopped
+                and _decision(ctx, task, by_name, records, force=False)[2].run
+            ]
+            if not again:
+                break
+            if number == MAX_PASSES:
+                log.warning("still stale after %d passes (a loop that does not settle?): %s", number, again)
+                break
             if progress is not None:
-                progress(f"running  {task.name:<28} {'; '.join(decision.reasons)}")
-            outcome, record = _run(
-                settings,
-                runner,
-                report.build_id,
-                task,
-                (decision.reasons, inputs, code),
-                records[task.name],
-                registry,
-            )
-            records[task.name] = record
-            if outcome.action == "failed":
-                stopped.add(task.name)
-            emit(outcome)
+                progress(f"pass {number + 1}: {', '.join(again)} read a file a later task rewrote")
     runner.settle(up_to_date)
     report.seconds = time.perf_counter() - started
     if report.failed:

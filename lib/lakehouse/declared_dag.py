@@ -13,8 +13,8 @@ are the ones that write its inputs and references (a model's ``ref`` calls):
 When ``features/views`` declares feature views, two more tasks follow: ``ml-features-apply`` (``feast apply``
 of the declarations, rerun when one changes) and ``ml-features-materialize`` (``feast
 materialize-incremental`` to Redis), both downstream of the tasks that write the views' gold tables. Each
-declared model (``models/ml/<name>.yaml``) is an ``ml-train-<name>`` task after ``ml-features-apply`` and
-the tasks that write its labels' and features' tables.
+declared model (``models/ml/<name>.yaml``) is three tasks: ``ml-train-<name>``, ``ml-score-<name>`` and
+``ml-monitor-<name>`` (see :func:`model_tasks`).
 
 ``lakehouse dag sync`` writes the file (``lakehouse build`` does first, so a new declaration is a new task on
 the next build); ``lakehouse dag sync --check`` fails when the file is out of date, as a test does. Nothing is
@@ -241,31 +241,69 @@ def sync(settings: Settings, *, check: bool = False) -> bool:
 
 
 def model_tasks(settings: Settings, writers: dict[str, str]) -> list[dict[str, Any]]:
-    """One ``ml-train-<name>`` task per declared model (``models/ml/<name>.yaml``)."""
-    from lakehouse.ml import training
+    """Three tasks per declared model (``models/ml/<name>.yaml``): train, score, monitor.
 
-    tasks = []
+    ``ml-train-<name>`` follows the tables it reads without their new rows being its inputs
+    (``order_only_``); it watches the monitor's retrain request (``watch_``), so it reruns on drift, on a
+    quality drop or when its declaration changes, and not otherwise. ``ml-score-<name>`` scores new label
+    rows and reruns on new data or a new champion; ``ml-monitor-<name>`` follows each scoring run.
+    """
+    from lakehouse.ml import monitoring, training
+
+    tasks: list[dict[str, Any]] = []
     for name in training.declared_models(settings):
         spec = training.load_model_spec(settings, name)
-        upstream = [FEATURES_APPLY[0]]
+        tables: list[str] = []
         for table in training.input_tables(settings, spec):
             writer = writers.get(table)
-            if writer is not None and writer not in upstream:
-                upstream.append(writer)
+            if writer is not None and writer not in tables:
+                tables.append(writer)
         declaration = training.models_root(settings).relative_to(settings.root) / f"{name}.yaml"
+        train, score, monitor = (
+            training.task_name(spec),
+            *(monitoring.task_name(k, spec) for k in ("score", "monitor")),
+        )
+        workspace = "{{workspace}}"
         tasks.append(
             {
                 "source": "notebooks/ml/train_model.ipynb",
-                "name": training.task_name(spec),
-                "upstream": upstream,
+                "name": train,
+                "upstream": [FEATURES_APPLY[0], *tables],
                 "params": {
                     "lakehouse_env": "{{env_name}}",
                     "model": name,
                     "resources_": {"model": str(declaration)},
+                    "order_only_": tables,
+                    "watch_": {"retrain": f"{workspace}/ml/{name}/retrain.json"},
                 },
                 "product": {
-                    "nb": f"{{{{workspace}}}}/notebooks/ml/train_{name}.ipynb",
-                    "metrics": f"{{{{workspace}}}}/ml/{name}/metrics.json",
+                    "nb": f"{workspace}/notebooks/ml/train_{name}.ipynb",
+                    "metrics": f"{workspace}/ml/{name}/metrics.json",
+                },
+            }
+        )
+        tasks.append(
+            {
+                "source": "notebooks/ml/score_model.ipynb",
+                "name": score,
+                "upstream": [train, *tables],
+                "params": {"lakehouse_env": "{{env_name}}", "model": name},
+                "product": {
+                    "nb": f"{workspace}/notebooks/ml/score_{name}.ipynb",
+                    "table": f"{workspace}/lake/gold/predictions",
+                },
+            }
+        )
+        tasks.append(
+            {
+                "source": "notebooks/ml/monitor_model.ipynb",
+                "name": monitor,
+                "upstream": [score],
+                "params": {"lakehouse_env": "{{env_name}}", "model": name},
+                "product": {
+                    "nb": f"{workspace}/notebooks/ml/monitor_{name}.ipynb",
+                    "table": f"{workspace}/lake/audit/model_monitoring",
+                    "reports": f"{workspace}/reports/ml/{name}",
                 },
             }
         )

@@ -55,6 +55,12 @@ log = logging.getLogger(__name__)
 SOURCE_KINDS_PARAM = "source_kinds"
 SOURCE_PARAM = "source"
 TOPIC_PARAM = "topic"
+# A feedback edge: files a later task of the DAG writes (a monitor's retrain request read by the training
+# task before it). Their state is an input of the task; `lakehouse build` runs another pass when one changed.
+WATCH_PARAM = "watch_"
+# Upstream tasks that only order the task (it runs after them) without their writes being its inputs: a
+# training task must follow the tables it reads, yet new rows in them alone must not retrain it.
+ORDER_ONLY_PARAM = "order_only_"
 LAYERS = ("bronze", "silver", "gold", "audit")
 
 
@@ -168,8 +174,21 @@ def _parameter_files(params: Mapping[str, Any], root: Path | None) -> dict[str, 
                 pass
 
     for key, value in params.items():
-        visit(key, value)
+        if key != WATCH_PARAM:  # watched files are inputs (collect_inputs), not code
+            visit(key, value)
     return found
+
+
+def watched_files(params: Mapping[str, Any]) -> dict[str, str]:
+    """The files a task watches (``watch_``: a path, a list or a mapping of paths), by name."""
+    value = params.get(WATCH_PARAM)
+    if not value:
+        return {}
+    if isinstance(value, str):
+        return {value: value}
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    return {str(v): str(v) for v in value}
 
 
 def _digest(document: Any) -> str:
@@ -546,7 +565,10 @@ def collect_inputs(
         checks[key] = check_source(ctx, source, recorded.get(key))
     own = set(writes_of(settings, ctx.registry, task, record))
     reads = set(record.reads) if record and record.reads else None
+    order_only = set(task.params.get(ORDER_ONLY_PARAM) or ())
     for name in task.upstream:
+        if name in order_only:
+            continue
         for label, path in writes_of(settings, ctx.registry, upstream[name], records.get(name)).items():
             if label in own:
                 continue  # a table this task writes itself would make it rerun after every run
@@ -556,6 +578,12 @@ def collect_inputs(
             key = f"table:{label}" if identity else f"path:{label}"
             if key not in checks:
                 checks[key] = check_path(label, path, recorded.get(key))
+    for path in watched_files(task.params).values():
+        label = _label(settings, path)
+        key = f"watch:{label}"
+        value = path_fingerprint(path)
+        changed = key in recorded and recorded[key] != value
+        checks[key] = Check(value, f"{label} was rewritten by a later task" if changed else None)
     return checks
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -31,8 +32,9 @@ NOTEBOOKS = [
     "gold/funnel",
     "gold/revenue_daily",
     "gold/user_history",
-    "ml/train_conversion_propensity",
     "ml/features_materialize",
+    "ml/score_conversion_propensity",
+    "ml/monitor_conversion_propensity",
     "quality/profile_tables",
     "quality/check_governance",
 ]
@@ -44,6 +46,7 @@ EVERY_NOTEBOOK = [
     "silver/telemetry",
     "gold/device_offline",
     "ml/features_apply",
+    "ml/train_conversion_propensity",
 ]
 DOWNSTREAM_OF_CLICKSTREAM = [
     "bronze-ingest-events",
@@ -53,11 +56,14 @@ DOWNSTREAM_OF_CLICKSTREAM = [
     "gold-funnel",
     "gold-revenue-daily",
     "gold-user-history",
-    "ml-train-conversion-propensity",
     "ml-features-materialize",
+    "ml-score-conversion-propensity",
+    "ml-monitor-conversion-propensity",
     "quality-profile-tables",
     "governance-check-catalog",
 ]
+# Retrains only when the monitor asks (drift or a quality drop), never because rows are new.
+TRAIN = "ml-train-conversion-propensity"
 
 
 def _executed(settings: Settings) -> dict[str, float]:
@@ -90,6 +96,39 @@ def test_the_dag_builds_every_product(stack: Settings, built: dict[str, Any]) ->
     assert metrics["champion_version"] is not None
 
 
+def test_the_ml_loop_ends_with_a_champion_predictions_monitoring_and_online_features(
+    stack: Settings, built: dict[str, Any]
+) -> None:
+    from deltalake import DeltaTable
+
+    from lakehouse.ml import features, monitoring, training
+
+    spec = training.load_model_spec(stack, "conversion_propensity")
+    champion = monitoring.champion(stack, spec)
+    assert champion is not None
+    # the champion scored its held-out window: every session from its cut-off on, once
+    predictions = monitoring.predictions(stack, spec.registered_name)
+    sessions = DeltaTable(stack.table_path("gold", "sessions")).to_pandas()
+    held_out = sessions[pd.to_datetime(sessions["session_end"], utc=True) >= champion.cutoff]
+    assert len(predictions) == len(held_out) > 0
+    assert predictions["entity_key"].is_unique and predictions["prediction"].between(0, 1).all()
+    # each scored window was monitored, with an Evidently report kept as a product
+    windows = monitoring.monitoring_history(stack, spec.registered_name)
+    assert set(windows["batch_id"]) == set(predictions["batch_id"])
+    assert all(Path(report).is_file() for report in windows["report"])
+    # the views' newest rows were materialized to Redis and read back as the gold table holds them
+    done = {row["view"]: row for row in json.loads(features.materialize_report_path(stack).read_text())}
+    assert done["session_activity"]["skipped"] is None and done["user_history"]["skipped"] is None
+    newest = sessions.sort_values("session_end").iloc[-1]
+    online = features.online_features(
+        stack,
+        [{"session_id": newest["session_id"]}],
+        ["session_activity:page_views", "session_activity:channel"],
+    )
+    assert online["page_views"].iloc[0] == newest["page_views"]
+    assert online["channel"].iloc[0] == newest["channel"]
+
+
 def test_counts_reconcile_with_what_was_produced(stack: Settings, spark: Any, built: dict[str, Any]) -> None:
     kinds = built["report"].by_kind
     totals = engine.check_table(spark, engine.silver_table(stack, "silver.events"))  # raises unless balanced
@@ -116,6 +155,7 @@ def test_new_events_rerun_bronze_and_everything_downstream(
 ) -> None:
     events = engine.silver_table(stack, "silver.events")
     before = engine.check_table(spark, events)
+    started = datetime.now(UTC)
     more = simulate_to_kafka(stack, count=300, run=1)
     # Before the build, the plan (what `lakehouse status` shows) says who lags and why, running nothing.
     planned = {o.task: o for o in plan(stack)}
@@ -125,13 +165,19 @@ def test_new_events_rerun_bronze_and_everything_downstream(
     assert set(DOWNSTREAM_OF_CLICKSTREAM[1:]) <= waiting  # checked again once bronze ran
     assert set(planned) == set(TASKS)
     report = build(stack)
-    assert set(report.ran) <= {t for t, o in planned.items() if o.action != "current"}, (
+    assert set(report.ran) - {TRAIN} <= {t for t, o in planned.items() if o.action != "current"}, (
         "the plan missed a task"
     )
     # exactly the Kafka bronze task and what reads its clickstream table, directly or not
-    assert sorted(report.ran) == sorted(DOWNSTREAM_OF_CLICKSTREAM), "\n".join(
+    assert set(report.ran) - {TRAIN} == set(DOWNSTREAM_OF_CLICKSTREAM), "\n".join(
         o.line() for o in report.outcomes
     )
+    # the model retrains in this build exactly when a window of it asked to
+    from lakehouse.ml import monitoring
+
+    windows = monitoring.monitoring_history(stack, "conversion-propensity")
+    asked = windows[windows["monitored_at"] >= pd.Timestamp(started)]["retrain"].any()
+    assert (TRAIN in report.ran) == bool(asked), "\n".join(o.line() for o in report.outcomes)
     assert f"clickstream: {more.sent} records in Kafka" in report.outcome("bronze-ingest-events").reasons[0]
     assert any("bronze/clickstream v" in r for r in report.outcome("silver-events").reasons)
     after = engine.check_table(spark, events)  # still balanced
@@ -251,6 +297,8 @@ TASKS = [
     "gold-device-offline",
     "gold-user-history",
     "ml-train-conversion-propensity",
+    "ml-score-conversion-propensity",
+    "ml-monitor-conversion-propensity",
     "ml-features-apply",
     "ml-features-materialize",
     "quality-profile-tables",

@@ -71,8 +71,12 @@ DAG_TABLES = [
             "rt_sessions_per_minute",
             "rt_device_minute",
             "device_offline",
+            "user_history",
+            "predictions",
         )
     ),
+    "audit.model_promotions",
+    "audit.model_monitoring",
 ]
 
 

@@ -230,6 +230,35 @@ def test_inputs_are_the_upstream_tables_the_task_reads_and_never_its_own(lake: S
     assert "table:bronze/a" not in collect_inputs(ctx, shared, {"bronze": upstream}, unread)
 
 
+def test_order_only_upstream_is_no_input_and_a_watched_file_is(lake: Settings) -> None:
+    # A training task follows the gold table it reads (order only: new rows alone do not retrain it) and
+    # watches the retrain request a later monitor writes (a feedback edge).
+    gold = lake.table_path("gold", "sessions")
+    _commit(gold, 0)
+    request = lake.workspace / "ml" / "m" / "retrain.json"
+    registry = Registry.model_validate({"sources": {}})
+    upstream = TaskSpec("gold", "g.ipynb", products={"nb": "/tmp/g.ipynb", "table": gold})
+    params = {"order_only_": ["gold"], "watch_": {"retrain": str(request)}}
+    task = TaskSpec("train", "t.ipynb", ("gold",), params=params, products={"nb": "/tmp/t.ipynb"})
+    ctx = ProbeContext(lake, registry)
+    first = collect_inputs(ctx, task, {"gold": upstream}, {"gold": None, "train": None})
+    assert set(first) == {"watch:ml/m/retrain.json"} and first["watch:ml/m/retrain.json"].value is None
+    record = _record("train", inputs={key: check.value for key, check in first.items()})
+    records = {"gold": None, "train": record}
+    _commit(gold, 1)  # new rows: not an input
+    assert decide(record, code="c", inputs=collect_inputs(ctx, task, {"gold": upstream}, records)).run is False
+    request.parent.mkdir(parents=True)
+    request.write_text('{"reason": "drift"}')  # the monitor asks for a retrain
+    decision = decide(record, code="c", inputs=collect_inputs(ctx, task, {"gold": upstream}, records))
+    assert decision.run and decision.reasons == ["ml/m/retrain.json was rewritten by a later task"]
+    # the watched file is an input, not code: the fingerprint does not follow its content
+    notebook = _notebook(lake.workspace / "t.ipynb", "print(1)")
+    watched = TaskSpec("train", notebook, params=params)
+    before = code_fingerprint(watched)
+    request.write_text('{"reason": "drift again"}')
+    assert code_fingerprint(watched) == before
+
+
 def test_runs_are_archived_and_found_by_run_id_and_by_table_version(lake: Settings, tmp_path: Path) -> None:
     executed = Path(_notebook(tmp_path / "executed.ipynb", "print(1)"))
     started = datetime(2024, 10, 1, 12, tzinfo=UTC)

@@ -48,7 +48,7 @@ CHAMPION: Final = "champion"
 CHALLENGER: Final = "challenger"
 PROMOTIONS_TABLE: Final = ("audit", "model_promotions")
 # Metrics where lower is better; every other one is higher-is-better.
-_LOWER_IS_BETTER: Final = frozenset({"log_loss"})
+LOWER_IS_BETTER: Final = frozenset({"log_loss"})
 _NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 
 Estimator = Literal["lightgbm", "hist_gradient_boosting", "logistic_regression"]
@@ -77,6 +77,15 @@ class PromotionSpec(_Spec):
     margin: float = Field(0.0, ge=0.0, description="how much better than the champion, in the metric's units")
 
 
+class MonitoringSpec(_Spec):
+    """When a scored window asks for a retrain: too many features drifted, or quality fell too far."""
+
+    drift_share: float = Field(0.5, gt=0.0, le=1.0, description="share of drifted features that is drift")
+    quality_metric: Metric = "roc_auc"
+    quality_drop: float = Field(0.05, ge=0.0, description="how far below its test value is a drop")
+    min_rows: int = Field(30, ge=1, description="a smaller window is recorded but never asks for a retrain")
+
+
 class ModelSpec(_Spec):
     """``models/ml/<name>.yaml``."""
 
@@ -89,6 +98,7 @@ class ModelSpec(_Spec):
     params: dict[str, int | float | str | bool] = Field(default_factory=dict)
     split: SplitSpec = SplitSpec()
     promotion: PromotionSpec = PromotionSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     min_rows: int = Field(50, ge=10)
 
     @field_validator("features")
@@ -122,8 +132,34 @@ def input_tables(settings: Settings, spec: ModelSpec) -> list[str]:
     return sorted({spec.labels.table, *(repo.view(v).source for v in views)})
 
 
+def model_dir(settings: Settings, spec: ModelSpec) -> Path:
+    """Where a model's files live in the workspace: metrics, reference data, scored windows, requests."""
+    return settings.workspace / "ml" / spec.name
+
+
 def metrics_path(settings: Settings, spec: ModelSpec) -> Path:
-    return settings.workspace / "ml" / spec.name / "metrics.json"
+    return model_dir(settings, spec) / "metrics.json"
+
+
+def reference_path(settings: Settings, spec: ModelSpec, version: str) -> Path:
+    """The training window's inputs of one model version: the reference that drift is measured against."""
+    return model_dir(settings, spec) / "reference" / f"v{version}.parquet"
+
+
+def prepare_inputs(frame: pd.DataFrame, settings: Settings, spec: ModelSpec) -> pd.DataFrame:
+    """The feature columns typed as the model expects: numbers as floats, text as text (None for missing)."""
+    columns = feature_columns(spec)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{spec.name}: the frame lacks feature columns {missing}")
+    categorical = set(categorical_columns(settings, spec))
+    typed = frame.copy()
+    for column in columns:
+        if column in categorical:
+            typed[column] = typed[column].astype("object").where(typed[column].notna(), None)
+        else:
+            typed[column] = pd.to_numeric(typed[column], errors="coerce").astype("float64")
+    return typed
 
 
 def load_model_spec(settings: Settings, name: str, root: Path | None = None) -> ModelSpec:
@@ -359,11 +395,7 @@ def train(
     columns = feature_columns(spec)
     categorical = categorical_columns(settings, spec)
     numeric = [c for c in columns if c not in categorical]
-    frame = training.frame.copy()
-    for column in numeric:
-        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("float64")
-    for column in categorical:
-        frame[column] = frame[column].astype("object").where(frame[column].notna(), None)
+    frame = prepare_inputs(training.frame, settings, spec)
     split = time_split(frame, spec.labels.timestamp, spec.labels.column, spec.split.test_fraction)
     pipeline = build_pipeline(spec, categorical, numeric, seed)
     pipeline.fit(split.train[columns], split.train[spec.labels.column])
@@ -386,6 +418,7 @@ def train(
                 "lakehouse.labels": spec.labels.table,
                 "lakehouse.train_window": f"{split.train[timestamp].min()} .. {split.cutoff}",
                 "lakehouse.test_window": f"{split.cutoff} .. {split.test[timestamp].max()}",
+                "lakehouse.cutoff": split.cutoff.isoformat(),
             }
         )
         example = split.train[columns].head(5)
@@ -404,6 +437,10 @@ def train(
         raise DataError(f"MLflow did not register {spec.registered_name!r} for run {run.info.run_id}")
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     client.set_registered_model_alias(spec.registered_name, CHALLENGER, str(version))
+    # The training window's inputs: what drift is measured against while this version serves.
+    reference = reference_path(settings, spec, str(version))
+    reference.parent.mkdir(parents=True, exist_ok=True)
+    split.train[columns].to_parquet(reference, index=False)
     log.info("%s version %s (challenger): %s", spec.registered_name, version, metrics)
     return TrainResult(
         run_id=run.info.run_id,
@@ -435,7 +472,7 @@ class Decision:
 
 
 def _better(metric: str, challenger: float, champion: float, margin: float) -> bool:
-    if metric in _LOWER_IS_BETTER:
+    if metric in LOWER_IS_BETTER:
         return challenger <= champion - margin
     return challenger >= champion + margin
 
