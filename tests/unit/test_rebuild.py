@@ -246,7 +246,9 @@ def test_order_only_upstream_is_no_input_and_a_watched_file_is(lake: Settings) -
     record = _record("train", inputs={key: check.value for key, check in first.items()})
     records = {"gold": None, "train": record}
     _commit(gold, 1)  # new rows: not an input
-    assert decide(record, code="c", inputs=collect_inputs(ctx, task, {"gold": upstream}, records)).run is False
+    assert (
+        decide(record, code="c", inputs=collect_inputs(ctx, task, {"gold": upstream}, records)).run is False
+    )
     request.parent.mkdir(parents=True)
     request.write_text('{"reason": "drift"}')  # the monitor asks for a retrain
     decision = decide(record, code="c", inputs=collect_inputs(ctx, task, {"gold": upstream}, records))
