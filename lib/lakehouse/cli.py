@@ -12,6 +12,9 @@ import click
 from lakehouse.cli_kit import LakehouseGroup, pass_settings, setup_logging
 from lakehouse.config import ENV_VARIABLE, Settings
 
+# lakehouse.simulate.clickstream.SCENARIOS by name: `--help` imports no simulator (a test keeps them equal)
+SCENARIO_NAMES = ("mobile_campaign",)
+
 
 @click.group(cls=LakehouseGroup)
 @click.option(
@@ -108,16 +111,34 @@ def status(settings: Settings, services_only: bool) -> None:
 @click.option(
     "--run", "run", type=int, default=0, help="A new run number gives new events for the same seed."
 )
+@click.option(
+    "--scenario",
+    type=click.Choice(sorted(SCENARIO_NAMES)),
+    default=None,
+    help="A drift for this run's window: mobile_campaign (new social-media mobile users who rarely buy).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @pass_settings
 def simulate(
-    settings: Settings, count: int | None, rate: float | None, seed: int | None, run: int, quiet: bool
+    settings: Settings,
+    count: int | None,
+    rate: float | None,
+    seed: int | None,
+    run: int,
+    scenario: str | None,
+    quiet: bool,
 ) -> None:
     """Produce simulated web and mobile clickstream events (with real-world flaws) to Kafka."""
     from lakehouse.simulate import simulate_to_kafka
 
     report = simulate_to_kafka(
-        settings, count=count, rate=rate, seed=seed, run=run, progress=not quiet and sys.stderr.isatty()
+        settings,
+        count=count,
+        rate=rate,
+        seed=seed,
+        run=run,
+        scenario=scenario,
+        progress=not quiet and sys.stderr.isatty(),
     )
     kinds = ", ".join(f"{k} {v}" for k, v in sorted(report.by_kind.items()))
     click.echo(

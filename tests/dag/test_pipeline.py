@@ -150,13 +150,21 @@ def test_a_second_build_with_nothing_new_runs_nothing(stack: Settings, built: di
     assert f"all {len(TASKS)} task(s) current" in shown.output
 
 
-def test_new_events_rerun_bronze_and_everything_downstream(
+def test_new_events_of_a_drift_scenario_rerun_downstream_and_retrain_the_model(
     stack: Settings, spark: Any, built: dict[str, Any]
 ) -> None:
     events = engine.silver_table(stack, "silver.events")
     before = engine.check_table(spark, events)
+    from mlflow.tracking import MlflowClient
+
+    from lakehouse.ml import monitoring, training
+
+    spec = training.load_model_spec(stack, "conversion_propensity")
+    client = MlflowClient(tracking_uri=stack.mlflow_tracking_uri)
+    versions_before = len(client.search_model_versions(f"name='{spec.registered_name}'"))
     started = datetime.now(UTC)
-    more = simulate_to_kafka(stack, count=300, run=1)
+    # the next window's traffic is a social-media campaign's new mobile users (a drift)
+    more = simulate_to_kafka(stack, count=300, run=1, scenario="mobile_campaign")
     # Before the build, the plan (what `lakehouse status` shows) says who lags and why, running nothing.
     planned = {o.task: o for o in plan(stack)}
     assert planned["bronze-ingest-events"].action == "behind"
@@ -172,12 +180,25 @@ def test_new_events_rerun_bronze_and_everything_downstream(
     assert set(report.ran) - {TRAIN} == set(DOWNSTREAM_OF_CLICKSTREAM), "\n".join(
         o.line() for o in report.outcomes
     )
-    # the model retrains in this build exactly when a window of it asked to
-    from lakehouse.ml import monitoring
-
-    windows = monitoring.monitoring_history(stack, "conversion-propensity")
-    asked = windows[windows["monitored_at"] >= pd.Timestamp(started)]["retrain"].any()
-    assert (TRAIN in report.ran) == bool(asked), "\n".join(o.line() for o in report.outcomes)
+    # the campaign's window drifted, asked for a retrain, and the same build retrained (its second pass)
+    windows = monitoring.monitoring_history(stack, spec.registered_name)
+    new = windows[windows["monitored_at"] >= pd.Timestamp(started)]
+    assert new["retrain"].any(), new[["rows", "drift_share", "reason"]]
+    assert "features drifted" in " ".join(new["reason"])
+    assert TRAIN in report.ran, "\n".join(o.line() for o in report.outcomes)
+    # a new version was registered as challenger, and became champion only if it beat the champion
+    versions = client.search_model_versions(f"name='{spec.registered_name}'")
+    assert len(versions) == versions_before + 1
+    newest = str(max(int(v.version) for v in versions))
+    decision = training.promotions(stack).iloc[-1]
+    assert decision["challenger_version"] == newest
+    champion = str(client.get_model_version_by_alias(spec.registered_name, "champion").version)
+    assert (champion == newest) == bool(decision["promoted"])
+    if decision["champion_value"] == decision["champion_value"]:  # there was a champion to compare with
+        margin = spec.promotion.margin
+        assert bool(decision["promoted"]) == (
+            decision["challenger_value"] >= decision["champion_value"] + margin
+        )
     assert f"clickstream: {more.sent} records in Kafka" in report.outcome("bronze-ingest-events").reasons[0]
     assert any("bronze/clickstream v" in r for r in report.outcome("silver-events").reasons)
     after = engine.check_table(spark, events)  # still balanced

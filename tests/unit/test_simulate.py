@@ -675,3 +675,32 @@ def test_report_is_a_frozen_value() -> None:
     report = ProduceReport(sent=1, by_kind={"valid": 1}, seconds=1.0, events_per_second=1.0)
     with pytest.raises(AttributeError):
         report.sent = 2  # type: ignore[misc]
+
+
+def test_a_drift_scenario_is_a_new_cohort_of_its_own_mix() -> None:
+    from lakehouse.cli import SCENARIO_NAMES
+    from lakehouse.simulate.clickstream import SCENARIOS
+
+    assert set(SCENARIO_NAMES) == set(SCENARIOS)
+    clean = Flaws(duplicate_rate=0, late_rate=0, very_late_rate=0, malformed_rate=0, schema_v2_from=0.0)
+
+    def events(scenario: str | None) -> list[dict[str, Any]]:
+        made = generate_events(3_000, seed=7, run=1, flaws=clean, scenario=scenario)
+        return [json.loads(e.value) for e in made]
+
+    baseline, campaign = events(None), events("mobile_campaign")
+    assert all(e["user_id"].startswith("u-mobile-campaign-r1-") for e in campaign)
+    assert {e["channel"] for e in campaign} <= {"social", "referral"}
+    assert {e["platform"] for e in campaign} <= {"android", "ios"}
+    assert {e["country"] for e in campaign} <= {"IN", "BR"}
+
+    def purchase_share(stream: list[dict[str, Any]]) -> float:
+        kinds = Counter(e["event_type"] for e in stream)
+        return kinds["purchase"] / kinds["page_view"]
+
+    assert purchase_share(campaign) < purchase_share(baseline) / 2  # they rarely buy
+    # the same window as run 1's: later than run 0, like any other run
+    assert min(e["event_time"] for e in campaign)[:10] == min(e["event_time"] for e in baseline)[:10]
+    assert events("mobile_campaign") == campaign  # deterministic
+    with pytest.raises(ConfigError, match="unknown scenario 'heatwave'"):
+        generate_events(10, scenario="heatwave")

@@ -38,7 +38,7 @@ import time
 import uuid
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
@@ -108,6 +108,45 @@ _CHANNEL_BOUNCE: Final = {
     "organic": 1.0, "paid_search": 0.8, "social": 1.5, "email": 0.7, "direct": 0.9, "referral": 1.1,
 }  # fmt: skip
 _PLATFORM_WEIGHT: Final = {"web": 0.55, "ios": 0.25, "android": 0.20}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A change in who comes and how they behave, for the drift tests of a model (``--scenario``).
+
+    It applies to a whole run: run ``n`` covers the ``days`` after run ``n - 1``, so ``--run 2 --scenario
+    mobile_campaign`` is "from the start of the third window on". Its users are a new cohort (their ids say
+    so), so their history starts with them.
+
+    Attributes:
+        name: how the CLI calls it.
+        description: one line for ``lakehouse simulate --help``.
+        channel_weight, platform_weight, country_weight: the cohort's mix (missing keys keep their weight
+            out: a zero share).
+        intent: multiplies every session's chance to go down the funnel (below 1: fewer carts and orders).
+        bounce: multiplies the chance to leave after the landing page.
+    """
+
+    name: str
+    description: str
+    channel_weight: Mapping[str, float]
+    platform_weight: Mapping[str, float]
+    country_weight: Mapping[str, float]
+    intent: float = 1.0
+    bounce: float = 1.0
+
+
+SCENARIOS: Final = {
+    "mobile_campaign": Scenario(
+        name="mobile_campaign",
+        description="a social-media campaign brings new mobile users from India and Brazil who rarely buy",
+        channel_weight={"social": 0.8, "referral": 0.2},
+        platform_weight={"android": 0.7, "ios": 0.3},
+        country_weight={"IN": 0.6, "BR": 0.4},
+        intent=0.45,
+        bounce=1.4,
+    ),
+}
 _SECOND_PLATFORM_SHARE: Final = 0.25  # of users
 _SECOND_PLATFORM_SESSIONS: Final = 0.3  # of such a user's sessions
 _APP_VERSIONS: Final = ("4.8.0", "5.0.3", "5.1.0", "5.2.1", "5.3.0")
@@ -327,12 +366,19 @@ def _device(rng: random.Random, platform: str) -> _Device:
     return _Device(platform, kind, "iOS" if platform == "ios" else "Android", version)
 
 
-def _users(seed: int, count: int) -> list[_User]:
-    # The population depends on the seed only, so later runs (``run`` > 0) meet the same users again.
-    rng = random.Random(f"lakehouse-users:{seed}")
+def _users(seed: int, count: int, scenario: Scenario | None = None, run: int = 0) -> list[_User]:
+    # The population depends on the seed only, so later runs (``run`` > 0) meet the same users again; a
+    # scenario's cohort is new users of its own mix.
+    rng = random.Random(f"lakehouse-users:{seed}" + (f":{scenario.name}:{run}" if scenario else ""))
     countries = {country: _COUNTRY_WEIGHT.get(country, 0.03) for country in COUNTRY_CURRENCY}
     channels = {channel: _CHANNEL_WEIGHT.get(channel, 0.1) for channel in CHANNELS}
     platforms = {platform: _PLATFORM_WEIGHT.get(platform, 0.1) for platform in PLATFORMS}
+    prefix = "u-"
+    if scenario is not None:
+        countries = {c: scenario.country_weight[c] for c in countries if scenario.country_weight.get(c)}
+        channels = {c: scenario.channel_weight[c] for c in channels if scenario.channel_weight.get(c)}
+        platforms = {p: scenario.platform_weight[p] for p in platforms if scenario.platform_weight.get(p)}
+        prefix = f"u-{scenario.name.replace('_', '-')}-r{run}-"
     users = []
     for number in range(1, count + 1):
         country = _pick(rng, countries)
@@ -343,7 +389,7 @@ def _users(seed: int, count: int) -> list[_User]:
             devices.append(_device(rng, other))
         users.append(
             _User(
-                user_id=f"u-{number:06d}",
+                user_id=f"{prefix}{number:06d}",
                 country=country,
                 currency=COUNTRY_CURRENCY[country],
                 channel=_pick(rng, channels),
@@ -372,14 +418,15 @@ def _dwell(rng: random.Random, low: float, high: float) -> int:
     return int(rng.uniform(low, high) * _SECOND)
 
 
-def _walk(rng: random.Random, user: _User, device: _Device) -> list[_Step]:
+def _walk(rng: random.Random, user: _User, device: _Device, scenario: Scenario | None = None) -> list[_Step]:
     """One session down the funnel; offsets are ms from the session start."""
-    intent = _CHANNEL_INTENT.get(user.channel, 1.0)
+    intent = _CHANNEL_INTENT.get(user.channel, 1.0) * (scenario.intent if scenario else 1.0)
     if device.platform == "web":
         intent *= {"desktop": 1.1, "mobile": 0.55, "tablet": 0.9}[device.type]
     else:
         intent *= 1.15 if device.platform == "ios" else 1.0
     bounce = _BOUNCE * _CHANNEL_BOUNCE.get(user.channel, 1.0) * (1.25 if device.type == "mobile" else 1.0)
+    bounce *= scenario.bounce if scenario else 1.0
     categories = list(_CATEGORIES)
     focus = rng.sample(categories, 2)
     landing = rng.choices(("/", f"/c/{focus[0]}", "/deals"), weights=(0.6, 0.3, 0.1))[0]
@@ -487,7 +534,12 @@ class _Calendar:
 
 
 def _sessions(
-    rng: random.Random, users: list[_User], needed: int, window_start: int, days: int
+    rng: random.Random,
+    users: list[_User],
+    needed: int,
+    window_start: int,
+    days: int,
+    scenario: Scenario | None = None,
 ) -> list[_Event]:
     """Exactly ``needed`` events from whole sessions (the last one cut short), sorted by event time."""
     activity = list(accumulate(min(rng.paretovariate(1.6), 15.0) for _ in users))
@@ -499,7 +551,7 @@ def _sessions(
         device = user.devices[0]
         if len(user.devices) > 1 and rng.random() < _SECOND_PLATFORM_SESSIONS:
             device = user.devices[1]
-        steps = _walk(rng, user, device)
+        steps = _walk(rng, user, device, scenario)
         begin = calendar.place(user, steps[-1].offset_ms)
         if begin is None:
             failures += 1
@@ -722,9 +774,15 @@ def _malformed(rng: random.Random, case: str, template: _Event, ts: int, version
 
 
 def _stream(
-    count: int, seed: int, run: int, window_start: int, days: int, flaws: Flaws
+    count: int,
+    seed: int,
+    run: int,
+    window_start: int,
+    days: int,
+    flaws: Flaws,
+    scenario: Scenario | None = None,
 ) -> Iterator[SimulatedEvent]:
-    rng = random.Random(f"lakehouse-clickstream:{seed}:{run}")
+    rng = random.Random(f"lakehouse-clickstream:{seed}:{run}" + (f":{scenario.name}" if scenario else ""))
     duplicates = round(count * flaws.duplicate_rate)
     malformed = round(count * flaws.malformed_rate)
     late = round(count * flaws.late_rate)
@@ -732,8 +790,8 @@ def _stream(
     needed = count - duplicates - malformed
     if needed <= 0:
         return
-    users = _users(seed, max(1, round(count / 15)))
-    events = _sessions(rng, users, needed, window_start, days)
+    users = _users(seed, max(1, round(count / 15)), scenario, run)
+    events = _sessions(rng, users, needed, window_start, days, scenario)
 
     # Late and very late events leave their place and follow a newer anchor event.
     displacer = _Displacer(rng, events)
@@ -817,6 +875,7 @@ def generate_events(
     days: int = 14,
     flaws: Flaws = DEFAULT_FLAWS,
     run: int = 0,
+    scenario: str | None = None,
 ) -> Iterator[SimulatedEvent]:
     """A deterministic simulated clickstream of exactly ``count`` Kafka records, flaws included.
 
@@ -833,6 +892,7 @@ def generate_events(
         days: how many days of traffic one run spans.
         flaws: duplicate / late / very late / malformed rates and the schema switch point.
         run: the batch number, folded into the seed and the time window.
+        scenario: a name of :data:`SCENARIOS`: this run's traffic is that scenario's cohort (a drift).
 
     Returns:
         An iterator of :class:`SimulatedEvent` in emission order (roughly event-time order).
@@ -853,8 +913,10 @@ def generate_events(
         raise ConfigError(f"run must be zero or more (got {run}): use 0 for the first batch")
     if start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
+    if scenario is not None and scenario not in SCENARIOS:
+        raise ConfigError(f"unknown scenario {scenario!r}: choose one of {sorted(SCENARIOS)}")
     window_start = (start - _EPOCH) // timedelta(milliseconds=1) + run * days * _DAY
-    return _stream(count, seed, run, window_start, days, flaws)
+    return _stream(count, seed, run, window_start, days, flaws, SCENARIOS[scenario] if scenario else None)
 
 
 def event_time_ms(payload: dict[str, Any]) -> int:
@@ -1048,6 +1110,7 @@ def simulate_to_kafka(
     rate: float | None = None,
     seed: int | None = None,
     run: int = 0,
+    scenario: str | None = None,
     progress: bool = False,
 ) -> ProduceReport:
     """Generate the configured clickstream and send it to the clickstream topic.
@@ -1061,6 +1124,7 @@ def simulate_to_kafka(
         seed: the random seed (default ``settings.simulator.seed``).
         run: the batch number; the same seed and run re-send the same events (silver dedupes them),
             the next run sends the following days with new event ids.
+        scenario: a drift scenario of :data:`SCENARIOS` for this run (e.g. ``mobile_campaign``).
         progress: show a progress bar.
 
     Returns:
@@ -1079,6 +1143,7 @@ def simulate_to_kafka(
         seed=simulator.seed if seed is None else seed,
         days=simulator.days,
         run=run,
+        scenario=scenario,
     )
     return produce(
         events,
