@@ -1,4 +1,4 @@
-"""The Panel dashboard server: the KPI and quality apps, with the DAG's profiles and Data Docs beside them."""
+"""The Panel dashboard server: the KPI, quality and models apps, with the DAG's reports beside them."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from lakehouse.stack.web import http_ok, panel_bind_args
 
 
 def recipe(settings: Settings) -> Service:
-    """``panel serve dashboards/kpis.py dashboards/quality.py`` on loopback."""
+    """``panel serve dashboards/kpis.py dashboards/quality.py dashboards/models.py`` on loopback."""
     s = settings
     port = s.dashboard.port
 
     def make_report_dirs() -> None:
-        for folder in ("profiles", "data_docs"):
+        for folder in ("profiles", "data_docs", "ml"):
             (s.reports / folder).mkdir(parents=True, exist_ok=True)
 
     return Service(
@@ -26,10 +26,12 @@ def recipe(settings: Settings) -> Service:
             "serve",
             str(s.root / "dashboards" / "kpis.py"),
             str(s.root / "dashboards" / "quality.py"),
+            str(s.root / "dashboards" / "models.py"),
             # The DAG's document products, browsable next to the apps.
             "--static-dirs",
             f"profiles={s.reports / 'profiles'}",
             f"data-docs={s.reports / 'data_docs'}",
+            f"ml-reports={s.reports / 'ml'}",
             *panel_bind_args(port),
             "--num-procs",
             "1",

@@ -1,0 +1,110 @@
+"""What the models dashboard shows, read from the lake with delta-rs (no Spark, no MLflow server).
+
+The champions and their history come from ``audit.model_promotions``; drift and quality per scored window
+from ``audit.model_monitoring``; prediction counts from ``gold.predictions`` (see :mod:`lakehouse.ml`).
+Every function returns an empty frame before the ML tasks have run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import pandas as pd
+
+from lakehouse.config import Settings
+
+PROMOTIONS: Final = ("audit", "model_promotions")
+MONITORING: Final = ("audit", "model_monitoring")
+PREDICTIONS: Final = ("gold", "predictions")
+# The dashboard server publishes <reports>/ml here (lakehouse.stack.dashboard).
+REPORTS_URL: Final = "ml-reports"
+DECISION_COLUMNS: Final = [
+    "decided_at", "challenger_version", "champion_version", "metric", "challenger_value", "champion_value",
+    "promoted", "reason",
+]  # fmt: skip
+WINDOW_COLUMNS: Final = [
+    "window_start", "window_end", "model_version", "rows", "drift_share", "drifted_features", "labelled_rows",
+    "quality_metric", "quality", "reference_quality", "retrain", "reason", "report_url",
+]  # fmt: skip
+
+
+def _read(settings: Settings, table: tuple[str, str], columns: list[str] | None = None) -> pd.DataFrame:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        return DeltaTable(settings.table_path(*table)).to_pandas(columns=columns)
+    except TableNotFoundError:
+        return pd.DataFrame()
+
+
+def model_names(settings: Settings) -> list[str]:
+    """Every model with a promotion decision or a monitored window."""
+    names: set[str] = set()
+    for table in (PROMOTIONS, MONITORING):
+        frame = _read(settings, table, ["model"])
+        if not frame.empty:
+            names |= set(frame["model"])
+    return sorted(names)
+
+
+def champions(settings: Settings) -> pd.DataFrame:
+    """Per model: its champion version (the last promoted challenger), when, and on what metric value."""
+    decisions = _read(settings, PROMOTIONS)
+    if decisions.empty:
+        return pd.DataFrame(columns=["model", "champion", "since", "metric", "value", "decisions"])
+    rows = []
+    for model, group in decisions.sort_values("decided_at").groupby("model"):
+        promoted = group[group["promoted"]]
+        last = promoted.iloc[-1] if len(promoted) else None
+        rows.append(
+            {
+                "model": model,
+                "champion": None if last is None else last["challenger_version"],
+                "since": None if last is None else last["decided_at"],
+                "metric": None if last is None else last["metric"],
+                "value": None if last is None else last["challenger_value"],
+                "decisions": len(group),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def decisions(settings: Settings, model: str) -> pd.DataFrame:
+    """The model's promotion decisions, newest first."""
+    frame = _read(settings, PROMOTIONS)
+    if frame.empty:
+        return frame
+    shown = frame[frame["model"] == model].sort_values("decided_at", ascending=False)
+    return shown[DECISION_COLUMNS].reset_index(drop=True)
+
+
+def windows(settings: Settings, model: str) -> pd.DataFrame:
+    """The model's monitored windows, oldest first, each with the URL of its drift report."""
+    frame = _read(settings, MONITORING)
+    if frame.empty:
+        return frame
+    shown = frame[frame["model"] == model].sort_values("window_end", ignore_index=True)
+    base = (settings.reports / "ml").resolve()
+
+    def link(path: str) -> str | None:
+        try:
+            return f"/{REPORTS_URL}/" + Path(path).resolve().relative_to(base).as_posix()
+        except ValueError:
+            return None
+
+    shown["report_url"] = shown["report"].map(link)
+    return shown[WINDOW_COLUMNS]
+
+
+def prediction_counts(settings: Settings, model: str) -> pd.DataFrame:
+    """Rows in gold.predictions per version of the model, with the newest scoring time."""
+    frame = _read(settings, PREDICTIONS, ["model", "model_version", "scored_at"])
+    if frame.empty:
+        return frame
+    mine = frame[frame["model"] == model]
+    counted = mine.groupby("model_version", as_index=False).agg(
+        rows=("scored_at", "size"), last_scored=("scored_at", "max")
+    )
+    return counted.sort_values("last_scored", ascending=False, ignore_index=True)
