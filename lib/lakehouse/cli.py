@@ -294,7 +294,9 @@ def demo(settings: Settings, count: int | None) -> None:
         marker.write_text("\n".join(report.lines()) + "\n")
         click.echo("produced: " + "; ".join(report.lines()))
     build_dag(settings, progress=click.echo)
-    manager.start(["dashboard"])
+    # the declared models' champions behind their endpoints (the DAG has just trained them)
+    endpoints = [name for name, service in manager.services().items() if service.on_demand]
+    manager.start(["dashboard", *endpoints])
     _print_status(settings)
     services = {s.name: s for s in manager.services().values()}
     click.echo("")
@@ -304,6 +306,9 @@ def demo(settings: Settings, count: int | None) -> None:
         f"Quality dashboard:   {quality}/quality   (profiles: {quality}/profiles/index.html, "
         f"Data Docs: {quality}/data-docs/index.html)"
     )
+    click.echo(f"Models dashboard:    {quality}/models   (drift reports: {quality}/ml-reports/)")
+    for name in endpoints:
+        click.echo(f"Model endpoint:      {services[name].url}   ({name.removeprefix('model-')}@champion)")
     click.echo(f"Lineage events:      {settings.reports / 'lineage'}")
     click.echo(f"MLflow UI:           {services['mlflow'].url}")
     click.echo(f"Executed notebooks:  {settings.workspace / 'notebooks'}")

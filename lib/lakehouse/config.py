@@ -67,6 +67,13 @@ class MlflowSettings(_Section):
     tracking_uri: str | None = None
 
 
+class ModelServingSettings(_Section):
+    """``mlflow models serve`` of each declared model's champion: the first on ``port``, then +1 each."""
+
+    port: int = Field(5010, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=16)
+
+
 class DashboardSettings(_Section):
     port: int = Field(5006, ge=1, le=65535)
 
@@ -193,6 +200,7 @@ class Settings(_Section):
     spark: SparkSettings = SparkSettings()
     mlflow: MlflowSettings = MlflowSettings()
     dashboard: DashboardSettings = DashboardSettings()
+    model_serving: ModelServingSettings = ModelServingSettings()
     postgres: PostgresSettings = PostgresSettings()
     mqtt: MqttSettings = MqttSettings()
     influxdb: InfluxSettings = InfluxSettings()
@@ -395,6 +403,7 @@ def shift_ports(settings: Settings, offset: int) -> Settings:
         )
     update["mlflow"] = s.mlflow.model_copy(update={"port": s.mlflow.port + offset})
     update["dashboard"] = s.dashboard.model_copy(update={"port": s.dashboard.port + offset})
+    update["model_serving"] = s.model_serving.model_copy(update={"port": s.model_serving.port + offset})
     for section in ("postgres", "mqtt", "fx_api", "redis"):
         current = getattr(s, section)
         if current.managed:

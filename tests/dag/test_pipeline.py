@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -458,3 +459,64 @@ def test_reports_hold_none_of_the_clear_pii_that_bronze_holds(stack: Settings, b
         text = report.read_text(errors="replace")
         found = [value for value in clear if value in text]
         assert not found, f"{report.relative_to(stack.reports)} shows clear PII: {found[:3]}"
+
+
+@pytest.fixture(scope="module")
+def endpoint(stack: Settings, built: dict[str, Any]) -> Iterator[str]:
+    """The conversion model's champion behind `mlflow models serve`, as `lakehouse demo` starts it."""
+    from lakehouse.stack import ServiceManager
+
+    manager = ServiceManager(stack, fresh=False)
+    manager.start(["model-conversion-propensity"])
+    yield manager.services()["model-conversion-propensity"].url
+    manager.stop(["model-conversion-propensity"])
+
+
+def test_online_scoring_reads_redis_and_asks_the_champions_endpoint(
+    stack: Settings, built: dict[str, Any], endpoint: str
+) -> None:
+    import mlflow.pyfunc
+    from deltalake import DeltaTable
+
+    from lakehouse.ml import serving, training
+
+    spec = training.load_model_spec(stack, "conversion_propensity")
+    scorer = serving.OnlineScorer(stack, spec, url=endpoint)
+    sessions = DeltaTable(stack.table_path("gold", "sessions")).to_pandas()
+    recent = sessions.sort_values("session_end").tail(3)[["session_id", "user_id"]].to_dict("records")
+    scored = scorer.score(recent)
+    assert scored["session_id"].tolist() == [r["session_id"] for r in recent]
+    assert scored["prediction"].between(0, 1).all()
+    # the endpoint is the champion: the same inputs scored in process give the same probabilities
+    inputs = scorer.features(recent)
+    assert inputs["session_activity__page_views"].notna().all()  # the session's features came from Redis
+    champion = mlflow.pyfunc.load_model(f"models:/{spec.registered_name}@champion")
+    local = champion.predict(inputs[training.feature_columns(spec)])[:, 1]
+    assert scored["prediction"].to_numpy() == pytest.approx(local, abs=1e-9)
+
+
+def test_bad_scoring_requests_are_4xx_or_clear_errors(
+    stack: Settings, built: dict[str, Any], endpoint: str
+) -> None:
+    from lakehouse.errors import ConfigError, DataError
+    from lakehouse.ml import monitoring, serving, training
+
+    spec = training.load_model_spec(stack, "conversion_propensity")
+    scorer = serving.OnlineScorer(stack, spec, url=endpoint)
+    inputs = scorer.features([{"session_id": "no-such-session", "user_id": "no-such-user"}])
+    columns = training.feature_columns(spec)
+    with pytest.raises(serving.ScoringRequestError, match="missing inputs") as missing:
+        serving.invoke(endpoint, inputs[columns].drop(columns=["session_activity__channel"]))
+    assert missing.value.status == 400
+    with pytest.raises(serving.ScoringRequestError) as ill_typed:
+        serving.invoke(endpoint, inputs[columns].assign(session_activity__page_views="many"))
+    assert ill_typed.value.status == 400
+    with pytest.raises(DataError, match=r"lacks \['user_id'\]"):
+        scorer.score([{"session_id": "s"}])
+    # a model version trained on other features is refused by name, before it could be served
+    champion = monitoring.champion(stack, spec)
+    assert champion is not None
+    other = spec.model_copy(update={"features": (*spec.features[:-1],)})
+    with pytest.raises(ConfigError, match="trained on other features") as refused:
+        serving.check_signature(stack, other, champion.version)
+    assert spec.features[-1].replace(":", "__") in str(refused.value)

@@ -146,6 +146,7 @@ def test_a_port_offset_moves_every_service_the_project_starts(monkeypatch: pytes
         "connect": (base.spark.connect_port, moved.spark.connect_port),
         "mlflow": (base.mlflow.port, moved.mlflow.port),
         "dashboard": (base.dashboard.port, moved.dashboard.port),
+        "model_serving": (base.model_serving.port, moved.model_serving.port),
         "postgres": (base.postgres.port, moved.postgres.port),
         "mqtt": (base.mqtt.port, moved.mqtt.port),
         "influxdb": (base.influxdb.port, moved.influxdb.port),

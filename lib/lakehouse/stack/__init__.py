@@ -8,12 +8,24 @@ the FX API, MLflow and the dashboard (one small module each). Continuous mode
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from lakehouse.config import Settings
-from lakehouse.stack import dashboard, fx_api, influxdb, kafka, mlflow, mosquitto, postgres, redis, spark
+from lakehouse.stack import (
+    dashboard,
+    fx_api,
+    influxdb,
+    kafka,
+    mlflow,
+    model_serving,
+    mosquitto,
+    postgres,
+    redis,
+    spark,
+)
 from lakehouse.stack.java import java_executable
 from lakehouse.stack.supervisor import (
     RUN_ID_VARIABLE,
@@ -28,6 +40,8 @@ from lakehouse.stack.supervisor import (
 from lakehouse.stack.topics import ensure_topics, topic_plan
 from lakehouse.stack.web import panel_bind_args
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "RUN_ID_VARIABLE",
     "SERVICE_ORDER",
@@ -36,6 +50,7 @@ __all__ = [
     "ServiceStatus",
     "StartRecord",
     "ensure_topics",
+    "follow_champion",
     "java_executable",
     "panel_bind_args",
     "port_open",
@@ -59,6 +74,17 @@ _RECIPES: dict[str, tuple[Callable[[Settings], Service], Callable[[Settings], bo
 SERVICE_ORDER = tuple(_RECIPES)
 
 
+def _model_recipes(settings: Settings) -> dict[str, Service]:
+    """The declared models' serving endpoints (on demand); a broken declaration leaves them out, loudly."""
+    from lakehouse.errors import ConfigError
+
+    try:
+        return model_serving.recipes(settings)
+    except ConfigError as error:
+        log.warning("no model serving endpoints: %s", error)
+        return {}
+
+
 class ServiceManager(Supervisor):
     """Start, stop and report the local services of one environment.
 
@@ -71,6 +97,7 @@ class ServiceManager(Supervisor):
     def __init__(self, settings: Settings, fresh: bool = False) -> None:
         self.settings = settings
         recipes = {name: make(settings) for name, (make, managed) in _RECIPES.items() if managed(settings)}
+        recipes.update(_model_recipes(settings))
         super().__init__(recipes, settings.run_dir, settings.logs, settings.env_name, fresh=fresh)
 
     def services(self) -> dict[str, Service]:
@@ -80,3 +107,15 @@ class ServiceManager(Supervisor):
     def external_dirs(self) -> list[Path]:
         """Service data kept outside the workspace (PostgreSQL's, when running as root)."""
         return [postgres.home(self.settings)] if os.geteuid() == 0 else []
+
+
+def follow_champion(settings: Settings, registered_name: str) -> bool:
+    """Restart a model's endpoint if it runs (it loaded the former champion); whether it was restarted."""
+    manager = ServiceManager(settings)
+    name = model_serving.service_name(registered_name)
+    if name not in manager.recipes or manager.status([name])[0].state != "running":
+        return False
+    manager.stop([name])
+    manager.start([name])
+    log.info("%s restarted on the new champion", name)
+    return True

@@ -54,6 +54,9 @@ class Service:
     startup_timeout: float = 90.0
     stop_timeout: float = 45.0
     cwd: Path | None = None
+    # Started only when named (``lakehouse up --only``, `lakehouse demo` after the build): a model's serving
+    # endpoint needs the champion the DAG trains.
+    on_demand: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,7 +239,7 @@ class Supervisor:
             ServiceError: an unknown name, a port taken by a foreign process, or a service that did not
                 become healthy in time (with its log tail).
         """
-        wanted = list(self.recipes) if names is None else list(names)
+        wanted = [n for n, r in self.recipes.items() if not r.on_demand] if names is None else list(names)
         unknown = set(wanted) - set(self.recipes)
         if unknown:
             raise ServiceError(
