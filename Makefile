@@ -123,6 +123,7 @@ bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
 	$(BIN)/python benchmarks/quality.py
 	$(BIN)/python benchmarks/dag.py
 	$(BIN)/python benchmarks/noop_build.py
+	$(BIN)/python benchmarks/ml_serving.py
 
 .PHONY: clean
 clean: down ## Remove the workspace (lake, checkpoints, logs); keeps the venv and jars
