@@ -77,12 +77,16 @@ def _model_view(settings: Settings, model: str) -> pn.Column:
                 height=260, responsive=True,
             )  # fmt: skip
             body.append(pn.pane.HoloViews(quality, css_classes=["quality-chart"]))
+
+        def anchor(url: str | None, text: str) -> str:
+            return f'<a href="{url}" target="_blank">{text}</a>' if url else ""
+
         shown = windows.assign(
-            report=windows["report_url"].map(
-                lambda url: f'<a href="{url}" target="_blank">report</a>' if url else ""
-            )
-        ).drop(columns=["report_url"])
-        body.append(_table(shown, "model-windows", formatters={"report": {"type": "html"}}))
+            report=windows["report_url"].map(lambda url: anchor(url, "drift")),
+            quality_report=windows["quality_report_url"].map(lambda url: anchor(url, "quality")),
+        ).drop(columns=["report_url", "quality_report_url"])
+        html = {"type": "html"}
+        body.append(_table(shown, "model-windows", formatters={"report": html, "quality_report": html}))
     decisions = read_decisions(settings, model)
     if not decisions.empty:
         body.append(

@@ -70,6 +70,7 @@ def _project(root: Path, with_data: bool) -> Settings:
     ):
         report = reports / f"batch-{index}.html"
         report.write_text(f"<html><body>drift report {index}</body></html>", encoding="utf-8")
+        (reports / f"batch-{index}-quality.html").write_text("<html><body>quality</body></html>")
         windows.append(
             {
                 "model": MODEL,
@@ -118,11 +119,9 @@ def test_the_page_shows_the_champion_its_windows_and_decisions(page: Page, model
     expect(decisions.locator(".tabulator-row", has_text="does not beat it")).to_contain_text("2")
     expect(page.locator(".drift-chart .bk-Canvas").first).to_be_visible()
     expect(page.locator(".quality-chart .bk-Canvas").first).to_be_visible()
-    link = windows.locator("a", has_text="report").last
-    assert link.get_attribute("href") in {
-        "/ml-reports/churn_risk/batch-0.html",
-        "/ml-reports/churn_risk/batch-1.html",
-    }
+    hrefs = {windows.locator("a", has_text=text).first.get_attribute("href") for text in ("drift", "quality")}
+    reports = {f"/ml-reports/churn_risk/batch-{i}{kind}.html" for i in (0, 1) for kind in ("", "-quality")}
+    assert len(hrefs) == 2 and hrefs <= reports, hrefs
     panel_server.assert_no_traceback(page, models_dashboard.log)
 
 

@@ -94,6 +94,10 @@ def test_a_window_like_the_training_one_asks_for_nothing(
     assert html.endswith(f"{batch}.html")
     with open(html, encoding="utf-8") as document:
         assert "session_activity__channel" in document.read()  # the report covers the features
+    # the outcomes are known: a classification report beside it
+    assert html.replace(".html", "-quality.html") in {
+        str(p) for p in monitoring.report_dir(ws, spec).iterdir()
+    }
     # a window is monitored once
     assert monitoring.monitor(ws, spec) == []
 

@@ -284,6 +284,7 @@ def _monitor_window(settings: Settings, spec: ModelSpec, batch_id: str, window: 
     quality: float | None = None
     if len(joined) and joined[spec.labels.column].nunique() == 2:
         quality = training.evaluate(joined[spec.labels.column], joined["prediction"].to_numpy())[metric]
+        _quality_report(joined, spec.labels.column, folder / f"{batch_id}-quality.html")
     reference_quality = _reference_quality(settings, spec, version, metric)
 
     reasons = []
@@ -324,6 +325,21 @@ def _monitor_window(settings: Settings, spec: ModelSpec, batch_id: str, window: 
     write_deltalake(settings.table_path(*MONITORING_TABLE), _arrow(row, MONITORING_TABLE), mode="append")
     log.info("%s batch %s: drift %.2f, %s: %s", spec.registered_name, batch_id, share, metric, report.reason)
     return report
+
+
+def _quality_report(joined: pd.DataFrame, label: str, path: Path) -> None:
+    """Evidently's classification preset on the window's labelled rows, beside its drift report."""
+    from evidently import BinaryClassification, DataDefinition, Dataset, Report
+    from evidently.presets import ClassificationPreset
+
+    frame = joined[[label, "prediction"]].astype({label: "int64", "prediction": "float64"})
+    definition = DataDefinition(
+        classification=[BinaryClassification(target=label, prediction_probas="prediction")]
+    )
+    snapshot = Report([ClassificationPreset()]).run(
+        current_data=Dataset.from_pandas(frame, data_definition=definition), reference_data=None
+    )
+    snapshot.save_html(str(path))
 
 
 def _drifted(metric: dict[str, Any]) -> bool:

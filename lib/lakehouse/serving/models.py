@@ -25,7 +25,7 @@ DECISION_COLUMNS: Final = [
 ]  # fmt: skip
 WINDOW_COLUMNS: Final = [
     "window_start", "window_end", "model_version", "rows", "drift_share", "drifted_features", "labelled_rows",
-    "quality_metric", "quality", "reference_quality", "retrain", "reason", "report_url",
+    "quality_metric", "quality", "reference_quality", "retrain", "reason", "report_url", "quality_report_url",
 ]  # fmt: skip
 
 
@@ -95,6 +95,9 @@ def windows(settings: Settings, model: str) -> pd.DataFrame:
             return None
 
     shown["report_url"] = shown["report"].map(link)
+    # the classification report of a window whose outcomes had arrived, beside its drift report
+    quality = shown["report"].map(lambda path: str(path).removesuffix(".html") + "-quality.html")
+    shown["quality_report_url"] = [link(q) if Path(q).is_file() else None for q in quality]
     return shown[WINDOW_COLUMNS]
 
 
