@@ -63,7 +63,7 @@ def _help_text(command: list[str], env: dict[str, str]) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", ["mlflow", "dashboard", "fx_api", "spark"])
+@pytest.mark.parametrize("name", ["mlflow", "dashboard", "fx_api", "spark", "model-conversion-propensity"])
 def test_every_long_flag_is_in_the_programs_help(services: dict[str, Service], name: str) -> None:
     service = services[name]
     prefix = _help_prefix(service.command)
