@@ -407,6 +407,7 @@ def test_every_task_is_traced_with_openlineage(stack: Settings, built: dict[str,
     assert ("source.clickstream", "bronze.clickstream") in pairs
     assert ("bronze.clickstream", "silver.events") in pairs
     assert ("silver.events", "gold.sessions") in pairs
+    assert ("gold.user_history", "gold.predictions") in pairs  # the model's scoring, traced like the rest
 
 
 def test_profiles_and_data_docs_are_products_of_the_dag(stack: Settings, built: dict[str, Any]) -> None:

@@ -72,6 +72,8 @@ def test_the_declared_model_expands_its_views_and_leaves_the_label_out(spec: tra
         f for f in spec.features if f.split(":")[1] in {"converted", "purchases", "checkouts", "revenue"}
     ]
     assert spec.labels.keys == ("session_id", "user_id")
+    # drift is watched on what the session did, not on the user's history (it grows with the data's age)
+    assert spec.monitoring.features == tuple(f for f in spec.features if f.startswith("session_activity:"))
     assert training.task_name(spec) == "ml-train-conversion-propensity"
 
 
@@ -115,6 +117,7 @@ def test_the_declared_model_expands_its_views_and_leaves_the_label_out(spec: tra
             "must be a timestamp",
         ),
         ({"estimator": "xgboost"}, "estimator"),
+        ({"monitoring": {"features": ["user_history:mood"]}}, "not a feature of the model"),
     ],
 )
 def test_a_wrong_declaration_is_refused_naming_its_file(

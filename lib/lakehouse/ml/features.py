@@ -126,6 +126,13 @@ class FeatureRepo:
     views: Mapping[str, ViewSpec]
     contracts: Mapping[str, TableContract] = field(repr=False)
 
+    def source_tables(self, existing_in: Settings | None = None) -> list[str]:
+        """The gold tables the views read (only those that exist, given the settings to look in)."""
+        tables = sorted({view.source for view in self.views.values()})
+        if existing_in is None:
+            return tables
+        return [t for t in tables if (Path(existing_in.table_path(*t.split(".", 1))) / "_delta_log").is_dir()]
+
     def view(self, name: str) -> ViewSpec:
         try:
             return self.views[name]
@@ -374,7 +381,7 @@ def apply(settings: Settings, repo: FeatureRepo | None = None) -> ApplyReport:
     objects = definitions(settings, repo)
     declared = set(repo.views)
     stale: list[Any] = [view for view in store.list_feature_views() if view.name not in declared]
-    store.apply(objects, objects_to_delete=stale, partial=True)
+    store.apply(objects, objects_to_delete=stale, partial=not stale)  # partial=False deletes them
     report = ApplyReport(
         entities=sorted(repo.entities), views=sorted(repo.views), removed=sorted(v.name for v in stale)
     )
@@ -443,7 +450,7 @@ def materialize(
             start = intervals[-1][1] if intervals else stop - view.ttl_delta
             if start >= stop:
                 results.append(
-                    Materialized(view.name, start, stop, skipped="nothing newer than the last run")
+                    Materialized(view.name, start, stop, skipped="nothing newer since the last run")
                 )
                 continue
             store.materialize(start_date=start, end_date=stop, feature_views=[view.name])

@@ -254,8 +254,8 @@ def _monitor_window(settings: Settings, spec: ModelSpec, batch_id: str, window: 
     from evidently.presets import DataDriftPreset
 
     version = str(window["model_version"].iloc[0])
-    columns = training.feature_columns(spec)
-    categorical = training.categorical_columns(settings, spec)
+    columns = [reference.replace(":", "__") for reference in spec.monitoring.features]
+    categorical = [c for c in training.categorical_columns(settings, spec) if c in columns]
     numeric = [c for c in columns if c not in categorical]
     current = pd.read_parquet(scored_path(settings, spec, batch_id))
     reference = pd.read_parquet(training.reference_path(settings, spec, version))

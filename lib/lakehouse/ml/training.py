@@ -80,6 +80,9 @@ class PromotionSpec(_Spec):
 class MonitoringSpec(_Spec):
     """When a scored window asks for a retrain: too many features drifted, or quality fell too far."""
 
+    features: tuple[str, ...] = Field(
+        default=(), description="the features whose drift counts (<view>:<feature> or <view>:*; default all)"
+    )
     drift_share: float = Field(0.5, gt=0.0, le=1.0, description="share of drifted features that is drift")
     quality_metric: Metric = "roc_auc"
     quality_drop: float = Field(0.05, ge=0.0, description="how far below its test value is a drop")
@@ -195,6 +198,19 @@ def load_model_spec(settings: Settings, name: str, root: Path | None = None) -> 
             expanded.append(reference)
         else:
             raise ConfigError(f"{path}: feature view {view_name!r} has no feature {feature!r}")
+    monitored: list[str] = []
+    for reference in spec.monitoring.features:
+        view_name, _, feature = reference.partition(":")
+        if feature == "*":
+            monitored.extend(r for r in expanded if r.startswith(f"{view_name}:"))
+        elif reference in expanded:
+            monitored.append(reference)
+        else:
+            raise ConfigError(
+                f"{path}: monitoring.features names {reference!r}, which is not a feature of the model"
+            )
+    if spec.monitoring.features and not monitored:
+        raise ConfigError(f"{path}: monitoring.features selects none of the model's features")
     needed = {
         repo.entities[e].join_key for v in {r.split(":")[0] for r in expanded} for e in repo.view(v).entities
     }
@@ -212,7 +228,8 @@ def load_model_spec(settings: Settings, name: str, root: Path | None = None) -> 
             raise ConfigError(f"{path}: {column!r} is not a column of {spec.labels.table}")
     if columns[spec.labels.timestamp] != "timestamp":
         raise ConfigError(f"{path}: labels.timestamp {spec.labels.timestamp!r} must be a timestamp column")
-    return spec.model_copy(update={"features": tuple(dict.fromkeys(expanded))})
+    monitoring = spec.monitoring.model_copy(update={"features": tuple(dict.fromkeys(monitored or expanded))})
+    return spec.model_copy(update={"features": tuple(dict.fromkeys(expanded)), "monitoring": monitoring})
 
 
 # -- the training set --------------------------------------------------------------------------------------
