@@ -16,6 +16,7 @@ import yaml
 
 from lakehouse.config import Settings
 from lakehouse.dag import ploomber_env
+from project_files import copy_declarations
 
 BIN = Path(sys.executable).parent
 
@@ -32,8 +33,7 @@ class Project:
     def create(cls, stack: Settings, tmp_path: Path, env: Mapping[str, str] | None = None) -> Project:
         root = tmp_path / "project"
         root.mkdir()
-        for folder in ("catalog", "quality", "models", "features"):
-            shutil.copytree(stack.root / folder, root / folder)
+        copy_declarations(stack.root, root)
         for file in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
             shutil.copy(stack.root / file, root / file)
         (root / "notebooks").symlink_to(stack.root / "notebooks")

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from lakehouse.config import Settings
+from project_files import copy_declarations
 
 
 def declared_project(
@@ -19,8 +20,7 @@ def declared_project(
     """A user's project: the catalog plus their topic's bronze and silver contracts, a registry of one source."""
     root = tmp_path / "project"
     root.mkdir()
-    for folder in ("catalog", "quality", "models", "features"):
-        shutil.copytree(stack.root / folder, root / folder)
+    copy_declarations(stack.root, root)
     for file in ("pipeline.yaml", "pipeline.declared.yaml"):
         shutil.copy(stack.root / file, root / file)
     env = yaml.safe_load((stack.root / "env.test.yaml").read_text())

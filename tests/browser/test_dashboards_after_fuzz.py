@@ -24,6 +24,7 @@ from lakehouse.config import Settings, load_settings
 from lakehouse.gold import models
 from lakehouse.serving import gold
 from lakehouse.silver import engine
+from project_files import copy_declarations
 
 pytestmark = pytest.mark.browser
 
@@ -44,8 +45,7 @@ class Fuzzed:
 def fuzzed(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> Fuzzed:
     """A copy of the project whose bronze is the fuzz corpus, built into silver.events and gold.sessions."""
     root = tmp_path_factory.mktemp("fuzzed-project")
-    for folder in ("catalog", "quality", "models"):
-        shutil.copytree(ROOT / folder, root / folder)
+    copy_declarations(ROOT, root)
     for file in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
         shutil.copy(ROOT / file, root / file)
     (root / "env.yaml").write_text(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ from lakehouse.simulate.fx_api import Faults, RunningServer, load_ecb_rates, sta
 from lakehouse.sources.firehose import BRONZE_HTTP, delta_append
 from lakehouse.sources.http import PullTargets, RetryPolicy, pull_source
 from lakehouse.sources.registry import HttpAuth, HttpPagination, HttpSource
+from project_files import copy_declarations
 from revenue_cases import DAILY_KPIS, assert_revenue_in_eur
 
 pytestmark = pytest.mark.integration
@@ -151,8 +151,7 @@ def _with_flawed_rows(path: str) -> None:
 
 def _project(settings: Settings, root: Path) -> Settings:
     """A copy of the project's declarations with its own lake under ``root``."""
-    for folder in ("catalog", "models", "quality"):
-        shutil.copytree(settings.root / folder, root / "project" / folder)
+    copy_declarations(settings.root, root / "project")
     quality = settings.quality.model_copy(update={"data_docs": False})
     return settings.model_copy(
         update={"root": root / "project", "workspace": root / "ws", "quality": quality}

@@ -25,6 +25,7 @@ from kafka import KafkaProducer
 from lakehouse.config import Settings
 from lakehouse.dag import ploomber_env
 from lakehouse.stack import ensure_topics
+from project_files import copy_declarations
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +33,7 @@ pytestmark = pytest.mark.integration
 def _project(stack: Settings, tmp_path: Path, source: dict[str, Any], name: str) -> Path:
     root = tmp_path / "project"
     root.mkdir()
-    for folder in ("catalog", "quality", "models"):
-        shutil.copytree(stack.root / folder, root / folder)
+    copy_declarations(stack.root, root)
     for file in ("pipeline.yaml", "pipeline.declared.yaml"):
         shutil.copy(stack.root / file, root / file)
     (root / "notebooks").symlink_to(stack.root / "notebooks")

@@ -12,6 +12,7 @@ import yaml
 from lakehouse.config import Settings
 from lakehouse.declared_dag import declared_tasks, sync
 from lakehouse.errors import ConfigError
+from project_files import copy_declarations
 
 pytestmark = pytest.mark.unit
 
@@ -25,9 +26,7 @@ def _project(settings: Settings, tmp_path: Path) -> Settings:
     root.mkdir()
     for name in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
         shutil.copy(settings.root / name, root / name)
-    shutil.copytree(settings.root / "catalog", root / "catalog")
-    shutil.copytree(settings.root / "models", root / "models")
-    shutil.copytree(settings.root / "features", root / "features")
+    copy_declarations(settings.root, root)
     return settings.model_copy(update={"root": root})
 
 

@@ -7,7 +7,6 @@ of a temporary project; then the Delta writer every full model goes through.
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models, write_gold
 from lakehouse.governance.catalog import load_catalog, load_contract
 from lakehouse.serving.gold import FUNNEL
+from project_files import copy_declarations
 
 pytestmark = pytest.mark.unit
 
@@ -264,8 +264,7 @@ def test_sessionize_rejects_missing_columns_and_bad_params(spark: SparkSession, 
 def _project(settings: Settings, root: Path) -> Settings:
     """A copy of the project's declarations with its own lake, so models build against this test's tables."""
     (root / "project").mkdir(parents=True)
-    for folder in ("catalog", "models", "quality"):
-        shutil.copytree(settings.root / folder, root / "project" / folder)
+    copy_declarations(settings.root, root / "project")
     quality = settings.quality.model_copy(update={"data_docs": False})
     return settings.model_copy(
         update={"root": root / "project", "workspace": root / "ws", "quality": quality}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.gold import models
 from lakehouse.governance.catalog import load_catalog
+from project_files import copy_declarations
 from revenue_cases import DAILY_KPIS, assert_revenue_in_eur
 
 pytestmark = pytest.mark.unit
@@ -24,9 +24,7 @@ pytestmark = pytest.mark.unit
 def project(settings: Settings, tmp_path: Path) -> Settings:
     root = tmp_path / "project"
     root.mkdir()
-    shutil.copytree(settings.root / "catalog", root / "catalog")
-    shutil.copytree(settings.root / "models", root / "models")
-    shutil.copytree(settings.root / "quality", root / "quality")
+    copy_declarations(settings.root, root)
     quality = settings.quality.model_copy(update={"data_docs": False})
     return settings.model_copy(update={"root": root, "workspace": tmp_path / "ws", "quality": quality})
 

@@ -21,6 +21,7 @@ from lakehouse.errors import ConfigError
 from lakehouse.governance.catalog import load_contract
 from lakehouse.onboarding import scaffold_table
 from lakehouse.silver.engine import silver_table
+from project_files import copy_declarations
 
 pytestmark = pytest.mark.unit
 
@@ -53,8 +54,7 @@ def project(settings: Settings, tmp_path: Path) -> Settings:
     root.mkdir()
     for name in ("pipeline.yaml", "pipeline.declared.yaml", "sources.yaml"):
         shutil.copy(settings.root / name, root / name)
-    for folder in ("catalog", "models", "quality", "features"):
-        shutil.copytree(settings.root / folder, root / folder)
+    copy_declarations(settings.root, root)
     registry = yaml.safe_load((root / "sources.yaml").read_text())
     registry["sources"].update(SOURCES)
     (root / "sources.yaml").write_text(yaml.safe_dump(registry))

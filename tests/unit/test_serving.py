@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.serving import gold
 from lakehouse.serving.gold import FUNNEL, Filters
+from project_files import copy_declarations
 from sessions_schema import SESSIONS_SCHEMA
 
 pytestmark = pytest.mark.unit
@@ -187,8 +187,7 @@ def test_the_dashboards_funnel_reconciles_with_gold_funnel(
     from lakehouse.gold import models
 
     root = tmp_path / "project"
-    for folder in ("catalog", "models"):
-        shutil.copytree(settings.root / folder, root / folder)
+    copy_declarations(settings.root, root)
     project = settings.model_copy(update={"root": root, "workspace": tmp_path / "ws"})
     write_sessions(Path(project.table_path("gold", "sessions")), sessions_frame())
     model = models.model_frame(spark, project, models.gold_model(project, "gold.funnel"))
