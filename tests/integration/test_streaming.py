@@ -186,7 +186,15 @@ def test_continuous_mode_from_the_cli_streams_until_interrupted(stack: Settings,
     lakehouse = str(Path(sys.executable).parent / "lakehouse")
     command = [lakehouse, "--env", stack.env_name, "ingest", "--topic", topic, "--continuous"]
     command += ["--trigger", "1 second"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # Ctrl-C as a terminal sends it: a test run started in the background (`make test &`) ignores SIGINT, and
+    # its children would inherit that and never see the interrupt this test sends.
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         table = stack.table_path("bronze", topic)
         assert _wait_for_rows(spark, table, at_least=500) == 500
