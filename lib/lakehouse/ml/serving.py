@@ -108,6 +108,8 @@ class OnlineScorer:
 
     def __post_init__(self) -> None:
         self.store = fs.feature_store(self.settings)
+        # read the declarations once: each request types its features by them
+        self.categorical = training.categorical_columns(self.settings, self.spec)
 
     def features(self, entity_rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """The model's inputs for each entity row, as Redis holds them (missing values as nulls)."""
@@ -122,7 +124,7 @@ class OnlineScorer:
         response = self.store.get_online_features(
             features=list(self.spec.features), entity_rows=requested, full_feature_names=True
         ).to_df()
-        return training.prepare_inputs(response, self.settings, self.spec)
+        return training.prepare_inputs(response, self.settings, self.spec, self.categorical)
 
     def score(self, entity_rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """One row per entity: its keys and ``prediction`` (probability of the positive class)."""

@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -149,13 +150,18 @@ def reference_path(settings: Settings, spec: ModelSpec, version: str) -> Path:
     return model_dir(settings, spec) / "reference" / f"v{version}.parquet"
 
 
-def prepare_inputs(frame: pd.DataFrame, settings: Settings, spec: ModelSpec) -> pd.DataFrame:
-    """The feature columns typed as the model expects: numbers as floats, text as text (None for missing)."""
+def prepare_inputs(
+    frame: pd.DataFrame, settings: Settings, spec: ModelSpec, categorical: Collection[str] | None = None
+) -> pd.DataFrame:
+    """The feature columns typed as the model expects: numbers as floats, text as text (None for missing).
+
+    ``categorical`` (:func:`categorical_columns`) saves reading the declarations again on a hot path.
+    """
     columns = feature_columns(spec)
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{spec.name}: the frame lacks feature columns {missing}")
-    categorical = set(categorical_columns(settings, spec))
+    categorical = set(categorical_columns(settings, spec) if categorical is None else categorical)
     typed = frame.copy()
     for column in columns:
         if column in categorical:
