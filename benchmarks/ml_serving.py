@@ -60,7 +60,6 @@ def main() -> None:
     parser.add_argument("--label-rows", type=int, default=1_000_000)
     args = parser.parse_args()
 
-    import mlflow
     import mlflow.pyfunc
     import redis
     from deltalake import DeltaTable
@@ -71,8 +70,7 @@ def main() -> None:
     from lakehouse.stack.model_serving import endpoint_url
 
     settings = load_settings(args.env)
-    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)  # models:/…@champion resolves in this store
-    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    training.use_mlflow(settings)  # models:/…@champion resolves in the environment's store
     spec = training.load_model_spec(settings, args.model)
     store = fs.feature_store(settings)
     sessions = DeltaTable(settings.table_path("gold", "sessions")).to_pandas(

@@ -47,7 +47,7 @@ def _scored(ws: Settings, spec: training.ModelSpec, result: training.TrainResult
     """Write a scored window as monitoring.score does: its inputs and its predictions."""
     import mlflow.pyfunc
 
-    training._mlflow(ws)
+    training.use_mlflow(ws)
     model = mlflow.pyfunc.load_model(f"models:/{spec.registered_name}/{result.version}")
     frame = training.prepare_inputs(rows, ws, spec)
     probability = np.asarray(model.predict(frame[training.feature_columns(spec)]))[:, 1]

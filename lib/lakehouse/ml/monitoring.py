@@ -56,7 +56,7 @@ def champion(settings: Settings, spec: ModelSpec) -> Champion | None:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    training._mlflow(settings)
+    training.use_mlflow(settings)
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     try:
         version = client.get_model_version_by_alias(spec.registered_name, CHAMPION)

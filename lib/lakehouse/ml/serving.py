@@ -79,7 +79,7 @@ def check_signature(settings: Settings, spec: ModelSpec, version: str) -> None:
     """
     import mlflow.models
 
-    training._mlflow(settings)
+    training.use_mlflow(settings)
     info = mlflow.models.get_model_info(f"models:/{spec.registered_name}/{version}")
     schema = info.signature.inputs if info.signature is not None else None
     if schema is None:

@@ -373,7 +373,8 @@ class TrainResult:
     versions: dict[str, int] = field(default_factory=dict)
 
 
-def _mlflow(settings: Settings) -> Any:
+def use_mlflow(settings: Settings) -> Any:
+    """MLflow pointed at the environment's tracking and registry store (``models:/…`` resolves there)."""
     import mlflow
 
     uri = settings.mlflow_tracking_uri
@@ -425,7 +426,7 @@ def train(
     metrics = evaluate(split.test[spec.labels.column], pipeline.predict_proba(split.test[columns])[:, 1])
     metrics.update(n_train=float(len(split.train)), n_test=float(len(split.test)))
 
-    mlflow = _mlflow(settings)
+    mlflow = use_mlflow(settings)
     experiment_id = _experiment(settings, spec)
     timestamp = spec.labels.timestamp
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-{spec.estimator}") as run:
@@ -511,7 +512,7 @@ def promote(settings: Settings, spec: ModelSpec, result: TrainResult) -> Decisio
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    _mlflow(settings)
+    use_mlflow(settings)
     client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
     name, metric, margin = spec.registered_name, spec.promotion.metric, spec.promotion.margin
     challenger_value = result.metrics[metric]
