@@ -259,7 +259,9 @@ class _Ploomber:
             task = self._dag[name]
             product = task.product
             try:
-                product._reset_cached_outdated_status()
+                # a task with several products has a MetaProduct: each product caches its own status
+                for part in getattr(product, "products", [product]):
+                    part._reset_cached_outdated_status()
                 if not product.exists() or product._outdated_code_dependency():
                     continue
                 if product._outdated_data_dependencies():

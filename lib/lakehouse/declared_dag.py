@@ -181,9 +181,14 @@ def feature_tasks(settings: Settings, writers: dict[str, str]) -> list[dict[str,
         if writer is not None and writer not in upstream:
             upstream.append(writer)
     relative = root.relative_to(settings.root)
-    resources = {"entities": str(relative / "entities.yaml")} | {
-        f"view_{name}": str(relative / "views" / f"{name}.yaml") for name in sorted(repo.views)
-    }
+    resources = (
+        {"entities": str(relative / "entities.yaml")}
+        | {f"view_{name}": str(relative / "views" / f"{name}.yaml") for name in sorted(repo.views)}
+        | {
+            f"on_demand_{name}": str(relative / "on_demand" / f"{name}.yaml")
+            for name in sorted(repo.on_demand)
+        }
+    )
     (apply_name, apply_notebook), (materialize_name, materialize_notebook) = (
         FEATURES_APPLY,
         FEATURES_MATERIALIZE,

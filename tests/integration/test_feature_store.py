@@ -74,7 +74,7 @@ def _session_rows(ids: dict[str, str], names: list[str], ends: list[datetime]) -
             "page_views": list(range(1, len(names) + 1)),
             "product_views": [0] * len(names),
             "searches": [0] * len(names),
-            "add_to_carts": [0] * len(names),
+            "add_to_carts": list(range(len(names))),
         }
     )
 
@@ -156,6 +156,14 @@ def test_materialize_writes_each_views_newest_rows_to_redis_and_resumes_where_it
         store_settings, [{"session_id": ids["s4"]}], ["session_activity:page_views"]
     )
     assert row["page_views"].tolist() == [1]
+    # an on-demand feature is computed from what Redis holds: s3 has 2 add-to-carts in 3 page views
+    ratios = features.online_features(
+        store_settings,
+        [{"session_id": ids["s3"]}, {"session_id": "never-seen"}],
+        ["session_ratios:cart_rate"],
+    )
+    assert ratios["cart_rate"].iloc[0] == pytest.approx(2 / 3)
+    assert pd.isna(ratios["cart_rate"].iloc[1])
     report = features.write_materialize_report(store_settings, list(third.values()))
     assert set(report.view) == set(third)
     assert features.materialize_report_path(store_settings).is_file()
@@ -225,3 +233,28 @@ def test_bad_requests_are_clear_errors(store_settings: Settings, applied: featur
         features.online_features(store_settings, [{"session_id": "x"}], HISTORY_FEATURES)
     with pytest.raises(DataError, match="the entity rows lack"):
         features.training_set(store_settings, pd.DataFrame({"user_id": ["x"]}), HISTORY_FEATURES)
+
+
+def test_entity_rows_in_spark_and_on_demand_features_join_where_they_are(
+    store_settings: Settings, spark: Any, applied: features.ApplyReport, ids: dict[str, str]
+) -> None:
+    at = T0 + timedelta(days=2, hours=2)  # after s2 and s3 ended, within their 2-day TTL
+    rows = spark.createDataFrame(
+        pd.DataFrame(
+            {"session_id": [ids["s2"], ids["s3"], "never-seen"], "seen_at": [at] * 3, "label": [1, 0, 1]}
+        )
+    )
+    built = features.training_set(
+        store_settings, rows, ["session_activity:page_views", "session_ratios:cart_rate"], timestamp="seen_at"
+    )
+    frame = built.frame.set_index("session_id")
+    assert frame.loc[ids["s2"], "session_activity__page_views"] == 2
+    # computed by the declaration's expression after the point-in-time join, as online
+    assert frame.loc[ids["s2"], "session_ratios__cart_rate"] == 0.5
+    assert frame.loc[ids["s3"], "session_ratios__cart_rate"] == pytest.approx(2 / 3)
+    assert pd.isna(frame.loc["never-seen", "session_ratios__cart_rate"])
+    assert frame["label"].tolist() == [1, 0, 1] and frame["seen_at"].dt.tz is not None
+    assert set(built.versions) == {"gold.sessions"}
+    # Spark wrote the set to Feast's staging folder and it was read from there: nothing is left behind
+    staging = features.staging_path(store_settings)
+    assert staging.is_dir() and list(staging.iterdir()) == []

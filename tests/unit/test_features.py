@@ -144,3 +144,128 @@ def test_the_dag_gets_an_apply_and_a_materialize_task_downstream_of_the_views_ta
     assert {"gold-sessions", "gold-user-history"} <= set(materialize["upstream"])
     # a view over a continuous-mode rollup (no task writes it) adds no upstream
     assert not any("rt-device" in name for name in materialize["upstream"])
+    # so is an on-demand view
+    assert (
+        apply["params"]["resources_"]["on_demand_session_ratios"] == "features/on_demand/session_ratios.yaml"
+    )
+
+
+def _on_demand(root: Path, name: str, body: str) -> None:
+    (root / "on_demand").mkdir(exist_ok=True)
+    (root / "on_demand" / f"{name}.yaml").write_text(body)
+
+
+def test_an_on_demand_view_is_a_feast_transformation_of_its_sources(settings: Settings) -> None:
+    import pandas as pd
+    from feast import OnDemandFeatureView
+    from feast.types import Float64
+
+    repo = load_feature_repo(settings)
+    ratios = repo.on_demand["session_ratios"]
+    assert ratios.sources == ("session_activity",)
+    # it resolves like a view: the session entity, gold.sessions, typed from the declaration
+    assert repo.entities_of("session_ratios") == ["session"]
+    assert repo.tables_of("session_ratios") == ["gold.sessions"]
+    assert repo.type_of("session_ratios", "cart_rate") == "double"
+    view = {o.name: o for o in definitions(settings, repo)}["session_ratios"]
+    assert isinstance(view, OnDemandFeatureView)
+    assert {f.name: f.dtype for f in view.features}["cart_rate"] == Float64
+    # what the registry keeps (pickled with dill) computes the same as the declaration
+    restored = OnDemandFeatureView.from_proto(view.to_proto())
+    inputs = pd.DataFrame(
+        {
+            "page_views": [4, 0, 5, None],
+            "add_to_carts": [1, 2, None, 1],
+            "product_views": [2, 0, 1, 1],
+            "searches": [0, 0, 0, 0],
+        }
+    )
+    out = restored.feature_transformation.udf(inputs)
+    assert out["cart_rate"].iloc[0] == 0.25
+    # no page views: no ratio, never an infinity; a missing count: no ratio
+    assert out["cart_rate"].iloc[1:].isna().all()
+    assert list(out.columns) == ["product_view_share", "search_rate", "cart_rate"]
+
+
+def test_a_users_on_demand_feature_is_declared_by_a_file(settings: Settings, declarations: Path) -> None:
+    import pandas as pd
+
+    _on_demand(
+        declarations,
+        "engagement",
+        "sources: [user_history, session_activity]\nfeatures:\n"
+        "  busy:\n    expression: sessions_7d * 4 > sessions_28d and page_views >= 3\n    type: boolean\n"
+        "  quiet:\n    expression: not 1 <= page_views < 5 or sessions_7d == 0\n    type: boolean\n"
+        "  weekly_share:\n    expression: -(sessions_7d / sessions_28d) ** 2 % 1 + 0.5\n",
+    )
+    repo = load_feature_repo(settings, root=declarations)
+    assert repo.entities_of("engagement") == ["session", "user"]
+    assert repo.tables_of("engagement") == ["gold.sessions", "gold.user_history"]
+    udf = {o.name: o for o in definitions(settings, repo)}["engagement"].feature_transformation.udf
+    frame = pd.DataFrame(
+        {"sessions_7d": [3, 1, None, 0], "sessions_28d": [4, 8, 2, 0], "page_views": [3, 9, 9, 4]}
+    )
+    out = udf(frame)
+    # Python's own operators, elementwise; a missing value compares false
+    assert out["busy"].tolist() == [True, False, False, False]
+    assert out["quiet"].tolist() == [False, True, True, True]
+    assert out["weekly_share"].iloc[:2].tolist() == pytest.approx(
+        [-(0.75**2) % 1 + 0.5, -(0.125**2) % 1 + 0.5]
+    )
+    assert out["weekly_share"].iloc[2:].isna().all()  # missing, and 0 / 0
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: mood / 2\n",
+            "'mood' is not a feature",
+        ),
+        ("sources: [nowhere]\nfeatures:\n  x:\n    expression: page_views\n", "are not feature views"),
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: __import__('os').getcwd()\n",
+            "Call is not allowed",
+        ),
+        ("sources: [session_activity]\nfeatures:\n  x:\n    expression: page_views[0]\n", "Subscript is not"),
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: 'page_views +'\n",
+            "is not an expression",
+        ),
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: page_views\n    type: date\n",
+            "type",
+        ),
+        ("sources: [session_activity]\nfeatures: {}\n", "features"),
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: page_views and searches\n",
+            "cannot be computed",
+        ),
+        (
+            "sources: [session_activity]\nfeatures:\n  x:\n    expression: page_views.real\n",
+            "Attribute is not",
+        ),
+    ],
+)
+def test_a_wrong_on_demand_view_is_refused_naming_its_file(
+    settings: Settings, declarations: Path, body: str, message: str
+) -> None:
+    _on_demand(declarations, "broken", body)
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_feature_repo(settings, root=declarations)
+    assert "broken.yaml" in str(raised.value)
+
+
+def test_an_entity_typed_unlike_its_join_key_is_refused(settings: Settings, declarations: Path) -> None:
+    (declarations / "entities.yaml").write_text(
+        (declarations / "entities.yaml").read_text() + "visitor:\n  join_key: user_id\n  type: long\n"
+    )
+    _view(
+        declarations,
+        "visits",
+        "source: gold.user_history\nentities: [visitor]\ntimestamp: as_of\nttl: 1d\nfeatures: [sessions_7d]\n",
+    )
+    with pytest.raises(
+        ConfigError, match=r"'user_id' is a string in gold\.user_history, but entity 'visitor'"
+    ):
+        load_feature_repo(settings, root=declarations)

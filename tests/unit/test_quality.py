@@ -72,6 +72,7 @@ DAG_TABLES = [
             "rt_device_minute",
             "device_offline",
             "user_history",
+            "customer_orders",
             "predictions",
         )
     ),

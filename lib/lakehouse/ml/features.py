@@ -26,16 +26,20 @@ Example (in a notebook)::
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import json
 import logging
 import re
+import shutil
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from types import CodeType
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
 
 import pandas as pd
 import yaml
@@ -48,6 +52,7 @@ from lakehouse.governance.catalog import Catalog, TableContract, load_catalog, p
 if TYPE_CHECKING:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
+    from pyspark.sql import DataFrame as SparkDataFrame
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
@@ -75,6 +80,34 @@ _FEAST_TYPES: Final = {
     "timestamp": "UnixTimestamp",
 }
 _ENTITY_TYPES: Final = {"string": "STRING", "long": "INT64", "integer": "INT32"}
+# What an on-demand feature's expression may contain: names, numbers, arithmetic, comparisons, boolean logic.
+_EXPRESSION_NODES: Final = (
+    ast.Expression,
+    ast.Name,
+    ast.Load,
+    ast.Constant,
+    ast.BinOp,
+    ast.UnaryOp,
+    ast.BoolOp,
+    ast.Compare,
+    ast.Add,
+    ast.Sub,
+    ast.Mult,
+    ast.Div,
+    ast.Pow,
+    ast.Mod,
+    ast.USub,
+    ast.UAdd,
+    ast.Not,
+    ast.And,
+    ast.Or,
+    ast.Eq,
+    ast.NotEq,
+    ast.Lt,
+    ast.LtE,
+    ast.Gt,
+    ast.GtE,
+)
 
 
 class _Spec(BaseModel):
@@ -117,14 +150,37 @@ class ViewSpec(_Spec):
         return [f"{self.name}:{feature}" for feature in self.features]
 
 
+class DerivedFeature(_Spec):
+    """One feature of an on-demand view: an arithmetic expression over its sources' features."""
+
+    expression: str = Field(min_length=1)
+    type: Literal["double", "boolean"] = "double"
+    description: str = ""
+
+
+class OnDemandSpec(_Spec):
+    """One on-demand feature view, ``features/on_demand/<name>.yaml``: features computed from other views'
+    features when they are read (online and in training sets alike), never stored."""
+
+    name: str = Field(pattern=_NAME.pattern)
+    description: str = ""
+    sources: tuple[str, ...] = Field(min_length=1)
+    features: dict[str, DerivedFeature] = Field(min_length=1)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    def references(self) -> list[str]:
+        return [f"{self.name}:{feature}" for feature in self.features]
+
+
 @dataclass(frozen=True)
 class FeatureRepo:
-    """The declared entities and views, checked against the catalog."""
+    """The declared entities, views and on-demand views, checked against the catalog."""
 
     root: Path
     entities: Mapping[str, EntitySpec]
     views: Mapping[str, ViewSpec]
     contracts: Mapping[str, TableContract] = field(repr=False)
+    on_demand: Mapping[str, OnDemandSpec] = field(default_factory=dict)
 
     def source_tables(self, existing_in: Settings | None = None) -> list[str]:
         """The gold tables the views read (only those that exist, given the settings to look in)."""
@@ -144,6 +200,43 @@ class FeatureRepo:
     def feature_type(self, view: ViewSpec, column: str) -> str:
         """The Delta type of one of ``view``'s columns, from its table's contract."""
         return self.contracts[view.source].column(column).type
+
+    # Views and on-demand views alike, by name: what a model's feature references resolve through.
+    def lookup(self, name: str) -> ViewSpec | OnDemandSpec:
+        if name in self.on_demand:
+            return self.on_demand[name]
+        if name in self.views:
+            return self.views[name]
+        raise ConfigError(
+            f"no feature view {name!r} in {self.root / 'views'} or {self.root / 'on_demand'} "
+            f"(declared: {sorted([*self.views, *self.on_demand])})"
+        )
+
+    def features_of(self, name: str) -> list[str]:
+        return list(self.lookup(name).features)
+
+    def references_of(self, name: str) -> list[str]:
+        return self.lookup(name).references()
+
+    def base_views(self, name: str) -> list[ViewSpec]:
+        """The stored views a (possibly on-demand) view reads."""
+        found = self.lookup(name)
+        if isinstance(found, ViewSpec):
+            return [found]
+        return [self.views[source] for source in found.sources]
+
+    def entities_of(self, name: str) -> list[str]:
+        return sorted({e for view in self.base_views(name) for e in view.entities})
+
+    def tables_of(self, name: str) -> list[str]:
+        return sorted({view.source for view in self.base_views(name)})
+
+    def type_of(self, name: str, feature: str) -> str:
+        """The Delta type of a feature of a view or an on-demand view."""
+        found = self.lookup(name)
+        if isinstance(found, OnDemandSpec):
+            return found.features[feature].type
+        return self.feature_type(found, feature)
 
 
 def features_root(settings: Settings) -> Path:
@@ -201,7 +294,59 @@ def load_feature_repo(
         contract = _check_view(view, path, entities, catalog)
         views[view.name] = view
         contracts[view.source] = contract
-    return FeatureRepo(root=root, entities=entities, views=views, contracts=contracts)
+    on_demand: dict[str, OnDemandSpec] = {}
+    for path in sorted((root / "on_demand").glob("*.yaml")):
+        body = _read_yaml(path)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path} must be a mapping (sources, features)")
+        try:
+            derived = OnDemandSpec.model_validate({"name": path.stem, **body})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid on-demand feature view {path}: {_problems(exc)}") from exc
+        if derived.name in views:
+            raise ConfigError(f"{path}: {derived.name!r} is already a feature view's name")
+        _check_on_demand(derived, path, views)
+        on_demand[derived.name] = derived
+    return FeatureRepo(root=root, entities=entities, views=views, contracts=contracts, on_demand=on_demand)
+
+
+def _check_on_demand(spec: OnDemandSpec, path: Path, views: Mapping[str, ViewSpec]) -> None:
+    """Each expression reads only its sources' features, by name, with arithmetic and comparisons."""
+    unknown = [source for source in spec.sources if source not in views]
+    if unknown:
+        raise ConfigError(f"{path}: sources {unknown} are not feature views ({sorted(views)})")
+    owners: dict[str, list[str]] = {}
+    for source in spec.sources:
+        for feature in views[source].features:
+            owners.setdefault(feature, []).append(source)
+    for name, derived in spec.features.items():
+        if not _NAME.match(name):
+            raise ConfigError(f"{path}: feature name {name!r} is not lower_snake_case")
+        try:
+            tree = ast.parse(derived.expression, mode="eval")
+        except SyntaxError as exc:
+            raise ConfigError(
+                f"{path}: {name}: {derived.expression!r} is not an expression: {exc.msg}"
+            ) from exc
+        for node in ast.walk(tree):
+            if not isinstance(node, _EXPRESSION_NODES):
+                raise ConfigError(
+                    f"{path}: {name}: {type(node).__name__} is not allowed in {derived.expression!r} "
+                    "(use feature names, numbers, + - * / ** %, comparisons, and/or/not)"
+                )
+            if isinstance(node, ast.Name):
+                if node.id not in owners:
+                    raise ConfigError(f"{path}: {name}: {node.id!r} is not a feature of {list(spec.sources)}")
+                if len(owners[node.id]) > 1:
+                    raise ConfigError(
+                        f"{path}: {name}: {node.id!r} is a feature of {owners[node.id]}: "
+                        "derive from one of them only"
+                    )
+        sample = pd.DataFrame({feature: [1.0, 0.0, None] for feature in owners})
+        try:
+            evaluate_derived(sample, {name: (derived.expression, derived.type)})
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: {name}: {derived.expression!r} cannot be computed: {exc}") from exc
 
 
 def _check_view(
@@ -231,8 +376,14 @@ def _check_view(
             "the event timestamp must be a timestamp (when the row became known)"
         )
     keys = [entities[name].join_key for name in view.entities]
-    for key in keys:
-        need(key, "join key")
+    for name in view.entities:
+        entity = entities[name]
+        kind = need(entity.join_key, "join key")
+        if kind != entity.type and {kind, entity.type} != {"long", "bigint"}:
+            raise ConfigError(
+                f"{path}: join key {entity.join_key!r} is a {kind} in {view.source}, but entity {name!r} "
+                f"is declared a {entity.type}: declare it {kind} (entities.yaml) or cast it in the table"
+            )
     for feature in view.features:
         kind = need(feature, "feature")
         if feature in keys or feature == view.timestamp:
@@ -248,12 +399,84 @@ def _check_view(
 
 
 # -- Feast objects -----------------------------------------------------------------------------------------
+def derived_features(
+    name: str, features: Mapping[str, DerivedFeature]
+) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """The pandas transformation of an on-demand view (Feast's UDF): each feature is its expression.
+
+    Feast pickles the function into the registry; it holds only the expressions and calls
+    :func:`evaluate_derived`, which it pickles by reference to this module.
+    """
+    expressions = {feature: (d.expression, d.type) for feature, d in features.items()}
+
+    def transform(frame: pd.DataFrame) -> pd.DataFrame:
+        return evaluate_derived(frame, expressions)
+
+    transform.__name__ = transform.__qualname__ = name
+    return transform
+
+
+def evaluate_derived(frame: pd.DataFrame, expressions: Mapping[str, tuple[str, str]]) -> pd.DataFrame:
+    """Each ``(expression, type)`` evaluated elementwise over ``frame``'s columns as float arrays.
+
+    A missing input is NaN; a result that is not finite (a division by zero) is NaN, never an infinity; a
+    boolean feature is False where its comparison had no value. The expressions were checked when the
+    declarations were read (:func:`_check_on_demand`) and are compiled once: a request pays microseconds.
+    """
+    import numpy as np
+
+    arrays = {
+        name: pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        for name in sorted({n for expression, _ in expressions.values() for n in _compiled(expression)[1]})
+    }
+    out = pd.DataFrame(index=frame.index)
+    for feature, (expression, kind) in expressions.items():
+        with np.errstate(all="ignore"):
+            values = np.broadcast_to(eval(_compiled(expression)[0], {"__builtins__": {}}, arrays), len(frame))
+        if kind == "boolean":
+            out[feature] = values.astype(bool)
+        else:
+            out[feature] = np.where(np.isfinite(values), values, np.nan).astype("float64")
+    return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(expression: str) -> tuple[CodeType, frozenset[str]]:
+    """An expression checked by :func:`_check_on_demand`, compiled with Python's boolean operators made
+    elementwise (``and`` → ``&``, ``or`` → ``|``, ``not`` → ``~``, ``a < b < c`` → ``(a < b) & (b < c)``),
+    and the names it reads."""
+    tree = _Elementwise().visit(ast.parse(expression, mode="eval"))
+    names = frozenset(node.id for node in ast.walk(tree) if isinstance(node, ast.Name))
+    return compile(ast.fix_missing_locations(tree), f"<{expression}>", "eval"), names
+
+
+class _Elementwise(ast.NodeTransformer):
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        self.generic_visit(node)
+        op: ast.operator = ast.BitAnd() if isinstance(node.op, ast.And) else ast.BitOr()
+        return functools.reduce(lambda left, right: ast.BinOp(left, op, right), node.values)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.expr:
+        self.generic_visit(node)
+        return ast.UnaryOp(ast.Invert(), node.operand) if isinstance(node.op, ast.Not) else node
+
+    def visit_Compare(self, node: ast.Compare) -> ast.expr:
+        self.generic_visit(node)
+        lefts = [node.left, *node.comparators[:-1]]
+        pairs: list[ast.expr] = [
+            ast.Compare(left, [op], [right])
+            for left, op, right in zip(lefts, node.ops, node.comparators, strict=True)
+        ]
+        return functools.reduce(lambda a, b: ast.BinOp(a, ast.BitAnd(), b), pairs)
+
+
 def definitions(settings: Settings, repo: FeatureRepo) -> list[Any]:
     """The Feast entities and feature views of ``repo``, their sources on the environment's lake."""
-    from feast import Entity, FeatureView, Field, ValueType
+    from feast import Entity, FeatureView, Field, OnDemandFeatureView, ValueType
     from feast import types as feast_types
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
     from feast.table_format import DeltaFormat
+    from feast.transformation.pandas_transformation import PandasTransformation
 
     entities = {
         name: Entity(
@@ -265,6 +488,7 @@ def definitions(settings: Settings, repo: FeatureRepo) -> list[Any]:
         for name, spec in repo.entities.items()
     }
     objects: list[Any] = list(entities.values())
+    stored: dict[str, Any] = {}
     for view in repo.views.values():
         contract = repo.contracts[view.source]
         layer, table = view.source.split(".", 1)
@@ -283,18 +507,39 @@ def definitions(settings: Settings, repo: FeatureRepo) -> list[Any]:
             Field(name=feature, dtype=getattr(feast_types, _FEAST_TYPES[repo.feature_type(view, feature)]))
             for feature in view.features
         ]
+        stored[view.name] = FeatureView(
+            name=view.name,
+            entities=[entities[name] for name in view.entities],
+            ttl=view.ttl_delta,
+            schema=schema,
+            source=source,
+            online=view.online,
+            description=view.description,
+            owner=contract.owner,
+            tags={"lakehouse.source": view.source, "lakehouse.classification": contract.classification}
+            | view.tags,
+        )
+    objects.extend(stored.values())
+    for derived in repo.on_demand.values():
+        transformation = derived_features(derived.name, derived.features)
         objects.append(
-            FeatureView(
-                name=view.name,
-                entities=[entities[name] for name in view.entities],
-                ttl=view.ttl_delta,
-                schema=schema,
-                source=source,
-                online=view.online,
-                description=view.description,
-                owner=contract.owner,
-                tags={"lakehouse.source": view.source, "lakehouse.classification": contract.classification}
-                | view.tags,
+            OnDemandFeatureView(
+                name=derived.name,
+                sources=[stored[source] for source in derived.sources],
+                schema=[
+                    # no description: Feast checks these against the fields it infers, which have none
+                    Field(name=name, dtype=getattr(feast_types, _FEAST_TYPES[d.type]))
+                    for name, d in derived.features.items()
+                ],
+                feature_transformation=PandasTransformation(
+                    udf=transformation,
+                    udf_string=json.dumps(
+                        {name: d.expression for name, d in derived.features.items()}, sort_keys=True
+                    ),
+                ),
+                mode="pandas",
+                description=derived.description,
+                tags={"lakehouse.sources": ",".join(derived.sources)} | derived.tags,
             )
         )
     return objects
@@ -304,12 +549,18 @@ def registry_path(settings: Settings) -> Path:
     return settings.workspace / "features" / "registry.db"
 
 
+def staging_path(settings: Settings) -> Path:
+    """Where Feast's Spark store writes a training set (one folder per read, removed once it is read)."""
+    return settings.workspace / "features" / "staging"
+
+
 def _store_config(settings: Settings) -> dict[str, Any]:
     return {
         "project": PROJECT,
         "provider": "local",
         "registry": str(registry_path(settings)),
-        "offline_store": {"type": "spark"},
+        # Training sets are written here by Spark and read from the files, not collected through the driver.
+        "offline_store": {"type": "spark", "staging_location": str(staging_path(settings))},
         "online_store": {
             "type": "redis",
             "connection_string": f"{settings.redis.host}:{settings.redis.port}",
@@ -364,6 +615,7 @@ class ApplyReport:
     entities: list[str]
     views: list[str]
     removed: list[str]
+    on_demand: list[str] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -379,11 +631,14 @@ def apply(settings: Settings, repo: FeatureRepo | None = None) -> ApplyReport:
     repo = repo or load_feature_repo(settings)
     store = feature_store(settings)
     objects = definitions(settings, repo)
-    declared = set(repo.views)
-    stale: list[Any] = [view for view in store.list_feature_views() if view.name not in declared]
+    stale: list[Any] = [view for view in store.list_feature_views() if view.name not in repo.views]
+    stale += [view for view in store.list_on_demand_feature_views() if view.name not in repo.on_demand]
     store.apply(objects, objects_to_delete=stale, partial=not stale)  # partial=False deletes them
     report = ApplyReport(
-        entities=sorted(repo.entities), views=sorted(repo.views), removed=sorted(v.name for v in stale)
+        entities=sorted(repo.entities),
+        views=sorted(repo.views),
+        removed=sorted(v.name for v in stale),
+        on_demand=sorted(repo.on_demand),
     )
     log.info(
         "feature store: %d entities, %d views applied, removed %s",
@@ -498,6 +753,19 @@ def registered_views(store: FeatureStore) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("view", ignore_index=True)
 
 
+def registered_on_demand(store: FeatureStore) -> pd.DataFrame:
+    """The registry's on-demand views: name, the views they read, and each feature's expression."""
+    rows = [
+        {
+            "view": view.name,
+            "sources": ",".join(sorted(view.source_feature_view_projections)),
+            "features": json.loads(getattr(view.feature_transformation, "udf_string", None) or "{}"),
+        }
+        for view in store.list_on_demand_feature_views()
+    ]
+    return pd.DataFrame(rows, columns=["view", "sources", "features"]).sort_values("view", ignore_index=True)
+
+
 def online_sample(
     settings: Settings, done: Sequence[Materialized], repo: FeatureRepo | None = None
 ) -> pd.DataFrame:
@@ -551,7 +819,7 @@ def _versions(settings: Settings, tables: Sequence[str]) -> dict[str, int]:
 
 def training_set(
     settings: Settings,
-    entity_rows: pd.DataFrame,
+    entity_rows: pd.DataFrame | SparkDataFrame,
     features: Sequence[str],
     *,
     timestamp: str = "event_timestamp",
@@ -564,12 +832,17 @@ def training_set(
     row's ``timestamp`` and within the view's TTL of it; none is NULL. No value from after a row's time is
     ever used, which is what keeps labels from leaking into their own features.
 
+    The join runs in Spark and its result is written there, as Parquet under :func:`staging_path` (Feast's
+    ``staging_location``), then read from the files: nothing of it is collected through the Spark driver, so
+    a training set is bounded by this process's memory, not the driver's (collected, a million label rows
+    overflowed its heap). Entity rows already in Spark (a Delta table's rows) are joined where they are.
+
     The Delta version of each source is read before and after the join; when a writer committed in between,
     the join is run again, so ``versions`` names exactly what was read.
 
     Args:
-        entity_rows: one row per example: the views' join keys and ``timestamp`` (UTC), plus anything else
-            (labels) that is carried through.
+        entity_rows: one row per example, in pandas or a Spark DataFrame: the views' join keys and
+            ``timestamp`` (UTC), plus anything else (labels) that is carried through.
         features: references ``<view>:<feature>`` (see :meth:`ViewSpec.references`).
 
     Raises:
@@ -577,25 +850,25 @@ def training_set(
         DataError: ``entity_rows`` lacks a join key or the timestamp, or the lake kept changing.
     """
     repo = repo or load_feature_repo(settings)
-    views = _referenced(repo, features)
-    keys = sorted({repo.entities[e].join_key for v in views for e in v.entities})
+    views, keys, tables = _referenced(repo, features)
     missing = [column for column in (*keys, timestamp) if column not in entity_rows.columns]
     if missing:
-        raise DataError(f"the entity rows lack {missing} (needed by {sorted(v.name for v in views)})")
-    rows = (
-        entity_rows.rename(columns={timestamp: "event_timestamp"})
-        if timestamp != "event_timestamp"
-        else entity_rows
-    )
-    rows = rows.assign(event_timestamp=pd.to_datetime(rows["event_timestamp"], utc=True))
-    tables = sorted({v.source for v in views})
+        raise DataError(f"the entity rows lack {missing} (needed by {views})")
     store = feature_store(settings)
-    with _spark_for_feast(settings):
+    staging = staging_path(settings)
+    with _spark_for_feast(settings) as spark:
+        rows = _entity_frame(spark, entity_rows, timestamp)
         for _ in range(attempts):
             before = _versions(settings, tables)
-            frame = store.get_historical_features(
-                entity_df=rows, features=list(features), full_feature_names=True
-            ).to_df()
+            present = set(staging.iterdir()) if staging.is_dir() else set()
+            try:
+                # Feast's Spark store takes entity rows as a Spark DataFrame; FeatureStore's hints say pandas.
+                frame = store.get_historical_features(
+                    entity_df=cast(Any, rows), features=list(features), full_feature_names=True
+                ).to_df()
+            finally:
+                for written in set(staging.iterdir()) - present if staging.is_dir() else ():
+                    shutil.rmtree(written, ignore_errors=True)
             if _versions(settings, tables) == before:
                 frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
                 frame = frame.rename(columns={"event_timestamp": timestamp})
@@ -603,19 +876,34 @@ def training_set(
     raise DataError(f"{tables} changed during each of {attempts} reads: build the training set again")
 
 
-def _referenced(repo: FeatureRepo, features: Sequence[str]) -> list[ViewSpec]:
-    views: dict[str, ViewSpec] = {}
+def _entity_frame(
+    spark: SparkSession, entity_rows: pd.DataFrame | SparkDataFrame, timestamp: str
+) -> SparkDataFrame:
+    """The entity rows as a Spark DataFrame whose UTC ``event_timestamp`` is Feast's row time."""
+    from pyspark.sql import functions as F
+
+    if isinstance(entity_rows, pd.DataFrame):
+        frame = entity_rows.assign(**{timestamp: pd.to_datetime(entity_rows[timestamp], utc=True)})
+        entity_rows = spark.createDataFrame(frame)
+    return entity_rows.withColumn(timestamp, F.col(timestamp).cast("timestamp")).withColumnRenamed(
+        timestamp, "event_timestamp"
+    )
+
+
+def _referenced(repo: FeatureRepo, features: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """The views ``features`` name, their entities' join keys and the tables they read."""
+    names: dict[str, None] = {}
     for reference in features:
         name, _, feature = reference.partition(":")
-        view = repo.view(name)
-        if feature not in view.features:
-            raise ConfigError(
-                f"feature view {name!r} has no feature {feature!r} (it has {list(view.features)})"
-            )
-        views[name] = view
-    if not views:
+        known = repo.features_of(name)
+        if feature not in known:
+            raise ConfigError(f"feature view {name!r} has no feature {feature!r} (it has {known})")
+        names[name] = None
+    if not names:
         raise ConfigError("no features asked for")
-    return list(views.values())
+    keys = sorted({repo.entities[e].join_key for name in names for e in repo.entities_of(name)})
+    tables = sorted({table for name in names for table in repo.tables_of(name)})
+    return list(names), keys, tables
 
 
 def online_features(
@@ -633,8 +921,7 @@ def online_features(
         DataError: an entity row lacks a join key the features need.
     """
     repo = repo or load_feature_repo(settings)
-    views = _referenced(repo, features)
-    keys = sorted({repo.entities[e].join_key for v in views for e in v.entities})
+    _, keys, _ = _referenced(repo, features)
     for index, row in enumerate(entity_rows):
         absent = [key for key in keys if row.get(key) is None]
         if absent:

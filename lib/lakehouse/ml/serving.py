@@ -110,6 +110,8 @@ class OnlineScorer:
         self.store = fs.feature_store(self.settings)
         # read the declarations once: each request types its features by them
         self.categorical = training.categorical_columns(self.settings, self.spec)
+        repo = fs.load_feature_repo(self.settings)
+        self.key_types = {e.join_key: e.type for e in repo.entities.values()}
 
     def features(self, entity_rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """The model's inputs for each entity row, as Redis holds them (missing values as nulls)."""
@@ -120,11 +122,24 @@ class OnlineScorer:
                 raise DataError(
                     f"entity row {index} lacks {absent} (the keys of {self.spec.registered_name})"
                 )
-        requested = [{key: str(row[key]) for key in keys} for row in entity_rows]
+        requested = [
+            {key: self._key(index, key, row[key]) for key in keys} for index, row in enumerate(entity_rows)
+        ]
         response = self.store.get_online_features(
             features=list(self.spec.features), entity_rows=requested, full_feature_names=True
         ).to_df()
         return training.prepare_inputs(response, self.settings, self.spec, self.categorical)
+
+    def _key(self, index: int, key: str, value: Any) -> Any:
+        """An entity key as its entity's declared type (a string id, or an integer one)."""
+        if self.key_types.get(key, "string") == "string":
+            return str(value)
+        try:
+            if isinstance(value, bool) or float(value) != int(value):
+                raise ValueError(value)
+            return int(value)
+        except (TypeError, ValueError):
+            raise DataError(f"entity row {index}: {key} must be an integer, not {value!r}") from None
 
     def score(self, entity_rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         """One row per entity: its keys and ``prediction`` (probability of the positive class)."""

@@ -32,7 +32,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,6 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.ml import features as fs
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame as SparkDataFrame
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +136,7 @@ def input_tables(settings: Settings, spec: ModelSpec) -> list[str]:
     """The tables a training run reads: the labels' and each feature view's source."""
     repo = fs.load_feature_repo(settings)
     views = {reference.split(":")[0] for reference in spec.features}
-    return sorted({spec.labels.table, *(repo.view(v).source for v in views)})
+    return sorted({spec.labels.table, *(table for v in views for table in repo.tables_of(v))})
 
 
 def model_dir(settings: Settings, spec: ModelSpec) -> Path:
@@ -195,7 +198,7 @@ def load_model_spec(settings: Settings, name: str, root: Path | None = None) -> 
     for reference in spec.features:
         view_name, _, feature = reference.partition(":")
         try:
-            view = repo.view(view_name)
+            view = repo.lookup(view_name)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         if feature == "*":
@@ -218,7 +221,7 @@ def load_model_spec(settings: Settings, name: str, root: Path | None = None) -> 
     if spec.monitoring.features and not monitored:
         raise ConfigError(f"{path}: monitoring.features selects none of the model's features")
     needed = {
-        repo.entities[e].join_key for v in {r.split(":")[0] for r in expanded} for e in repo.view(v).entities
+        repo.entities[e].join_key for v in {r.split(":")[0] for r in expanded} for e in repo.entities_of(v)
     }
     missing = needed - set(spec.labels.keys)
     if missing:
@@ -255,21 +258,67 @@ def label_rows(settings: Settings, spec: ModelSpec) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def label_frame(settings: Settings, spec: ModelSpec) -> tuple[SparkDataFrame, int]:
+    """:func:`label_rows` in Spark, pinned to the label table's current Delta version (returned with it)."""
+    from deltalake import DeltaTable
+    from pyspark.sql import functions as F
+
+    from lakehouse.spark import get_spark
+
+    layer, table = spec.labels.table.split(".", 1)
+    path = settings.table_path(layer, table)
+    try:
+        version = int(DeltaTable(path).version())
+    except Exception as exc:  # deltalake raises TableNotFoundError and friends
+        raise DataError(f"cannot read the labels of {spec.name} from {spec.labels.table}: {exc}") from exc
+    label, stamp = spec.labels.column, spec.labels.timestamp
+    frame = (
+        get_spark(settings)
+        .read.format("delta")
+        .option("versionAsOf", version)
+        .load(path)
+        .select(*dict.fromkeys([*spec.labels.keys, stamp, label]))
+        .dropna(subset=[label, stamp, *spec.labels.keys])
+        .withColumn(label, F.col(label).cast("boolean").cast("long"))
+        .withColumn(stamp, F.col(stamp).cast("timestamp"))
+    )
+    return frame, version
+
+
 def build_training_set(
     settings: Settings, spec: ModelSpec, labels: pd.DataFrame | None = None
 ) -> fs.TrainingSet:
-    """Each label row with its features as known at the label's time (feature columns ``<view>__<name>``)."""
-    labels = label_rows(settings, spec) if labels is None else labels
-    if len(labels) < spec.min_rows:
-        raise DataError(
-            f"{spec.labels.table} has {len(labels)} labelled rows: {spec.name} needs at least {spec.min_rows}"
-        )
-    built = fs.training_set(settings, labels, spec.features, timestamp=spec.labels.timestamp)
-    versions = dict(built.versions)
-    from deltalake import DeltaTable
+    """Each label row with its features as known at the label's time (feature columns ``<view>__<name>``).
 
-    layer, table = spec.labels.table.split(".", 1)
-    versions[spec.labels.table] = int(DeltaTable(settings.table_path(layer, table)).version())
+    The label rows are read and joined in Spark, where they are: the set is bounded by this process's
+    memory only (see :func:`lakehouse.ml.features.training_set`). ``labels`` given in pandas (a test's rows)
+    are used instead of the label table.
+    """
+    rows: pd.DataFrame | SparkDataFrame
+    version: int | None = None
+    if labels is None:
+        rows, version = label_frame(settings, spec)
+        count = rows.count()
+    else:
+        rows, count = labels, len(labels)
+    if count < spec.min_rows:
+        raise DataError(
+            f"{spec.labels.table} has {count} labelled rows: {spec.name} needs at least {spec.min_rows}"
+        )
+    built = fs.training_set(
+        settings,
+        rows,
+        spec.features,
+        timestamp=spec.labels.timestamp,
+    )
+    versions = dict(built.versions)
+    if version is not None:
+        versions[spec.labels.table] = version
+    else:
+        from deltalake import DeltaTable
+
+        layer, table = spec.labels.table.split(".", 1)
+        versions[spec.labels.table] = int(DeltaTable(settings.table_path(layer, table)).version())
     return fs.TrainingSet(frame=built.frame, features=built.features, versions=versions)
 
 
@@ -284,7 +333,7 @@ def categorical_columns(settings: Settings, spec: ModelSpec) -> list[str]:
     found = []
     for reference in spec.features:
         view_name, _, feature = reference.partition(":")
-        if repo.feature_type(repo.view(view_name), feature) == "string":
+        if repo.type_of(view_name, feature) == "string":
             found.append(reference.replace(":", "__"))
     return found
 
