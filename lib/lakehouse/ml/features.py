@@ -550,7 +550,8 @@ def registry_path(settings: Settings) -> Path:
 
 
 def staging_path(settings: Settings) -> Path:
-    """Where Feast's Spark store writes a training set (one folder per read, removed once it is read)."""
+    """Where Feast's Spark store writes what it reads for a training set or a materialization (one folder
+    per read, removed once it is read)."""
     return settings.workspace / "features" / "staging"
 
 
@@ -605,6 +606,18 @@ def _spark_for_feast(settings: Settings) -> Iterator[SparkSession]:
         yield spark
     finally:
         spark.conf.set(_SPARK_REGEX_SETTING, before)
+
+
+@contextlib.contextmanager
+def _staged(settings: Settings) -> Iterator[None]:
+    """Remove what Feast's Spark store wrote to :func:`staging_path` meanwhile (it never does)."""
+    staging = staging_path(settings)
+    present = set(staging.iterdir()) if staging.is_dir() else set()
+    try:
+        yield
+    finally:
+        for written in set(staging.iterdir()) - present if staging.is_dir() else ():
+            shutil.rmtree(written, ignore_errors=True)
 
 
 # -- the DAG's tasks ----------------------------------------------------------------------------------------
@@ -708,7 +721,8 @@ def materialize(
                     Materialized(view.name, start, stop, skipped="nothing newer since the last run")
                 )
                 continue
-            store.materialize(start_date=start, end_date=stop, feature_views=[view.name])
+            with _staged(settings):
+                store.materialize(start_date=start, end_date=stop, feature_views=[view.name])
             results.append(Materialized(view.name, start, stop))
             log.info("materialized %s from %s to %s", view.name, start, stop)
     return results
@@ -855,20 +869,15 @@ def training_set(
     if missing:
         raise DataError(f"the entity rows lack {missing} (needed by {views})")
     store = feature_store(settings)
-    staging = staging_path(settings)
     with _spark_for_feast(settings) as spark:
         rows = _entity_frame(spark, entity_rows, timestamp)
         for _ in range(attempts):
             before = _versions(settings, tables)
-            present = set(staging.iterdir()) if staging.is_dir() else set()
-            try:
+            with _staged(settings):
                 # Feast's Spark store takes entity rows as a Spark DataFrame; FeatureStore's hints say pandas.
                 frame = store.get_historical_features(
                     entity_df=cast(Any, rows), features=list(features), full_feature_names=True
                 ).to_df()
-            finally:
-                for written in set(staging.iterdir()) - present if staging.is_dir() else ():
-                    shutil.rmtree(written, ignore_errors=True)
             if _versions(settings, tables) == before:
                 frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
                 frame = frame.rename(columns={"event_timestamp": timestamp})
