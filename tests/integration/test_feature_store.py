@@ -258,3 +258,67 @@ def test_entity_rows_in_spark_and_on_demand_features_join_where_they_are(
     # Spark wrote the set to Feast's staging folder and it was read from there: nothing is left behind
     staging = features.staging_path(store_settings)
     assert staging.is_dir() and list(staging.iterdir()) == []
+
+
+def test_erasing_a_user_reaches_the_online_store(
+    store_settings: Settings, spark: Any, applied: features.ApplyReport, ids: dict[str, str]
+) -> None:
+    from lakehouse.privacy.erase import erase_subject
+
+    features.materialize(store_settings)
+    u1_sessions = [{"session_id": ids[s]} for s in ("s3", "s4")]
+    served = features.online_features(store_settings, u1_sessions, ["session_activity:page_views"])
+    assert served["page_views"].notna().all()  # in Redis before
+    report = erase_subject(
+        spark,
+        store_settings,
+        "user",
+        ids["u1"],
+        "test",
+        tables=["gold.sessions", "gold.user_history"],
+        copies=[features.OnlineCopies(store_settings)],
+    )
+    online = {t.table: t.rows_deleted for t in report.tables}["online:redis"]
+    # u1's history and u1's sessions in Redis (s2-s4; s1 ended before the first materialization's window)
+    assert online == 1 + 3
+    history = HISTORY_FEATURES
+    after = features.online_features(
+        store_settings, [{"user_id": ids["u1"]}, {"user_id": ids["u2"]}], history
+    )
+    assert pd.isna(after["sessions_28d"].iloc[0]) and after["sessions_28d"].iloc[1] == 2  # u2 is kept
+    gone = features.online_features(store_settings, u1_sessions, ["session_activity:page_views"])
+    assert gone["page_views"].isna().all()
+    # a second erasure finds nothing left anywhere
+    again = erase_subject(
+        spark,
+        store_settings,
+        "user",
+        ids["u1"],
+        "test",
+        tables=["gold.sessions", "gold.user_history"],
+        copies=[features.OnlineCopies(store_settings)],
+    )
+    assert all(t.rows_deleted == 0 for t in again.tables)
+
+
+def test_an_erasure_with_the_online_store_down_touches_nothing(
+    store_settings: Settings, spark: Any, applied: features.ApplyReport, ids: dict[str, str]
+) -> None:
+    from lakehouse.errors import ServiceError
+    from lakehouse.privacy.erase import erase_subject
+
+    down = store_settings.model_copy(
+        update={"redis": store_settings.redis.model_copy(update={"port": store_settings.redis.port + 1})}
+    )
+    before = DeltaTable(store_settings.table_path("gold", "user_history")).version()
+    with pytest.raises(ServiceError, match="does not answer"):
+        erase_subject(
+            spark,
+            down,
+            "user",
+            ids["u2"],
+            "test",
+            tables=["gold.user_history"],
+            copies=[features.OnlineCopies(down)],
+        )
+    assert DeltaTable(store_settings.table_path("gold", "user_history")).version() == before

@@ -287,3 +287,51 @@ def test_an_unknown_reporting_currency_stops_the_build(spark: Any, project: Sett
     _set_params(project, "gold.revenue_daily", reporting_currency="XXX")
     with pytest.raises(DataError, match=r"no FX rate within 7 days for .*\(reporting XXX\)"):
         _revenue(spark, project)
+
+
+# --- gold.customer_orders: the customer feature view's table (models/gold/customer_orders.sql) ------------
+
+
+def test_customer_orders_sum_each_customers_days_as_known_the_midnight_after(
+    spark: Any, project: Settings
+) -> None:
+    from datetime import datetime
+
+    columns = load_catalog(project).contract("silver.retail_orders").columns
+    orders = [  # order_id, customer_id, order_date, status, total_amount, _deleted
+        (1, 7, date(2024, 1, 10), "delivered", "20.00", False),
+        (2, 7, date(2024, 1, 10), "cancelled", "5.00", False),
+        (3, 7, date(2024, 3, 1), "delivered", "30.00", False),
+        (4, 7, date(2025, 2, 1), "placed", "45.00", False),
+        (5, 7, date(2024, 3, 1), "delivered", "999.00", True),  # deleted in the shop: not counted
+        (6, 8, date(2024, 3, 1), "delivered", "10.00", False),
+    ]
+    frame = spark.createDataFrame(
+        [
+            (*o[:4], o[4], "USD", datetime(2025, 1, 6), o[5], 1, "extract", datetime(2025, 1, 6))
+            for o in orders
+        ],
+        ", ".join(f"{c.name} {'string' if c.name == 'total_amount' else c.type}" for c in columns),
+    ).withColumn("total_amount", F.col("total_amount").cast("decimal(12,2)"))
+    frame.write.format("delta").mode("overwrite").save(project.table_path("silver", "retail_orders"))
+
+    report = models.build_model(spark, project, "gold.customer_orders", run_id="r")  # its suite passes too
+    assert report.rows == 4
+    table = spark.read.format("delta").load(project.table_path("gold", "customer_orders"))
+    rows = {(r["customer_id"], r["day"]): r for r in table.collect()}
+    first, second, third = (
+        rows[(7, date(2024, 1, 10))],
+        rows[(7, date(2024, 3, 1))],
+        rows[(7, date(2025, 2, 1))],
+    )
+    assert first["as_of"] == datetime(2024, 1, 11)  # known once the day is over
+    assert (first["orders_90d"], first["cancelled_orders_365d"], first["amount_365d"]) == (2, 1, 25.0)
+    assert first["days_since_previous_order"] is None and first["days_since_first_order"] == 0
+    # 51 days later: both windows still hold January; the deleted order is nowhere
+    assert (second["orders_90d"], second["orders_365d"], second["amount_365d"]) == (3, 3, 55.0)
+    assert second["average_order_amount_365d"] == pytest.approx(55.0 / 3)
+    assert second["days_since_previous_order"] == 51
+    # 2025-02-01: January 2024 is out of the 365 days (388 days back), March 2024 is in (337)
+    assert (third["orders_90d"], third["orders_365d"], third["orders_to_date"]) == (1, 2, 4)
+    assert third["days_since_first_order"] == 388
+    assert rows[(8, date(2024, 3, 1))]["orders_to_date"] == 1

@@ -46,7 +46,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from lakehouse.config import Settings
-from lakehouse.errors import ConfigError, DataError
+from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.governance.catalog import Catalog, TableContract, load_catalog, parse_duration
 
 if TYPE_CHECKING:
@@ -803,6 +803,87 @@ def online_sample(
         row.update({str(k): v for k, v in values.drop(columns=keys).iloc[0].items()})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+# -- erasure -----------------------------------------------------------------------------------------------
+@dataclass
+class OnlineCopies:
+    """The online store's copies of a data subject's rows, for :func:`lakehouse.privacy.erase.erase_subject`.
+
+    Materialized rows leave the lake for Redis; erasing the lake alone would leave the subject's features
+    served. Every online view whose gold table declares the subject (catalog ``subjects:``) is searched with
+    the erasure's own predicate before the lake's rows go, so the entity keys are known (a user's sessions,
+    not only the user), and each entity's Redis hash (all its views) is deleted after.
+    """
+
+    settings: Settings
+    name: str = "online:redis"
+
+    def find(self, spark: SparkSession, predicate: Callable[[TableContract], str | None]) -> list[bytes]:
+        import redis
+
+        from lakehouse.tables import is_delta_table
+
+        try:  # before the lake is touched: an erasure is all or nothing to the operator
+            redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port).ping()
+        except redis.RedisError as exc:
+            raise ServiceError(
+                f"the online store ({self.settings.redis.url}) does not answer ({exc}): start it "
+                "(lakehouse up) before erasing, or its copies of the subject would stay"
+            ) from exc
+        repo = load_feature_repo(self.settings)
+        keys: set[bytes] = set()
+        for view in repo.views.values():
+            condition = predicate(repo.contracts[view.source]) if view.online else None
+            path = self.settings.table_path(*view.source.split(".", 1))
+            if condition is None or not is_delta_table(spark, path):
+                continue
+            entities = [repo.entities[name] for name in view.entities]
+            rows = (
+                spark.read.format("delta")
+                .load(path)
+                .where(condition)
+                .select(*[e.join_key for e in entities])
+                .distinct()
+                .collect()
+            )
+            keys.update(_online_key(entities, [row[e.join_key] for e in entities]) for row in rows)
+        return sorted(keys)
+
+    def erase(self, found: list[bytes]) -> int:
+        import redis
+
+        from lakehouse.privacy import PrivacyError
+
+        client = redis.Redis(host=self.settings.redis.host, port=self.settings.redis.port)
+        batches = [found[i : i + 500] for i in range(0, len(found), 500)]
+        deleted = left = 0
+        for batch in batches:
+            deleted += cast(int, client.delete(*batch))
+        for batch in batches:
+            left += cast(int, client.exists(*batch))
+        if left:
+            raise PrivacyError(f"the online store still holds {left} of the subject's entities: run it again")
+        log.info("erased %d entities from the online store", deleted)
+        return deleted
+
+
+def _online_key(entities: Sequence[EntitySpec], values: Sequence[Any]) -> bytes:
+    """The Redis key Feast's online store gives an entity (its serialized key, then the project)."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    typed = [
+        Value(string_val=str(v))
+        if e.type == "string"
+        else Value(int64_val=int(v))
+        if e.type == "long"
+        else Value(int32_val=int(v))
+        for e, v in zip(entities, values, strict=True)
+    ]
+    key = EntityKey(join_keys=[e.join_key for e in entities], entity_values=typed)
+    return serialize_entity_key(key, entity_key_serialization_version=3) + PROJECT.encode()
 
 
 # -- reading features ------------------------------------------------------------------------------------

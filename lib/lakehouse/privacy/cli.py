@@ -39,11 +39,17 @@ def scan(settings: Settings, layers: tuple[str, ...], rows: int) -> None:
 @pass_settings
 def erase(settings: Settings, subject: str, reason: str) -> None:
     """Delete a data subject from every layer (DELETE, purge, VACUUM) and write audit.erasures."""
+    from lakehouse.ml.features import OnlineCopies, features_root
     from lakehouse.spark import get_spark
 
     kind, subject_id = parse_subject(subject)
-    report = erase_subject(get_spark(settings), settings, kind, subject_id, reason)
+    # the online feature store holds copies of gold rows: erased with the lake, or the features stay served
+    copies = [OnlineCopies(settings)] if any((features_root(settings) / "views").glob("*.yaml")) else []
+    report = erase_subject(get_spark(settings), settings, kind, subject_id, reason, copies=copies)
     for table in report.tables:
+        if table.version_before is None and table.version_after is None:  # a store outside the lake
+            click.echo(f"{table.table:32} {table.rows_deleted:6} entities")
+            continue
         click.echo(
             f"{table.table:32} {table.rows_deleted:6} rows  v{table.version_before} → v{table.version_after}"
         )

@@ -20,9 +20,10 @@ from __future__ import annotations
 import getpass
 import logging
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from pyspark.sql import SparkSession
 from pyspark.sql.types import IntegerType, LongType, StringType, StructField, StructType, TimestampType
@@ -165,6 +166,20 @@ def _erase_table(
     return TableErasure(contract.table, rows, before, _version(spark, path))
 
 
+class SubjectCopies(Protocol):
+    """Copies of lake rows kept outside the lake (an online feature store) that an erasure must reach too.
+
+    :meth:`find` runs before the lake's rows are deleted (it may read them to learn the copies' keys),
+    :meth:`erase` after; both are recorded like a table, under :attr:`name`.
+    """
+
+    name: str
+
+    def find(self, spark: SparkSession, predicate: Callable[[TableContract], str | None]) -> Any: ...
+
+    def erase(self, found: Any) -> int: ...
+
+
 def erase_subject(
     spark: SparkSession,
     settings: Settings,
@@ -174,6 +189,7 @@ def erase_subject(
     *,
     catalog: Catalog | None = None,
     tables: list[str] | None = None,
+    copies: Sequence[SubjectCopies] = (),
 ) -> ErasureReport:
     """Remove one data subject from every table whose contract declares a subject of ``kind``.
 
@@ -185,6 +201,8 @@ def erase_subject(
         reason: why (kept in the audit record), e.g. a ticket number.
         catalog: an already loaded catalog (default :func:`load_catalog`).
         tables: restrict to these tables (tests); default every table with a subject of ``kind``.
+        copies: stores outside the lake that hold the subject's rows too (the online feature store's
+            :class:`lakehouse.ml.features.OnlineCopies`); each is recorded in the report and the audit.
 
     Returns:
         Rows deleted per table and the table versions before and after.
@@ -209,14 +227,19 @@ def erase_subject(
     emails = _subject_emails(spark, settings, catalog, kind, subject_id)
     email_tokens = [token(e, key) for e in emails]
     report = ErasureReport(str(uuid.uuid4()), kind, token(f"{kind}:{subject_id}", key), reason)
+
+    def predicate_of(contract: TableContract) -> str | None:
+        return subject_predicate([r for r in contract.subjects if r.kind == kind], subject_id, email_tokens)
+
+    found = [(copy, copy.find(spark, predicate_of)) for copy in copies]  # before the lake forgets the keys
     for contract in targets:
         path = settings.table_path(contract.layer, contract.name)
-        predicate = subject_predicate(
-            [r for r in contract.subjects if r.kind == kind], subject_id, email_tokens
-        )
+        predicate = predicate_of(contract)
         if predicate is None or not _exists(spark, path):
             continue
         report.tables.append(_erase_table(spark, contract, path, predicate, hours))
+    for copy, keys in found:
+        report.tables.append(TableErasure(copy.name, copy.erase(keys), None, None))
     _audit(spark, settings, report, hours)
     return report
 
