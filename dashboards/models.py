@@ -1,4 +1,5 @@
-"""Lakehouse models: each declared model's champion, drift and quality per scored window, promotions.
+"""Lakehouse models: each declared model's champion, drift and quality per scored window, promotions, and
+the feature store's views with how far each was materialized.
 
 Thin on purpose: every frame comes from :mod:`lakehouse.serving.models` (delta-rs over the audit tables and
 gold.predictions). Each window links its Evidently drift report, served beside the app under /ml-reports.
@@ -28,6 +29,7 @@ read_champions = pn.cache(models.champions, ttl=SNAPSHOT_TTL_SECONDS)
 read_windows = pn.cache(models.windows, ttl=SNAPSHOT_TTL_SECONDS)
 read_decisions = pn.cache(models.decisions, ttl=SNAPSHOT_TTL_SECONDS)
 read_counts = pn.cache(models.prediction_counts, ttl=SNAPSHOT_TTL_SECONDS)
+read_features = pn.cache(models.feature_store, ttl=SNAPSHOT_TTL_SECONDS)
 
 
 def _table(frame: pd.DataFrame, css_class: str, page_size: int = 10, **options: Any) -> pn.widgets.Tabulator:
@@ -117,7 +119,20 @@ def create_app() -> pn.template.FastListTemplate:
         return pn.template.FastListTemplate(title=TITLE, accent=ACCENT, main=[empty])
     selector = pn.widgets.Select(name="Model", options=names, css_classes=["model-select"])
     return pn.template.FastListTemplate(
-        title=TITLE, accent=ACCENT, main=[selector, pn.panel(pn.bind(_model_view, settings, selector))]
+        title=TITLE,
+        accent=ACCENT,
+        main=[selector, pn.panel(pn.bind(_model_view, settings, selector)), _feature_store(settings)],
+    )
+
+
+def _feature_store(settings: Settings) -> pn.Column:
+    """The feature views the models read: how far each was written to Redis, or why it was not."""
+    views = read_features(settings)
+    if views.empty:
+        return pn.Column(pn.pane.Markdown("**Feature store**: nothing registered yet (ml-features-apply)."))
+    return pn.Column(
+        pn.pane.Markdown("**Feature store**: the views and how far the online store (Redis) holds each"),
+        _table(views, "feature-views"),
     )
 
 

@@ -4,6 +4,7 @@ audit tables and predictions written as the ML tasks write them), read in headle
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,6 +92,20 @@ def _project(root: Path, with_data: bool) -> Settings:
                 "monitored_at": T0 + timedelta(days=index + 1, hours=1),
             }
         )
+    # the feature store's two task reports
+    features_dir = settings.workspace / "features"
+    features_dir.mkdir(parents=True)
+    (features_dir / "applied.json").write_text(
+        json.dumps({"entities": ["account"], "views": ["account_usage", "plan_events"], "removed": [],
+                    "on_demand": ["usage_ratios"]})
+    )  # fmt: skip
+    (features_dir / "materialized.json").write_text(
+        json.dumps([
+            {"view": "account_usage", "start": "2025-03-01T00:00:00+00:00", "end": "2025-03-02T06:00:00+00:00",
+             "skipped": None},
+            {"view": "plan_events", "start": None, "end": None, "skipped": "gold.plan_events has no table yet"},
+        ])
+    )  # fmt: skip
     frame = pd.DataFrame(windows)
     write_deltalake(
         settings.table_path(*monitoring.MONITORING_TABLE),
@@ -122,6 +137,10 @@ def test_the_page_shows_the_champion_its_windows_and_decisions(page: Page, model
     hrefs = {windows.locator("a", has_text=text).first.get_attribute("href") for text in ("drift", "quality")}
     reports = {f"/ml-reports/churn_risk/batch-{i}{kind}.html" for i in (0, 1) for kind in ("", "-quality")}
     assert len(hrefs) == 2 and hrefs <= reports, hrefs
+    views = page.locator(".feature-views")
+    expect(views.locator(".tabulator-row", has_text="account_usage")).to_contain_text("2025-03-02")
+    expect(views.locator(".tabulator-row", has_text="plan_events")).to_contain_text("has no table yet")
+    expect(views.locator(".tabulator-row", has_text="usage_ratios")).to_contain_text("computed when read")
     panel_server.assert_no_traceback(page, models_dashboard.log)
 
 

@@ -1,12 +1,14 @@
 """What the models dashboard shows, read from the lake with delta-rs (no Spark, no MLflow server).
 
 The champions and their history come from ``audit.model_promotions``; drift and quality per scored window
-from ``audit.model_monitoring``; prediction counts from ``gold.predictions`` (see :mod:`lakehouse.ml`).
-Every function returns an empty frame before the ML tasks have run.
+from ``audit.model_monitoring``; prediction counts from ``gold.predictions`` (see :mod:`lakehouse.ml`); the
+feature store's views and how far each was materialized from the reports its two DAG tasks write. Every
+function returns an empty frame before the ML tasks have run.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Final
 
@@ -111,3 +113,37 @@ def prediction_counts(settings: Settings, model: str) -> pd.DataFrame:
         rows=("scored_at", "size"), last_scored=("scored_at", "max")
     )
     return counted.sort_values("last_scored", ascending=False, ignore_index=True)
+
+
+FEATURE_COLUMNS: Final = ["view", "kind", "materialized_to", "note"]
+
+
+def feature_store(settings: Settings) -> pd.DataFrame:
+    """The registered views (stored and on demand) and how far the last materialization wrote each to Redis.
+
+    Read from ``ml-features-apply``'s and ``ml-features-materialize``'s reports (no Feast registry read).
+    """
+    from lakehouse.ml.features import apply_report_path, materialize_report_path
+
+    def load(path: Path) -> object:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    applied = load(apply_report_path(settings))
+    if not isinstance(applied, dict):
+        return pd.DataFrame(columns=FEATURE_COLUMNS)
+    done = load(materialize_report_path(settings))
+    runs = {row["view"]: row for row in done if isinstance(row, dict)} if isinstance(done, list) else {}
+    rows = []
+    for view in applied.get("views", []):
+        run = runs.get(view, {})
+        end = pd.to_datetime(str(run["end"]), utc=True) if run.get("end") else None
+        note = run.get("skipped") or ("" if run else "not materialized yet")
+        rows.append({"view": view, "kind": "stored", "materialized_to": end, "note": note})
+    for view in applied.get("on_demand", []):
+        rows.append(
+            {"view": view, "kind": "on demand", "materialized_to": None, "note": "computed when read"}
+        )
+    return pd.DataFrame(rows, columns=FEATURE_COLUMNS)
