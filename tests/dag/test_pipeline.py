@@ -128,6 +128,23 @@ def test_the_ml_loop_ends_with_a_champion_predictions_monitoring_and_online_feat
     )
     assert online["page_views"].iloc[0] == newest["page_views"]
     assert online["channel"].iloc[0] == newest["channel"]
+    # an on-demand feature is computed from what Redis holds, by its declared expression
+    ratio = features.online_features(
+        stack, [{"session_id": newest["session_id"]}], ["session_ratios:cart_rate"]
+    )
+    if newest["page_views"]:
+        assert ratio["cart_rate"].iloc[0] == pytest.approx(newest["add_to_carts"] / newest["page_views"])
+    # the retail database reaches the feature store too: the newest customer row, from Redis
+    assert done["customer_orders"]["skipped"] is None
+    customers = DeltaTable(stack.table_path("gold", "customer_orders")).to_pandas()
+    latest = customers.sort_values("as_of").iloc[-1]
+    held = features.online_features(
+        stack, [{"customer_id": int(latest["customer_id"])}], ["customer_orders:orders_to_date"]
+    )
+    assert (
+        held["orders_to_date"].iloc[0]
+        == customers[customers["customer_id"] == latest["customer_id"]]["orders_to_date"].max()
+    )
 
 
 def test_counts_reconcile_with_what_was_produced(stack: Settings, spark: Any, built: dict[str, Any]) -> None:
@@ -318,6 +335,7 @@ TASKS = [
     "gold-fx-monthly",
     "gold-device-offline",
     "gold-user-history",
+    "gold-customer-orders",
     "ml-train-conversion-propensity",
     "ml-score-conversion-propensity",
     "ml-monitor-conversion-propensity",
