@@ -269,15 +269,19 @@ def test_erasing_a_user_reaches_the_online_store(
     u1_sessions = [{"session_id": ids[s]} for s in ("s3", "s4")]
     served = features.online_features(store_settings, u1_sessions, ["session_activity:page_views"])
     assert served["page_views"].notna().all()  # in Redis before
-    report = erase_subject(
-        spark,
-        store_settings,
-        "user",
-        ids["u1"],
-        "test",
-        tables=["gold.sessions", "gold.user_history"],
-        copies=[features.OnlineCopies(store_settings)],
-    )
+
+    def erase() -> Any:
+        return erase_subject(
+            spark,
+            store_settings,
+            "user",
+            ids["u1"],
+            "test",
+            tables=["gold.sessions", "gold.user_history"],
+            copies=[features.OnlineCopies(store_settings)],
+        )
+
+    report = erase()
     online = {t.table: t.rows_deleted for t in report.tables}["online:redis"]
     # u1's history and u1's sessions in Redis (s2-s4; s1 ended before the first materialization's window)
     assert online == 1 + 3
@@ -289,16 +293,7 @@ def test_erasing_a_user_reaches_the_online_store(
     gone = features.online_features(store_settings, u1_sessions, ["session_activity:page_views"])
     assert gone["page_views"].isna().all()
     # a second erasure finds nothing left anywhere
-    again = erase_subject(
-        spark,
-        store_settings,
-        "user",
-        ids["u1"],
-        "test",
-        tables=["gold.sessions", "gold.user_history"],
-        copies=[features.OnlineCopies(store_settings)],
-    )
-    assert all(t.rows_deleted == 0 for t in again.tables)
+    assert all(t.rows_deleted == 0 for t in erase().tables)
 
 
 def test_an_erasure_with_the_online_store_down_touches_nothing(

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import CodeType
-from typing import TYPE_CHECKING, Any, Final, Literal, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast
 
 import pandas as pd
 import yaml
@@ -112,6 +112,9 @@ _EXPRESSION_NODES: Final = (
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_S = TypeVar("_S", bound=_Spec)
 
 
 class EntitySpec(_Spec):
@@ -283,31 +286,29 @@ def load_feature_repo(
 
     views: dict[str, ViewSpec] = {}
     contracts: dict[str, TableContract] = {}
-    for path in sorted((root / "views").glob("*.yaml")):
-        body = _read_yaml(path)
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path} must be a mapping (source, entities, timestamp, ttl, features)")
-        try:
-            view = ViewSpec.model_validate({"name": path.stem, **body})
-        except ValidationError as exc:
-            raise ConfigError(f"invalid feature view {path}: {_problems(exc)}") from exc
+    for path, view in _declared(root / "views", ViewSpec, "feature view"):
         contract = _check_view(view, path, entities, catalog)
         views[view.name] = view
         contracts[view.source] = contract
     on_demand: dict[str, OnDemandSpec] = {}
-    for path in sorted((root / "on_demand").glob("*.yaml")):
-        body = _read_yaml(path)
-        if not isinstance(body, dict):
-            raise ConfigError(f"{path} must be a mapping (sources, features)")
-        try:
-            derived = OnDemandSpec.model_validate({"name": path.stem, **body})
-        except ValidationError as exc:
-            raise ConfigError(f"invalid on-demand feature view {path}: {_problems(exc)}") from exc
+    for path, derived in _declared(root / "on_demand", OnDemandSpec, "on-demand feature view"):
         if derived.name in views:
             raise ConfigError(f"{path}: {derived.name!r} is already a feature view's name")
         _check_on_demand(derived, path, views)
         on_demand[derived.name] = derived
     return FeatureRepo(root=root, entities=entities, views=views, contracts=contracts, on_demand=on_demand)
+
+
+def _declared(folder: Path, spec: type[_S], what: str) -> Iterator[tuple[Path, _S]]:
+    """Each ``<name>.yaml`` of ``folder``, validated as ``spec`` named after its file."""
+    for path in sorted(folder.glob("*.yaml")):
+        body = _read_yaml(path)
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path} must be a mapping of the {what}'s fields")
+        try:
+            yield path, spec.model_validate({"name": path.stem, **body})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {what} {path}: {_problems(exc)}") from exc
 
 
 def _check_on_demand(spec: OnDemandSpec, path: Path, views: Mapping[str, ViewSpec]) -> None:
