@@ -35,6 +35,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import catalog_root, load_catalog
@@ -133,7 +134,7 @@ def sample_table(
         raise ConfigError(f"sample_rows must be at least 1, got {rows}")
     try:
         delta = DeltaTable(os.fspath(path))
-        dataset = delta.to_pyarrow_dataset()
+        dataset = arrow_lake.dataset(delta)
         total = int(dataset.count_rows())
         if total <= rows:
             arrow = dataset.to_table()

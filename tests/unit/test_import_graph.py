@@ -34,13 +34,14 @@ OUTSIDE = ("simulate", "stack", "cli", "orchestration")
 # the package's stage; a new top-level module must be placed here). A module named ``cli`` or ``*_cli`` is
 # a command group (stage ``cli``) wherever it lives.
 STAGES: dict[str, str] = {
-    # settings, errors, atomic files, the one Spark session and Kafka client factory, Delta helpers
+    # settings, errors, atomic files, the one Spark session and Kafka client factory, Delta helpers (Spark, Arrow)
     "lakehouse": "foundation",
     "lakehouse.errors": "foundation",
     "lakehouse.config": "foundation",
     "lakehouse.state": "foundation",
     "lakehouse.spark": "foundation",
     "lakehouse.tables": "foundation",
+    "lakehouse.arrow_lake": "foundation",
     "lakehouse.jvm": "foundation",
     "lakehouse.notebook": "foundation",
     "lakehouse.kafka_clients": "foundation",

@@ -670,10 +670,9 @@ def sample_frame(table: Any, rows: int) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    # One thread, nothing read ahead: a scan cut short by head() otherwise leaves Arrow reads in flight, and
-    # a short-lived CLI (`lakehouse table scaffold`) once aborted at exit (SIGABRT, "terminate called
-    # without an active exception") under load. A sample is small; reading it in order costs nothing.
-    head = table.to_pyarrow_dataset().head(rows, batch_readahead=0, fragment_readahead=0, use_threads=False)
+    from lakehouse import arrow_lake
+
+    head = arrow_lake.head(table, rows)
     columns = []
     for index, field in enumerate(head.schema):
         column = head.column(index)

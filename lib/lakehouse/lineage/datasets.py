@@ -30,6 +30,7 @@ from openlineage.client.generated import (
 )
 from openlineage.client.generated.base import DatasetFacet
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError
 
@@ -205,7 +206,7 @@ def delta_facets(path: str) -> dict[str, DatasetFacet]:
     if records is not None and records.null_count == 0:
         row_count = int(pc.sum(records).as_py() or 0)
     else:
-        row_count = int(table.to_pyarrow_dataset().count_rows())
+        row_count = int(arrow_lake.dataset(table).count_rows())
     size = int(pc.sum(actions["size_bytes"]).as_py() or 0) if actions.num_rows else 0
     return {
         "schema": schema_dataset.SchemaDatasetFacet(fields=_schema_fields(schema["fields"])),
@@ -237,7 +238,7 @@ def validation_rows(settings: Settings, run_id: str) -> list[dict[str, Any]]:
         return []
     import pyarrow.compute as pc
 
-    dataset = table.to_pyarrow_dataset()
+    dataset = arrow_lake.dataset(table)
     if "run_id" not in dataset.schema.names:
         log.warning("audit.validation_results has no run_id column: no assertions attached")
         return []

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Iterable
 
 from lakehouse.config import Settings
-from lakehouse.governance.catalog import load_catalog
+from lakehouse.governance.catalog import load_catalog, sample_frame
 from lakehouse.privacy.tokenize import assert_no_untagged_pii
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,10 @@ def assert_tables_protected(settings: Settings, tables: Iterable[str], *, rows: 
         if contract.restricted:
             continue
         try:
-            dataset = DeltaTable(settings.table_path(layer, name)).to_pyarrow_dataset()
+            delta = DeltaTable(settings.table_path(layer, name))
         except TableNotFoundError:
             log.info("PII guard: %s not built yet", table)
             continue
-        assert_no_untagged_pii(dataset.head(rows).to_pandas(), contract)
+        assert_no_untagged_pii(sample_frame(delta, rows), contract)
         scanned.append(table)
     return scanned

@@ -30,7 +30,7 @@ def scan_tables(settings: Settings, layers: Iterable[str] = ("bronze",), *, rows
     from deltalake.exceptions import TableNotFoundError
 
     from lakehouse.errors import LakehouseError
-    from lakehouse.governance.catalog import load_catalog
+    from lakehouse.governance.catalog import load_catalog, sample_frame
 
     try:
         catalog = load_catalog(settings)
@@ -45,10 +45,10 @@ def scan_tables(settings: Settings, layers: Iterable[str] = ("bronze",), *, rows
         for path in sorted(p for p in root.iterdir() if (p / "_delta_log").is_dir()):
             table = f"{layer}.{path.name}"
             try:
-                dataset = DeltaTable(str(path)).to_pyarrow_dataset()
+                delta = DeltaTable(str(path))
             except TableNotFoundError:
                 continue
-            sample = dataset.head(rows).to_pandas()
+            sample = sample_frame(delta, rows)
             contract = contracts.get(table)
             declared = {c.name: c.pii for c in contract.columns} if contract else {}
             for finding in scan_frame(sample, max_rows=rows):

@@ -20,6 +20,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 
 RESULTS_SCHEMA: Final = StructType(
@@ -118,7 +119,7 @@ def results_for_run(settings: Settings, run_id: str) -> pd.DataFrame:
         return pd.DataFrame(columns=columns)
     import pyarrow.compute as pc
 
-    data = table.to_pyarrow_dataset().to_table(filter=pc.field("run_id") == run_id)
+    data = arrow_lake.dataset(table).to_table(filter=pc.field("run_id") == run_id)
     frame: pd.DataFrame = data.to_pandas()
     ordered: pd.DataFrame = frame.sort_values(["validated_at", "table", "batch_id"], kind="stable")
     return ordered.reset_index(drop=True)

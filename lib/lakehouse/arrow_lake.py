@@ -1,0 +1,42 @@
+"""Delta tables read into Arrow outside Spark: delta-rs for the log, Arrow's own filesystem for the files.
+
+delta-rs's ``to_pyarrow_dataset()`` reads the Parquet files through a filesystem written in Python
+(``PyFileSystem(DeltaStorageHandler)``) with pre-buffering on, so Arrow's I/O threads call back into Python.
+A scan cut short (``head``) leaves such reads in flight, and when a short-lived process then exits, one of
+them takes the GIL of a finalizing interpreter: the process aborts with "terminate called without an active
+exception" after its work is done (``lakehouse table scaffold``, 1 exit in 80 under load). Arrow's native
+filesystem needs no GIL, so a dataset built on it cannot do that.
+
+Example:
+    >>> from deltalake import DeltaTable
+    >>> head(DeltaTable("/lake/bronze/events"), 5).num_rows  # doctest: +SKIP
+    5
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pyarrow.dataset as ds
+import pyarrow.fs as pa_fs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+
+def dataset(table: DeltaTable) -> ds.Dataset:
+    """The table's current files as a pyarrow dataset on Arrow's filesystem for its URI (local, S3, ...)."""
+    filesystem, root = pa_fs.FileSystem.from_uri(table.table_uri)
+    return table.to_pyarrow_dataset(filesystem=pa_fs.SubTreeFileSystem(root, filesystem))
+
+
+def head(table: DeltaTable, rows: int) -> pa.Table:
+    """The first ``rows`` rows, read in order in this thread with nothing buffered ahead of what is kept."""
+    return dataset(table).head(
+        rows,
+        batch_readahead=0,
+        fragment_readahead=0,
+        fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
+        use_threads=False,
+    )
