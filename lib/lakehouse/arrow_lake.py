@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING
 import pyarrow.dataset as ds
 import pyarrow.fs as pa_fs
 
+from lakehouse.errors import DataError
+
 if TYPE_CHECKING:
+    import pandas as pd
     import pyarrow as pa
     from deltalake import DeltaTable
 
@@ -40,3 +43,21 @@ def head(table: DeltaTable, rows: int) -> pa.Table:
         fragment_scan_options=ds.ParquetFragmentScanOptions(pre_buffer=False),
         use_threads=False,
     )
+
+
+def read(table: DeltaTable, columns: list[str] | None = None) -> pa.Table:
+    """The whole table (or ``columns`` of it) as one Arrow table.
+
+    Raises:
+        DataError: a file the log names is gone (vacuumed or rewritten while it was read) or unreadable.
+    """
+    try:
+        return dataset(table).to_table(columns=columns)
+    except OSError as exc:
+        raise DataError(f"Delta table {table.table_uri}: a data file could not be read ({exc})") from exc
+
+
+def frame(table: DeltaTable, columns: list[str] | None = None) -> pd.DataFrame:
+    """:func:`read` as pandas."""
+    result: pd.DataFrame = read(table, columns).to_pandas()
+    return result

@@ -56,3 +56,11 @@ def test_a_table_deleted_from_is_read_as_its_current_version(table: DeltaTable) 
     table.update_incremental()
     keys = arrow_lake.dataset(table).to_table().column("key").to_pylist()
     assert len(keys) == 12 and "a b" not in keys
+
+
+def test_a_data_file_gone_from_under_the_log_is_a_clear_error(table: DeltaTable, tmp_path: Path) -> None:
+    from lakehouse.errors import DataError
+
+    next((tmp_path / "lake dir" / "events" / "key=plain").glob("*.parquet")).unlink()
+    with pytest.raises(DataError, match="a data file could not be read"):
+        arrow_lake.read(table)

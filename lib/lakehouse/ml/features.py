@@ -45,6 +45,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError, ServiceError
 from lakehouse.governance.catalog import Catalog, TableContract, load_catalog, parse_duration
@@ -796,7 +797,7 @@ def online_sample(
         view = repo.view(m.view)
         layer, table = view.source.split(".", 1)
         keys = [repo.entities[e].join_key for e in view.entities]
-        frame = DeltaTable(settings.table_path(layer, table)).to_pandas(columns=[*keys, view.timestamp])
+        frame = arrow_lake.frame(DeltaTable(settings.table_path(layer, table)), [*keys, view.timestamp])
         newest = frame.sort_values(view.timestamp).iloc[-1]
         entity = {key: newest[key] for key in keys}
         values = online_features(settings, [entity], view.references(), repo=repo, store=store)

@@ -26,6 +26,7 @@ from typing import Any, Final
 import numpy as np
 import pandas as pd
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.ml import features as fs
 from lakehouse.ml import training
@@ -77,7 +78,7 @@ def _read(settings: Settings, table: tuple[str, str]) -> pd.DataFrame | None:
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(settings.table_path(*table)).to_pandas()
+        return arrow_lake.frame(DeltaTable(settings.table_path(*table)))
     except TableNotFoundError:
         return None
 

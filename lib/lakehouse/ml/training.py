@@ -39,6 +39,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.ml import features as fs
@@ -249,7 +250,7 @@ def label_rows(settings: Settings, spec: ModelSpec) -> pd.DataFrame:
     layer, table = spec.labels.table.split(".", 1)
     columns = list(dict.fromkeys([*spec.labels.keys, spec.labels.timestamp, spec.labels.column]))
     try:
-        frame = DeltaTable(settings.table_path(layer, table)).to_pandas(columns=columns)
+        frame = arrow_lake.frame(DeltaTable(settings.table_path(layer, table)), columns)
     except Exception as exc:  # deltalake raises TableNotFoundError and friends
         raise DataError(f"cannot read the labels of {spec.name} from {spec.labels.table}: {exc}") from exc
     frame = frame.dropna(subset=[spec.labels.column, spec.labels.timestamp, *spec.labels.keys])
@@ -676,7 +677,7 @@ def promotions(settings: Settings) -> pd.DataFrame:
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        frame = DeltaTable(settings.table_path(*PROMOTIONS_TABLE)).to_pandas()
+        frame = arrow_lake.frame(DeltaTable(settings.table_path(*PROMOTIONS_TABLE)))
     except TableNotFoundError:
         return pd.DataFrame()
     return frame.sort_values("decided_at", ignore_index=True)

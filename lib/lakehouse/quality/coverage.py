@@ -18,6 +18,7 @@ import logging
 import pandas as pd
 from pyspark.sql import SparkSession
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.quality.results import results_path
 from lakehouse.quality.suites import list_suites
@@ -50,7 +51,7 @@ def last_validations(settings: Settings) -> dict[str, pd.Timestamp]:
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        frame = DeltaTable(results_path(settings)).to_pandas(columns=["table", "validated_at"])
+        frame = arrow_lake.frame(DeltaTable(results_path(settings)), ["table", "validated_at"])
     except TableNotFoundError:
         return {}
     if frame.empty:

@@ -24,6 +24,7 @@ import pandas as pd
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from lakehouse import arrow_lake
 from lakehouse.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ def load_snapshot(path: PathLike) -> SessionsSnapshot:
     table = _open(path)
     version = int(table.version())
     try:
-        arrow = table.to_pyarrow_table()
+        arrow = arrow_lake.read(table)
     except DeltaError as exc:
         raise DataError(f"gold table {os.fspath(path)} cannot be read by delta-rs: {exc}") from exc
     missing = [name for name in SESSION_COLUMNS if name not in arrow.column_names]

@@ -14,6 +14,7 @@ from typing import Final
 
 import pandas as pd
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 
 PROMOTIONS: Final = ("audit", "model_promotions")
@@ -36,7 +37,7 @@ def _read(settings: Settings, table: tuple[str, str], columns: list[str] | None 
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(settings.table_path(*table)).to_pandas(columns=columns)
+        return arrow_lake.frame(DeltaTable(settings.table_path(*table)), columns)
     except TableNotFoundError:
         return pd.DataFrame()
 

@@ -25,6 +25,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from lakehouse import arrow_lake
 from lakehouse.config import Settings
 from lakehouse.errors import ConfigError, DataError
 from lakehouse.governance.catalog import Catalog, catalog_root, freshness_report, load_catalog
@@ -85,7 +86,7 @@ def _read_delta(path: str) -> pd.DataFrame | None:
     if not DeltaTable.is_deltatable(path):
         return None
     try:
-        arrow = DeltaTable(path).to_pyarrow_table()
+        arrow = arrow_lake.read(DeltaTable(path))
     except TableNotFoundError:
         return None
     except DeltaError as exc:

@@ -29,6 +29,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import DeltaError, TableNotFoundError
 
+from lakehouse import arrow_lake
 from lakehouse.errors import DataError, ServiceError
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def existing_keys(path: str) -> set[str]:
         table = DeltaTable(path)
     except TableNotFoundError:
         return set()
-    keys = table.to_pyarrow_table(columns=["dedupe_key"]).column("dedupe_key")
+    keys = arrow_lake.read(table, ["dedupe_key"]).column("dedupe_key")
     return {str(key) for key in keys.to_pylist()}
 
 
