@@ -126,5 +126,6 @@ bench: setup ## Benchmarks (ratios against baselines), see benchmarks/README.md
 	$(BIN)/python benchmarks/ml_serving.py
 
 .PHONY: clean
-clean: down ## Remove the workspace (lake, checkpoints, logs); keeps the venv and jars
+clean: ## Stop the services, remove the local and test environments' data (workspace, PostgreSQL's data); keeps the venv and jars
+	@if test -x $(LAKEHOUSE); then $(LAKEHOUSE) clean --yes && $(LAKEHOUSE) --env test clean --yes; fi
 	rm -rf .workspace

@@ -9,7 +9,6 @@ against the lake the DAG test built.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
@@ -77,9 +76,7 @@ class _Stack:
                 f"services of an earlier run are still alive in {settings.workspace}: {leftovers}. "
                 f"The test run starts its own: `.venv/bin/lakehouse --env {TEST_ENV} down`, then run again"
             )
-        for folder in (settings.workspace, *manager.external_dirs()):
-            if folder.exists():
-                shutil.rmtree(folder)
+        manager.remove_data()
         try:
             manager.start(self.BASE)
             ensure_topics(settings)

@@ -92,6 +92,19 @@ def down(settings: Settings, only: str | None) -> None:
 
 
 @main.command()
+@click.confirmation_option(prompt="Delete this environment's lake, checkpoints, logs and service data?")
+@pass_settings
+def clean(settings: Settings) -> None:
+    """Stop the services, then delete the environment's data: its workspace and PostgreSQL's (outside it)."""
+    from lakehouse.stack import ServiceManager
+
+    manager = ServiceManager(settings)
+    manager.stop()
+    for folder in manager.remove_data():
+        click.echo(f"removed {folder}")
+
+
+@main.command()
 @click.option("--services", "services_only", is_flag=True, help="Only the services, not the tables' lag.")
 @pass_settings
 def status(settings: Settings, services_only: bool) -> None:

@@ -139,3 +139,25 @@ def test_a_listener_is_ours_when_it_descends_from_the_started_process() -> None:
         child.kill()
         child.wait()
     assert descends_from(child.pid, os.getpid()) is None  # gone: the caller looks again
+
+
+def test_removing_an_environments_data_takes_postgres_data_kept_outside_the_workspace(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from lakehouse.stack import postgres
+
+    private = settings.model_copy(update={"workspace": tmp_path / "workspace"})
+    manager = ServiceManager(private)
+    (private.workspace / "lake" / "bronze").mkdir(parents=True)
+    pg_data = postgres.home(private) / "data"
+    pg_data.mkdir(parents=True)  # as root: /var/lib/lakehouse/<this workspace's digest>/postgres
+    (pg_data / "PG_VERSION").write_text("15\n")
+
+    removed = manager.remove_data()
+
+    assert removed[0] == private.workspace
+    assert not private.workspace.exists() and not pg_data.exists()
+    assert all(
+        not p.exists() for p in manager.external_dirs()
+    )  # nothing of it left behind, not even a folder
+    assert manager.remove_data() == []  # twice is fine

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -105,8 +106,20 @@ class ServiceManager(Supervisor):
         return dict(self.recipes)
 
     def external_dirs(self) -> list[Path]:
-        """Service data kept outside the workspace (PostgreSQL's, when running as root)."""
-        return [postgres.home(self.settings)] if os.geteuid() == 0 else []
+        """Service data kept outside the workspace (as root, PostgreSQL's: the folder of this workspace)."""
+        return [postgres.home(self.settings).parent] if os.geteuid() == 0 else []
+
+    def remove_data(self) -> list[Path]:
+        """Delete the environment's data, its workspace and the service data kept outside it; what went.
+
+        Services must be stopped first (:meth:`stop`): a running server would go on writing into the void.
+        """
+        removed = []
+        for folder in (self.settings.workspace, *self.external_dirs()):
+            if folder.exists():
+                shutil.rmtree(folder)
+                removed.append(folder)
+        return removed
 
 
 def follow_champion(settings: Settings, registered_name: str) -> bool:
